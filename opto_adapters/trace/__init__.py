@@ -1,0 +1,53 @@
+"""The OPTO core: nodes, tracing (``node``, ``bundle``, ``model``), backward and rendering.
+
+Pure Python; imports no framework.
+"""
+
+from .bundle import Bundle, ExecutionError, bundle
+from .graph import Graph, Subgraph, backward, display_names, topological_order, zero_feedback
+from .modules import Module, load_parameters, model, parameter_values, save_parameters
+from .nodes import (
+    KINDS,
+    Binding,
+    ExceptionNode,
+    Feedback,
+    Node,
+    Op,
+    Parameter,
+    ValidationError,
+    apply_updates,
+    node,
+    template_variables,
+)
+from .render import ProblemInstance, format_value, render
+
+__all__ = [
+    "KINDS",
+    "Binding",
+    "Bundle",
+    "ExceptionNode",
+    "ExecutionError",
+    "Feedback",
+    "Graph",
+    "Module",
+    "Node",
+    "Op",
+    "Parameter",
+    "ProblemInstance",
+    "Subgraph",
+    "ValidationError",
+    "apply_updates",
+    "backward",
+    "bundle",
+    "display_names",
+    "format_value",
+    "load_parameters",
+    "model",
+    "node",
+    "parameter_values",
+    "render",
+    "save_parameters",
+    "template_variables",
+    "topological_order",
+    "zero_feedback",
+]

@@ -1,0 +1,294 @@
+"""``@bundle``: trace a call of a Python function as one operation of the graph."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import linecache
+import sys
+import textwrap
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from .nodes import ExceptionNode, Node, Op, Parameter, check_name
+
+__all__ = ["Bundle", "ExecutionError", "bundle"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ExecutionError(Exception):
+    """A bundled function raised. ``node`` is the traced error (an ``ExceptionNode``): give
+    feedback on it like on any output; ``exception`` is what the function raised."""
+
+    def __init__(self, node: ExceptionNode) -> None:
+        self.node = node
+        self.exception = node.exception
+        op = node.op.name if node.op else "operation"
+        super().__init__(
+            f"{op}() raised {type(node.exception).__name__}: {node.exception}. "
+            "The error is traced as err.node; give feedback on it with err.node.backward(...)"
+        )
+
+
+def _new_node(cls: type[Node], value: Any, name: str, inputs: dict[str, Node], op: Op | None) -> Any:
+    """Build a node without re-validating a name already checked (the per-call hot path)."""
+    n = cls.__new__(cls)
+    n.name = name
+    n._value = value
+    n.inputs = inputs
+    n.op = op
+    n.description = ""
+    return n
+
+
+def _doc_summary(fn: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(fn) or ""
+    return doc.split("\n\n", 1)[0].strip()
+
+
+class Bundle:
+    """A function whose calls are recorded as one operation each (see ``bundle``)."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        trainable: bool = False,
+        catch_exceptions: bool = True,
+        constraint: str = "",
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(
+                f"bundle() expects a function to trace, got {type(fn).__name__}: {fn!r:.80}; "
+                "use it as @bundle() above a def"
+            )
+        op_name = check_name(name or getattr(fn, "__name__", type(fn).__name__))
+        self.fn = fn
+        self.op = Op(op_name, description if description is not None else _doc_summary(fn))
+        self._out_name = f"{op_name}_out"
+        self.catch_exceptions = catch_exceptions
+        self.__name__ = op_name
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__wrapped__ = fn
+        self._method = False
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            sig = None
+        positional: list[str] = []
+        self._var_positional = "args"
+        if sig is not None:
+            for p in sig.parameters.values():
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+                    positional.append(p.name)
+                elif p.kind is p.VAR_POSITIONAL:
+                    self._var_positional = p.name
+        self._positional = tuple(positional)
+        self._method = bool(positional) and positional[0] in ("self", "cls")
+        self.parameter: Parameter | None = None
+        self._compiled: tuple[str, Callable[..., Any]] | None = None
+        self._compile_lock = threading.Lock()
+        if trainable:
+            self.parameter = self._code_parameter(constraint)
+
+    # -- trainable code ----------------------------------------------------------------------
+
+    def _code_parameter(self, constraint: str) -> Parameter:
+        try:
+            source = inspect.getsource(self.fn)
+        except (OSError, TypeError) as exc:
+            raise TypeError(
+                f"bundle(trainable=True) needs the source of {self.__name__!r} ({exc}); "
+                "define it in a .py file, not in the interactive prompt or with exec"
+            ) from None
+        source = _strip_decorators(textwrap.dedent(source))
+        fname = self.fn.__name__
+        self._compiled = (source, self.fn)
+        return Parameter(
+            source,
+            name=f"{fname}_code",
+            kind="code",
+            description=f"The Python source of {fname}(); a new version is run on the next call.",
+            constraint=constraint
+            or f"Keep a function named {fname} with the same arguments; only module globals are in scope.",
+            validator=lambda src: _defines_function(src, fname),
+        )
+
+    def _function(self) -> Callable[..., Any]:
+        if self.parameter is None:
+            return self.fn
+        source = self.parameter.value
+        compiled = self._compiled
+        if compiled is not None and compiled[0] == source:
+            return compiled[1]
+        with self._compile_lock:
+            fn = _compile_function(source, self.fn)
+            self._compiled = (source, fn)
+        return fn
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return _BoundBundle(self, instance)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Node:
+        return self._call((), args, kwargs)
+
+    def _call(self, bound: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Node:
+        inputs: dict[str, Node] = {}
+        names = self._positional
+        offset = len(bound)
+        values: list[Any] = list(bound)
+        for i, arg in enumerate(args, offset):
+            name = names[i] if i < len(names) else f"{self._var_positional}[{i - len(names)}]"
+            values.append(_take(name, arg, inputs))
+        kwvalues = {k: _take(k, v, inputs) for k, v in kwargs.items()} if kwargs else kwargs
+        if self.parameter is not None:
+            inputs["__code"] = self.parameter
+        fn = self._function()
+        if not self.catch_exceptions:
+            result = fn(*values, **kwvalues)
+        else:
+            try:
+                result = fn(*values, **kwvalues)
+            except Exception as exc:
+                raise ExecutionError(self._error_node(exc, inputs)) from exc
+        if isinstance(result, Node):
+            result = result.value
+        return _new_node(Node, result, self._out_name, inputs, self.op)
+
+    def _error_node(self, exc: Exception, inputs: dict[str, Node]) -> ExceptionNode:
+        tb = exc.__traceback__
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next  # drop the frame of _call itself
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        node = ExceptionNode(exc, name=f"{self.op.name}_error", inputs=inputs, op=self.op, traceback=text)
+        return node
+
+    def __repr__(self) -> str:
+        extra = ", trainable" if self.parameter is not None else ""
+        return f"<bundle {self.op.name}{extra}>"
+
+
+class _BoundBundle:
+    """A bundled method bound to an instance; the instance is not recorded as an input."""
+
+    __slots__ = ("_bundle", "_instance")
+
+    def __init__(self, bundle_: Bundle, instance: Any) -> None:
+        self._bundle = bundle_
+        self._instance = instance
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Node:
+        return self._bundle._call((self._instance,), args, kwargs)
+
+    @property
+    def parameter(self) -> Parameter | None:
+        return self._bundle.parameter
+
+
+def _take(name: str, arg: Any, inputs: dict[str, Node]) -> Any:
+    """Record ``arg`` as the input ``name`` and return the plain value to call with."""
+    if isinstance(arg, Node):
+        inputs[name] = arg
+        return arg.value
+    if isinstance(arg, (list, tuple)) and any(isinstance(a, Node) for a in arg):
+        items = [_take(f"{name}[{i}]", a, inputs) for i, a in enumerate(arg)]
+        return type(arg)(items) if isinstance(arg, list) else tuple(items)
+    if isinstance(arg, dict) and any(isinstance(a, Node) for a in arg.values()):
+        return {k: _take(f"{name}[{k}]", a, inputs) for k, a in arg.items()}
+    try:
+        inputs[name] = _new_node(Node, arg, check_name(name), {}, None)
+    except ValueError:  # e.g. a dict key that is not a valid name: keep the value, unnamed
+        inputs[name] = _new_node(Node, arg, "value", {}, None)
+    return arg
+
+
+def _strip_decorators(source: str) -> str:
+    lines = source.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith(("def ", "async def ")):
+            return "".join(lines[i:])
+    return source
+
+
+def _defines_function(source: str, fname: str) -> str | None:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        return f"code does not compile: {exc.msg} (line {exc.lineno})"
+    for stmt in tree.body:
+        if isinstance(stmt, ast.FunctionDef) and stmt.name == fname:
+            return None
+    return f"the code must define a top-level function named {fname!r}"
+
+
+def _compile_function(source: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    digest = hashlib.sha1(source.encode()).hexdigest()[:10]
+    filename = f"<bundle {original.__name__} {digest}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace: dict[str, Any] = {}
+    module_globals = getattr(original, "__globals__", None)
+    if module_globals is None:
+        module = sys.modules.get(getattr(original, "__module__", ""), None)
+        module_globals = vars(module) if module else {}
+    exec(compile(source, filename, "exec"), module_globals, namespace)
+    return namespace[original.__name__]
+
+
+@overload
+def bundle(fn: F) -> Bundle: ...
+
+
+@overload
+def bundle(
+    fn: None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    trainable: bool = False,
+    catch_exceptions: bool = True,
+    constraint: str = "",
+) -> Callable[[Callable[..., Any]], Bundle]: ...
+
+
+def bundle(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    trainable: bool = False,
+    catch_exceptions: bool = True,
+    constraint: str = "",
+) -> Any:
+    """Trace each call of a function as one operation: ``@bundle()`` or ``@bundle``.
+
+    Arguments may be nodes or plain values (recorded as inputs named after the argument); the
+    function receives plain values and its result becomes a computed ``Node``.
+    ``description`` documents the operation (default: the docstring's first paragraph).
+    ``trainable=True`` makes the function's own source a ``code`` parameter
+    (``.parameter``); the next call runs the current version. With ``catch_exceptions`` (the
+    default) an exception becomes an ``ExceptionNode`` raised inside ``ExecutionError``.
+    """
+    options = dict(
+        name=name,
+        description=description,
+        trainable=trainable,
+        catch_exceptions=catch_exceptions,
+        constraint=constraint,
+    )
+    if fn is not None:
+        return Bundle(fn, **options)
+
+    def decorate(f: Callable[..., Any]) -> Bundle:
+        return Bundle(f, **options)
+
+    return decorate

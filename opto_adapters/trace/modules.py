@@ -1,0 +1,167 @@
+"""``Module`` / ``@model``: programs whose parameters can be collected, saved and loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .bundle import Bundle
+from .nodes import Parameter, apply_updates, iter_parameters
+
+__all__ = ["Module", "load_parameters", "model", "parameter_values", "save_parameters"]
+
+FORMAT = "opto_adapters.parameters"
+VERSION = 1
+T = TypeVar("T", bound=type)
+
+
+class Module:
+    """A program with trainable parts: ``parameters()`` finds them in attributes, nested
+    modules (also inside lists, tuples and dicts) and trainable bundles of the class."""
+
+    def parameters(self) -> list[Parameter]:
+        """Trainable parameters, in attribute order, each once."""
+        return [p for p in _collect(self) if p.trainable]
+
+    def named_parameters(self) -> dict[str, Parameter]:
+        """Trainable parameters by name; raises if two share a name."""
+        return _by_name(self.parameters())
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the parameter values as JSON (see ``save_parameters``)."""
+        return save_parameters(self.parameters(), path)
+
+    def load(self, path: str | os.PathLike[str], *, strict: bool = True) -> None:
+        """Load values written by ``save`` (see ``load_parameters``)."""
+        load_parameters(self.parameters(), path, strict=strict)
+
+
+def model(cls: T) -> T:
+    """Class decorator: make ``cls`` a ``Module`` (adds ``parameters()``, ``save``, ``load``)."""
+    if not isinstance(cls, type):
+        raise TypeError(f"@model decorates a class, got {type(cls).__name__}: {cls!r:.80}")
+    if issubclass(cls, Module):
+        return cls
+    namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    return type(cls.__name__, (cls, Module), namespace)  # type: ignore[return-value]
+
+
+def _collect(root: Any) -> list[Parameter]:
+    found: list[Parameter] = []
+    seen: set[int] = set()
+    stack: list[Any] = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, Parameter):
+            found.append(obj)
+            continue
+        children: list[Any] = []
+        if isinstance(obj, Bundle):
+            if obj.parameter is not None:
+                children.append(obj.parameter)
+        elif isinstance(obj, Module):
+            for klass in reversed(type(obj).__mro__):
+                children.extend(v for v in vars(klass).values() if isinstance(v, Bundle))
+            children.extend(vars(obj).values() if hasattr(obj, "__dict__") else ())
+        elif isinstance(obj, (list, tuple)):
+            children.extend(obj)
+        elif isinstance(obj, dict):
+            children.extend(obj.values())
+        stack.extend(reversed(children))
+    return found
+
+
+def _by_name(parameters: Iterable[Parameter]) -> dict[str, Parameter]:
+    named: dict[str, Parameter] = {}
+    for p in iter_parameters(list(parameters)):
+        if p.name in named:
+            raise ValueError(
+                f"two parameters are named {p.name!r}; give them distinct names to save or load"
+            )
+        named[p.name] = p
+    return named
+
+
+def parameter_values(parameters: Iterable[Parameter]) -> dict[str, Any]:
+    """``{name: value}`` for the parameters."""
+    return {name: p.value for name, p in _by_name(parameters).items()}
+
+
+def save_parameters(parameters: Iterable[Parameter], path: str | os.PathLike[str]) -> Path:
+    """Write ``{name: {kind, value}}`` as JSON, atomically (a crash never leaves half a file)."""
+    named = _by_name(parameters)
+    doc = {
+        "format": FORMAT,
+        "version": VERSION,
+        "parameters": {n: {"kind": p.kind, "value": p.value} for n, p in named.items()},
+    }
+    try:
+        text = json.dumps(doc, indent=2, ensure_ascii=False)
+    except TypeError as exc:
+        raise TypeError(f"parameter values must be JSON-serializable to save: {exc}") from None
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{target} is a directory: give a file path such as {target / 'params.json'}")
+    fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_parameter_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``{name: value}`` stored in a parameter file, checked for format."""
+    target = Path(path)
+    try:
+        doc = json.loads(target.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no parameter file at {target}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{target} is not a parameter file (invalid JSON: {exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("parameters"), dict):
+        raise ValueError(f"{target} is not a parameter file written by save_parameters (format {FORMAT!r})")
+    if doc.get("version", 0) > VERSION:
+        raise ValueError(f"{target} has format version {doc['version']}; this opto_adapters reads up to {VERSION}: upgrade it")
+    values = {}
+    for name, entry in doc["parameters"].items():
+        if not isinstance(entry, dict) or "value" not in entry:
+            raise ValueError(f"{target}: entry {name!r} has no 'value'")
+        values[name] = entry["value"]
+    return values
+
+
+def load_parameters(
+    parameters: Iterable[Parameter], path: str | os.PathLike[str], *, strict: bool = True
+) -> dict[str, Any]:
+    """Set parameters from a file written by ``save_parameters``, all or nothing.
+
+    Unknown names in the file are an error; so are missing ones unless ``strict=False``.
+    Returns the previous values by name.
+    """
+    named = _by_name(parameters)
+    values = read_parameter_file(path)
+    unknown = sorted(set(values) - set(named))
+    if unknown:
+        raise ValueError(
+            f"{path} has values for unknown parameter(s) {unknown}; this program's parameters "
+            f"are {sorted(named)}. Was the file saved from another program or version?"
+        )
+    missing = sorted(set(named) - set(values))
+    if missing and strict:
+        raise ValueError(
+            f"{path} has no value for parameter(s) {missing}; pass strict=False to load the "
+            "others and keep these as they are"
+        )
+    previous = apply_updates({named[n]: v for n, v in values.items()})
+    return {p.name: v for p, v in previous.items()}

@@ -1,0 +1,289 @@
+"""Render accumulated feedback as an OPTO problem instance for an LLM optimizer.
+
+Sections: ``#Instruction #Code #Documentation #Variables #Constraints #Inputs #Others
+#Outputs #Feedback``. A minibatch whose runs share structure gets one ``#Code`` and per-run
+inputs, outputs and feedback. Values are cut to a character budget with an explicit marker;
+object reprs never show memory addresses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .graph import Subgraph, display_names
+from .nodes import ExceptionNode, Node, Parameter, iter_parameters
+
+__all__ = ["ProblemInstance", "format_value", "render", "short_repr", "value_text"]
+
+DEFAULT_INSTRUCTION = (
+    "Change the values of #Variables so that the #Outputs get better #Feedback. "
+    "#Code shows how the outputs were computed from the variables and the #Inputs."
+)
+SECTIONS = (
+    "Instruction",
+    "Code",
+    "Documentation",
+    "Variables",
+    "Constraints",
+    "Inputs",
+    "Others",
+    "Outputs",
+    "Feedback",
+)
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_DEFAULT_REPR = re.compile(r"^<([\w.]+) object>$")
+
+
+def value_text(value: Any) -> str:
+    """The full text shown for a value: strings as they are, containers as JSON, objects by a
+    repr without memory addresses."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple, dict)):
+        try:
+            return json.dumps(value, ensure_ascii=False, default=_object_text)
+        except (TypeError, ValueError):
+            pass
+    return _object_text(value)
+
+
+def _object_text(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not break rendering
+        text = f"<{type(value).__name__} object>"
+    text = _ADDRESS.sub("", text)
+    match = _DEFAULT_REPR.match(text)
+    if match:
+        text = f"<{match.group(1).rsplit('.', 1)[-1]} object>"
+    return text
+
+
+def format_value(value: Any, budget: int | None) -> str:
+    """``value_text(value)`` cut to ``budget`` characters, with a marker saying how much."""
+    text = value_text(value)
+    return cut(text, budget)
+
+
+def cut(text: str, budget: int | None) -> str:
+    if budget is None or len(text) <= budget:
+        return text
+    return f"{text[:budget]}...[cut: {len(text) - budget} of {len(text)} characters not shown]"
+
+
+def short_repr(value: Any, limit: int) -> str:
+    """One line, at most about ``limit`` characters: for trees, DOT labels and reprs."""
+    text = " ".join(value_text(value).split())
+    if len(text) > limit:
+        text = text[: max(limit - 3, 1)] + "..."
+    return text
+
+
+def _type_label(n: Node) -> str:
+    if isinstance(n, Parameter):
+        return n.kind
+    return type(n.value).__name__
+
+
+def _node_line(n: Node, name: str, budget: int | None) -> str:
+    text = cut(n.error_text(), budget) if isinstance(n, ExceptionNode) else format_value(n.value, budget)
+    return f"({_type_label(n)}) {name}={text}"
+
+
+@dataclass
+class ProblemInstance:
+    """A rendered problem: one text per section, and the variables by their shown name."""
+
+    instruction: str
+    code: str
+    documentation: str
+    variables: str
+    constraints: str
+    inputs: str
+    others: str
+    outputs: str
+    feedback: str
+    parameters: dict[str, Parameter] = field(default_factory=dict)
+    runs: int = 0
+
+    def __str__(self) -> str:
+        parts = []
+        for section in SECTIONS:
+            body = getattr(self, section.lower())
+            parts.append(f"#{section}\n{body}" if body else f"#{section}\n(none)")
+        return "\n\n".join(parts)
+
+
+@dataclass
+class _Run:
+    sub: Subgraph
+    names: dict[int, str]
+    code: tuple[str, ...]
+
+
+def render(
+    subgraphs: Iterable[Subgraph],
+    parameters: Iterable[Parameter] | None = None,
+    *,
+    instruction: str = DEFAULT_INSTRUCTION,
+    value_budget: int | None = 1000,
+    variable_budget: int | None = None,
+    feedback_budget: int | None = 4000,
+) -> ProblemInstance:
+    """Render subgraphs (one per ``backward`` call) as one problem instance.
+
+    With ``parameters``, each subgraph is restricted to them and only they are #Variables;
+    other parameters show as #Inputs. Runs that reach none of them are left out.
+    """
+    subs = _unique(subgraphs)
+    wanted = list(iter_parameters(parameters)) if parameters is not None else None
+    runs: list[_Run] = []
+    for sub in subs:
+        if wanted is not None:
+            sub = sub.restrict(wanted)
+        if not sub.parameters_reached:
+            continue
+        names = display_names(sub.nodes)
+        code = tuple(
+            f"{names[id(n)]} = {n.op.name}("
+            + ", ".join(f"{arg}={names[id(p)]}" for arg, p in n.inputs.items())
+            + ")"
+            for n in sub.nodes
+            if n.op is not None and id(n) in sub.on_path
+        )
+        runs.append(_Run(sub, names, code))
+
+    variables = _variables(runs)
+    shown = {name: p for p, name in variables}
+    return ProblemInstance(
+        instruction=instruction,
+        code=_code_section(runs),
+        documentation=_documentation(runs),
+        variables="\n".join(_variable_text(p, name, variable_budget) for p, name in variables),
+        constraints="\n".join(
+            f"{name}: {c}" for p, name in variables for c in [_constraint(p)] if c
+        ),
+        inputs=_per_run(runs, value_budget, lambda r, n: id(n) not in r.sub.on_path),
+        others=_per_run(
+            runs,
+            value_budget,
+            lambda r, n: id(n) in r.sub.on_path and n.op is not None and n is not r.sub.output,
+        ),
+        outputs=_per_run(runs, value_budget, lambda r, n: n is r.sub.output),
+        feedback=_feedback(runs, feedback_budget),
+        parameters=shown,
+        runs=len(runs),
+    )
+
+
+def _unique(subgraphs: Iterable[Subgraph]) -> list[Subgraph]:
+    seen: set[int] = set()
+    out = []
+    for sub in subgraphs:
+        if not isinstance(sub, Subgraph):
+            raise TypeError(f"render expects Subgraph objects (from backward), got {type(sub).__name__}")
+        if id(sub) not in seen:
+            seen.add(id(sub))
+            out.append(sub)
+    return out
+
+
+def _variables(runs: Sequence[_Run]) -> list[tuple[Parameter, str]]:
+    out: list[tuple[Parameter, str]] = []
+    seen: set[int] = set()
+    for run in runs:
+        for p in run.sub.parameters_reached:
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append((p, run.names[id(p)]))
+    return out
+
+
+def _variable_text(p: Parameter, name: str, budget: int | None) -> str:
+    line = _node_line(p, name, budget)
+    return f"# {name}: {p.description}\n{line}" if p.description else line
+
+
+def _constraint(p: Parameter) -> str:
+    parts = [p.constraint] if p.constraint else []
+    if p.variables:
+        keep = ", ".join("{" + v + "}" for v in sorted(p.variables))
+        parts.append(f"must keep the template variables {keep}")
+    if p.kind == "number" and p.bounds:
+        lo, hi = p.bounds
+        if lo is not None:
+            parts.append(f">= {lo}")
+        if hi is not None:
+            parts.append(f"<= {hi}")
+    return "; ".join(parts)
+
+
+def _code_section(runs: Sequence[_Run]) -> str:
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, run in enumerate(runs, 1):
+        groups.setdefault(run.code, []).append(i)
+    if len(groups) <= 1:
+        return "\n".join(next(iter(groups), ()))
+    blocks = []
+    for code, members in groups.items():
+        blocks.append(f"# {_runs_label(members)}\n" + "\n".join(code))
+    return "\n\n".join(blocks)
+
+
+def _runs_label(members: list[int]) -> str:
+    return ("run " if len(members) == 1 else "runs ") + ", ".join(map(str, members))
+
+
+def _documentation(runs: Sequence[_Run]) -> str:
+    docs: dict[str, str] = {}
+    for run in runs:
+        for n in run.sub.nodes:
+            if n.op is not None and id(n) in run.sub.on_path and n.op.name not in docs:
+                docs[n.op.name] = n.op.doc
+    return "\n".join(f"[{op}] {doc}" for op, doc in docs.items() if doc)
+
+
+def _per_run(runs: Sequence[_Run], budget: int | None, select: Any) -> str:
+    """Values of the selected nodes; nodes shared by every run are listed once."""
+    per_run = []
+    for r in runs:
+        reached = {id(p) for p in r.sub.parameters_reached}
+        per_run.append([n for n in r.sub.nodes if id(n) not in reached and select(r, n)])
+    if len(runs) == 1:
+        return "\n".join(_node_line(n, runs[0].names[id(n)], budget) for n in per_run[0])
+    counts: dict[int, int] = {}
+    for nodes in per_run:
+        for n in nodes:
+            counts[id(n)] = counts.get(id(n), 0) + 1
+    shared_lines: list[str] = []
+    blocks: list[str] = []
+    shared_done: set[int] = set()
+    for i, (run, nodes) in enumerate(zip(runs, per_run, strict=True), 1):
+        lines = []
+        for n in nodes:
+            line = _node_line(n, run.names[id(n)], budget)
+            if counts[id(n)] == len(runs):
+                if id(n) not in shared_done:
+                    shared_done.add(id(n))
+                    shared_lines.append(line)
+            else:
+                lines.append(line)
+        if lines:
+            blocks.append(f"[run {i}]\n" + "\n".join(lines))
+    if shared_lines:
+        blocks.insert(0, "[all runs]\n" + "\n".join(shared_lines))
+    return "\n".join(blocks)
+
+
+def _feedback(runs: Sequence[_Run], budget: int | None) -> str:
+    if len(runs) == 1:
+        return cut(str(runs[0].sub.feedback), budget)
+    return "\n".join(f"[run {i}] {cut(str(r.sub.feedback), budget)}" for i, r in enumerate(runs, 1))
