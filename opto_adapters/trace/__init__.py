@@ -20,6 +20,7 @@ from .nodes import (
     template_variables,
 )
 from .render import ProblemInstance, format_value, render
+from .tracer import TracedRun, TracerBase, select_parameters
 
 __all__ = [
     "KINDS",
@@ -35,6 +36,8 @@ __all__ = [
     "Parameter",
     "ProblemInstance",
     "Subgraph",
+    "TracedRun",
+    "TracerBase",
     "ValidationError",
     "apply_updates",
     "backward",
@@ -47,6 +50,7 @@ __all__ = [
     "parameter_values",
     "render",
     "save_parameters",
+    "select_parameters",
     "template_variables",
     "topological_order",
     "zero_feedback",

@@ -1,0 +1,134 @@
+"""What every framework tracer shares: its parameters, a bounded record of graphs, save/load.
+
+Framework-free; the LangChain and LlamaIndex tracers build on ``TracerBase``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .graph import Graph
+from .modules import _by_name, load_parameters, save_parameters
+from .nodes import Parameter
+
+__all__ = ["TracedRun", "TracerBase", "select_parameters"]
+
+
+@dataclass
+class TracedRun:
+    """One run of an app: what it returned (or raised) and its graph.
+
+    When the app raised, ``output`` is ``None``, ``error`` the exception and ``graph.output``
+    an ``ExceptionNode``.
+    """
+
+    output: Any
+    graph: Graph | None
+    error: BaseException | None = None
+
+
+def select_parameters(
+    parameters: Iterable[Parameter],
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+) -> list[Parameter]:
+    """Parameters whose names match any ``include`` pattern and no ``exclude`` pattern.
+
+    Patterns are shell-style (``*system*``). An include pattern that matches nothing is an
+    error: it is almost always a typo.
+    """
+    params = list(parameters)
+    names = [p.name for p in params]
+    if include is not None:
+        include = list(include)
+        for pattern in include:
+            if not fnmatch.filter(names, pattern):
+                raise ValueError(f"include pattern {pattern!r} matches no parameter; found: {names}")
+        params = [p for p in params if any(fnmatch.fnmatchcase(p.name, pat) for pat in include)]
+    if exclude is not None:
+        exclude = list(exclude)
+        params = [p for p in params if not any(fnmatch.fnmatchcase(p.name, pat) for pat in exclude)]
+    return params
+
+
+class TracerBase:
+    """Parameters plus the last ``max_graphs`` graphs, by run id, thread-safe."""
+
+    def __init__(self, parameters: Iterable[Parameter], *, max_graphs: int = 100) -> None:
+        if not isinstance(max_graphs, int) or max_graphs < 1:
+            raise ValueError(f"max_graphs must be a positive int, got {max_graphs!r}")
+        self.max_graphs = max_graphs
+        self._parameters = list(parameters)
+        _by_name(self._parameters)  # names must be unique: they key suggestions and files
+        self._graphs: OrderedDict[str, Graph] = OrderedDict()
+        self._graph_lock = threading.Lock()
+
+    @property
+    def parameters(self) -> list[Parameter]:
+        """The trainable parameters, bound to the live objects."""
+        return [p for p in self._parameters if p.trainable]
+
+    def parameter(self, name: str) -> Parameter:
+        """The parameter called ``name``."""
+        for p in self._parameters:
+            if p.name == name:
+                return p
+        raise KeyError(f"no parameter named {name!r}; the parameters are {[p.name for p in self._parameters]}")
+
+    def add_parameter(self, parameter: Parameter) -> Parameter:
+        """Add a parameter of your own (e.g. a retriever's ``k`` bound to the live object)."""
+        if not isinstance(parameter, Parameter):
+            raise TypeError(f"expected a Parameter, got {type(parameter).__name__}")
+        _by_name([*self._parameters, parameter])
+        self._parameters.append(parameter)
+        return parameter
+
+    def _record(self, run_id: str, graph: Graph) -> None:
+        with self._graph_lock:
+            self._graphs[run_id] = graph
+            self._graphs.move_to_end(run_id)
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+
+    @property
+    def graphs(self) -> list[Graph]:
+        """The most recent graphs, oldest first (at most ``max_graphs``)."""
+        with self._graph_lock:
+            return list(self._graphs.values())
+
+    @property
+    def last_graph(self) -> Graph | None:
+        """The graph of the most recently finished run, or ``None``."""
+        with self._graph_lock:
+            return next(reversed(self._graphs.values()), None)
+
+    def graph(self, run_id: Any) -> Graph:
+        """The graph of the run with this id (if still kept)."""
+        with self._graph_lock:
+            graph = self._graphs.get(str(run_id))
+        if graph is None:
+            raise KeyError(
+                f"no graph for run {run_id}: it has not finished, was not traced by this tracer, "
+                f"or is older than the last {self.max_graphs} (raise max_graphs)"
+            )
+        return graph
+
+    def clear(self) -> None:
+        """Forget the recorded graphs."""
+        with self._graph_lock:
+            self._graphs.clear()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the current parameter values to a JSON file."""
+        return save_parameters(self._parameters, path)
+
+    def load(self, path: str | os.PathLike[str], *, strict: bool = True) -> None:
+        """Write the values of a saved file into the live objects, all or nothing."""
+        load_parameters(self._parameters, path, strict=strict)
