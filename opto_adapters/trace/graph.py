@@ -99,7 +99,7 @@ class Graph:
 
     def backward(self, feedback: str | float | Feedback) -> Subgraph:
         """Propagate ``feedback`` on this graph's output."""
-        return backward(self.output, feedback)
+        return backward(self, feedback)
 
     def names(self) -> dict[int, str]:
         return display_names(self.nodes)

@@ -504,7 +504,7 @@ def node(
             kind = _default_kind(value)
         return Parameter(
             value,
-            name=name or "param",
+            name="param" if name is None else name,
             kind=kind,
             description=description,
             constraint=constraint,
@@ -512,7 +512,7 @@ def node(
         )
     if constraint or parameter_options or kind:
         raise TypeError("constraint, kind and validators apply to trainable nodes only")
-    return Node(value, name=name or "value", description=description)
+    return Node(value, name="value" if name is None else name, description=description)
 
 
 def _default_kind(value: Any) -> str:
