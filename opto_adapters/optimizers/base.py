@@ -1,0 +1,193 @@
+"""The optimizer contract: feedback in, suggested values out, applied atomically."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..trace import Feedback, Graph, Node, Parameter, Subgraph, ValidationError, apply_updates
+from ..trace import backward as trace_backward
+from ..trace.modules import _by_name
+from ..trace.tracer import TracedRun
+
+__all__ = ["Optimizer", "Proposal", "StepRecord"]
+
+logger = logging.getLogger("opto_adapters.optimizers")
+
+
+@dataclass
+class Proposal:
+    """What an optimizer suggests; nothing is changed until ``Optimizer.apply``.
+
+    ``values`` holds the suggestions that are typed and valid, by parameter name; ``rejected``
+    says why each other suggestion was refused. ``error`` is set when no usable reply came
+    back (not JSON, empty, the endpoint failed after its retries).
+    """
+
+    values: dict[str, Any] = field(default_factory=dict)
+    reasoning: str = ""
+    rejected: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    terminated: bool = False
+    messages: list[dict[str, str]] = field(default_factory=list)
+    raw: str = ""
+    usage: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        """The messages sent, as one text."""
+        return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in self.messages)
+
+
+@dataclass
+class StepRecord:
+    """What one ``step`` did: the proposal, what changed (``applied``: name -> (old, new)),
+    what was refused and why."""
+
+    step: int
+    proposal: Proposal
+    applied: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.applied)
+
+
+class Optimizer:
+    """Base optimizer over a list of parameters.
+
+    Subclasses implement ``_propose``. ``backward`` records feedback on the parameters,
+    ``propose`` asks for new values (changing nothing), ``apply`` validates and writes them
+    all at once through the parameters' bindings, ``step`` does both and keeps a record.
+    """
+
+    def __init__(self, parameters: Iterable[Parameter]) -> None:
+        params = list(parameters)
+        if not params:
+            raise ValueError(
+                "the optimizer got no parameters: pass tracer.parameters or module.parameters(), "
+                "and check that include/exclude patterns left some"
+            )
+        for p in params:
+            if not isinstance(p, Parameter):
+                raise TypeError(
+                    f"optimizers take Parameter objects, got {type(p).__name__}: {p!r:.80}; "
+                    "make values trainable with node(value, trainable=True)"
+                )
+        self.parameters: list[Parameter] = list(_by_name(params).values())
+        self.records: list[StepRecord] = []
+        self._lock = threading.Lock()
+
+    # -- feedback ----------------------------------------------------------------------------
+
+    def zero_feedback(self) -> None:
+        """Forget the feedback accumulated on the parameters."""
+        for p in self.parameters:
+            p.zero_feedback()
+
+    def backward(
+        self, output: Node | Graph | TracedRun, feedback: str | float | Feedback
+    ) -> Subgraph:
+        """Propagate ``feedback`` on a run's output (a node, a graph, or a ``TracedRun``)."""
+        if isinstance(output, TracedRun):
+            if output.graph is None:
+                raise ValueError("this run has no graph: was the tracer attached when it ran?")
+            output = output.graph
+        sub = trace_backward(output, feedback)
+        mine = {id(p) for p in self.parameters}
+        if not any(id(p) in mine for p in sub.parameters_reached):
+            logger.warning(
+                "feedback on %r reaches none of this optimizer's parameters %s",
+                sub.output.name,
+                [p.name for p in self.parameters],
+            )
+        return sub
+
+    def feedback_subgraphs(self) -> list[Subgraph]:
+        """The distinct subgraphs recorded on this optimizer's parameters, oldest first."""
+        seen: set[int] = set()
+        subs: list[Subgraph] = []
+        for p in self.parameters:
+            for sub in p.propagated():
+                if id(sub) not in seen:
+                    seen.add(id(sub))
+                    subs.append(sub)
+        return subs
+
+    # -- proposing and applying -------------------------------------------------------------
+
+    def propose(self) -> Proposal:
+        """Ask for new values from the accumulated feedback; changes nothing."""
+        if not self.feedback_subgraphs():
+            raise RuntimeError(
+                "no feedback to optimize from: call optimizer.backward(output, feedback) on at "
+                "least one run that used these parameters first"
+            )
+        return self._propose()
+
+    def _propose(self) -> Proposal:
+        raise NotImplementedError
+
+    def current_values(self) -> dict[str, Any]:
+        return {p.name: p.value for p in self.parameters}
+
+    def check(self, suggestion: Mapping[str, Any], proposal: Proposal) -> None:
+        """Type and validate raw suggestions into ``proposal.values`` / ``proposal.rejected``."""
+        by_name = {p.name: p for p in self.parameters}
+        for raw_name, value in suggestion.items():
+            name = str(raw_name).strip().lstrip("#").strip()
+            param = by_name.get(name)
+            if param is None:
+                proposal.rejected[str(raw_name)] = (
+                    f"no variable named {raw_name!r}; the variables are {sorted(by_name)}"
+                )
+                continue
+            try:
+                typed = param.convert(value)
+            except ValidationError as exc:
+                proposal.rejected[name] = exc.errors.get(name, str(exc))
+                continue
+            if typed != param.value:
+                proposal.values[name] = typed
+
+    def apply(self, update: Proposal | Mapping[str, Any]) -> StepRecord:
+        """Validate and write new values all at once; returns what changed.
+
+        Names that are not parameters, or values that fail validation, are refused and
+        reported; the valid ones are written together (all or none if a binding fails).
+        """
+        if isinstance(update, Proposal):
+            proposal = update
+        else:
+            proposal = Proposal()
+            self.check(update, proposal)
+        by_name = {p.name: p for p in self.parameters}
+        targets = {by_name[n]: v for n, v in proposal.values.items()}
+        record = StepRecord(step=len(self.records), proposal=proposal, error=proposal.error)
+        record.rejected.update(proposal.rejected)
+        try:
+            previous = apply_updates(targets)
+        except ValidationError as exc:  # a value changed validity since it was proposed
+            record.rejected.update(exc.errors)
+            record.error = record.error or str(exc)
+            return record
+        record.applied = {p.name: (old, p.value) for p, old in previous.items()}
+        return record
+
+    def step(self) -> StepRecord:
+        """``propose`` then ``apply``; the record is kept in ``records``."""
+        proposal = self.propose()
+        record = self.apply(proposal)
+        with self._lock:
+            record.step = len(self.records)
+            self.records.append(record)
+        if record.error:
+            logger.warning("optimizer step %d changed nothing: %s", record.step, record.error)
+        for name, reason in record.rejected.items():
+            logger.info("optimizer step %d rejected %s: %s", record.step, name, reason)
+        return record

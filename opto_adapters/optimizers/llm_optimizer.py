@@ -1,0 +1,152 @@
+"""What LLM-based optimizers share: asking for ``{"reasoning", "suggestion"}`` and a memory."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ..llm import LLM, LLMError, LLMResponseError
+from ..trace import Parameter, Subgraph
+from ..trace.render import cut, value_text
+from .base import Optimizer, Proposal
+
+__all__ = ["LLMOptimizer", "MemoryEntry", "REPLY_SCHEMA"]
+
+REPLY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "reasoning": {"type": "string"},
+        "suggestion": {"type": "object", "additionalProperties": True},
+    },
+    "required": ["reasoning", "suggestion"],
+}
+
+REPLY_FORMAT = (
+    'Reply with one JSON object only: {"reasoning": "<why the outputs got this feedback and '
+    'what to change>", "suggestion": {"<variable name>": <complete new value>, ...}}. '
+    "Give whole new values, not edits, in the variable's type: text as a JSON string, numbers "
+    "as JSON numbers, JSON values as JSON. Leave out variables that should stay as they are; "
+    'if nothing should change, reply with "suggestion": {}.'
+)
+
+
+@dataclass(frozen=True)
+class MemoryEntry:
+    """Earlier values of the variables and the feedback they got."""
+
+    values: dict[str, Any]
+    feedback: str
+
+
+class LLMOptimizer(Optimizer):
+    """An optimizer that asks an LLM (any OpenAI-compatible endpoint, see ``LLM``).
+
+    ``memory_size`` earlier (values, feedback) pairs are shown with each request;
+    ``remember`` adds one (the trainer records rejected candidates this way).
+    """
+
+    def __init__(
+        self,
+        parameters: Iterable[Parameter],
+        llm: LLM | None = None,
+        *,
+        objective: str | None = None,
+        memory_size: int = 5,
+        value_budget: int | None = 1000,
+    ) -> None:
+        super().__init__(parameters)
+        if memory_size < 0:
+            raise ValueError(f"memory_size must be >= 0, got {memory_size}")
+        self._llm = llm
+        self.objective = objective
+        self.value_budget = value_budget
+        self.memory: deque[MemoryEntry] = deque(maxlen=memory_size or None)
+        self.memory_size = memory_size
+        self._memory_lock = threading.Lock()
+
+    @property
+    def llm(self) -> LLM:
+        """The LLM client (created from the environment on first use if none was given)."""
+        if self._llm is None:
+            self._llm = LLM()
+        return self._llm
+
+    def remember(self, values: dict[str, Any], feedback: str) -> None:
+        """Add earlier values and what happened with them to the memory."""
+        if self.memory_size == 0:
+            return
+        with self._memory_lock:
+            self.memory.append(MemoryEntry(dict(values), feedback))
+
+    def memory_text(self) -> str:
+        with self._memory_lock:
+            entries = list(self.memory)
+        blocks = []
+        for i, entry in enumerate(entries, 1):
+            values = "\n".join(
+                f"{name}={cut(value_text(v), self.value_budget)}" for name, v in entry.values.items()
+            )
+            blocks.append(f"[{i}]\n{values}\nfeedback: {entry.feedback}")
+        return "\n".join(blocks)
+
+    @staticmethod
+    def feedback_summary(subs: list[Subgraph], budget: int = 500) -> str:
+        texts = [cut(str(s.feedback), budget) for s in subs]
+        if len(texts) == 1:
+            return texts[0]
+        return " | ".join(f"run {i}: {t}" for i, t in enumerate(texts, 1))
+
+    def ask(self, messages: list[dict[str, str]]) -> Proposal:
+        """Send ``messages``; turn the reply into a checked ``Proposal``.
+
+        Authentication and budget errors are raised (the caller must act); any other failure
+        is recorded in ``proposal.error`` and changes nothing.
+        """
+        proposal = Proposal(messages=messages)
+        try:
+            result = self.llm.complete_json(messages, REPLY_SCHEMA, schema_name="optimizer_reply")
+        except LLMResponseError as exc:
+            proposal.raw = exc.raw_text or ""
+            if proposal.raw.strip().strip(".").upper() == "TERMINATE":
+                proposal.terminated = True
+                proposal.reasoning = "the optimizer replied TERMINATE: no change needed"
+                return proposal
+            proposal.error = f"the optimizer's reply had no usable JSON: {exc.reason}"
+            return proposal
+        except LLMError as exc:
+            if _must_raise(exc):
+                raise
+            proposal.error = f"the optimizer request failed: {exc}"
+            return proposal
+        proposal.raw = result.text
+        proposal.usage = {
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+        }
+        data = result.data
+        reasoning = data.get("reasoning", "")
+        proposal.reasoning = reasoning if isinstance(reasoning, str) else json.dumps(reasoning)
+        suggestion = data.get("suggestion")
+        if suggestion is None and "TERMINATE" in result.text:
+            proposal.terminated = True
+            return proposal
+        if not isinstance(suggestion, dict):
+            proposal.error = (
+                "the optimizer's reply has no 'suggestion' object "
+                f"(got {type(suggestion).__name__}); nothing changed"
+            )
+            return proposal
+        if not suggestion:
+            proposal.terminated = True
+        self.check(suggestion, proposal)
+        return proposal
+
+
+def _must_raise(exc: LLMError) -> bool:
+    from ..llm import AuthenticationError, BudgetExceeded
+
+    return isinstance(exc, (AuthenticationError, BudgetExceeded))
