@@ -26,11 +26,9 @@ REPLY_SCHEMA: dict[str, Any] = {
 }
 
 REPLY_FORMAT = (
-    'Reply with one JSON object only: {"reasoning": "<why the outputs got this feedback and '
-    'what to change>", "suggestion": {"<variable name>": <complete new value>, ...}}. '
-    "Give whole new values, not edits, in the variable's type: text as a JSON string, numbers "
-    "as JSON numbers, JSON values as JSON. Leave out variables that should stay as they are; "
-    'if nothing should change, reply with "suggestion": {}.'
+    'Reply with one JSON object only: {"reasoning": "<what caused the feedback, what to '
+    'change>", "suggestion": {"<variable name>": <whole new value in its type>}}. '
+    'Leave out variables that should stay; if none should change, give "suggestion": {}.'
 )
 
 

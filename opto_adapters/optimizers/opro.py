@@ -18,9 +18,8 @@ from .llm_optimizer import REPLY_FORMAT, LLMOptimizer
 
 __all__ = ["OPRO"]
 
-SYSTEM_PROMPT = f"""You improve a set of values (the variables) from a history of earlier values and how they scored.
-Higher scores are better. Study which values scored well and which did poorly, then suggest new values that should score higher than all of them.
-{REPLY_FORMAT}"""
+SYSTEM_PROMPT = """You improve a set of values (the variables) from a history of earlier values and how they scored.
+Higher scores are better. Study which values scored well and which did poorly, then suggest new values that should score higher than all of them."""
 
 
 class OPRO(LLMOptimizer):

@@ -12,21 +12,10 @@ from .llm_optimizer import REPLY_FORMAT, LLMOptimizer
 
 __all__ = ["OptoPrime"]
 
-SYSTEM_PROMPT = f"""You improve the trainable values (#Variables) of a program from feedback on what it produced.
-The problem comes in sections:
-#Instruction: the goal.
-#Code: how the outputs were computed, one operation per line as `result = operation(argument=value_name, ...)`, in the order they ran.
-#Documentation: what each operation does.
-#Variables: the values you may change, each as `(type) name=value`; a `# name: ...` line above one says what it is for.
-#Constraints: rules a new value must follow; a value that breaks one is refused.
-#Inputs: values the program received; you cannot change them.
-#Others: values computed along the way.
-#Outputs: what the program returned (or the error it raised).
-#Feedback: what was wrong with the outputs, or their score.
-#Memory (when shown): earlier values of the variables and the feedback they got.
-When several runs are shown, `[run N]` marks each run's own values; the code and the variables are shared, and `[all runs]` marks values common to every run.
-Work out how each variable influenced the outputs and so the feedback, then suggest new values for the variables that should change, so that future runs get better feedback (not only these).
-{REPLY_FORMAT}"""
+SYSTEM_PROMPT = """You improve the trainable #Variables of a program from #Feedback on its #Outputs.
+Sections: #Instruction (the goal); #Code (the run, one line per operation, `result = op(arg=value_name)`, in order); #Documentation (what each op does); #Variables (`(type) name=value`, changeable; a `# name:` line says what it is for); #Constraints (a value breaking one is refused); #Inputs (fixed); #Others (intermediate values); #Outputs; #Feedback; #Memory (earlier values and their feedback).
+`[run N]` marks one run's values in a minibatch; code and variables are shared.
+Work out how each variable led to the feedback, then suggest values that make future runs better, not only these."""
 
 
 class OptoPrime(LLMOptimizer):

@@ -19,10 +19,7 @@ from .nodes import ExceptionNode, Node, Parameter, iter_parameters
 
 __all__ = ["ProblemInstance", "format_value", "render", "short_repr", "value_text"]
 
-DEFAULT_INSTRUCTION = (
-    "Change the values of #Variables so that the #Outputs get better #Feedback. "
-    "#Code shows how the outputs were computed from the variables and the #Inputs."
-)
+DEFAULT_INSTRUCTION = "Change the #Variables so that the #Outputs get better #Feedback."
 SECTIONS = (
     "Instruction",
     "Code",
