@@ -1,0 +1,3 @@
+"""Shared pytest fixtures."""
+
+from opto_adapters.testing import scripted_llm  # noqa: F401  (registers the fixture)
