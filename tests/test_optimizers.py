@@ -87,8 +87,8 @@ def test_memory_shows_earlier_feedback(scripted_llm):
     opt.backward(run("second question here"), "SECOND-FEEDBACK: still short")
     opt.step()
     first, second = scripted_llm.prompts()
-    assert "#Memory" not in first
-    memory = second.split("#Memory", 1)[1]
+    assert "\n#Memory\n" not in first
+    memory = second.split("\n#Memory\n", 1)[1]
     assert "FIRST-FEEDBACK" in memory and "max_words=3" in memory
     assert "SECOND-FEEDBACK" not in memory
 
