@@ -245,3 +245,14 @@ def test_opro_prompt_has_history_and_no_graph(scripted_llm):
     history = second.split("#History", 1)[1]
     assert history.index("score: 0.2") < history.index("score: 0.9")  # best last
     assert "max_words=3" in history and "max_words=8" in history
+
+
+def test_value_of_the_wrong_type_is_rejected_with_the_expected_type(scripted_llm):
+    template, max_words, tags, run = make_program()
+    opt = OptoPrime([template, max_words], llm_for(scripted_llm))
+    opt.backward(run("q"), "fb")
+    scripted_llm.script(reply({"qa_template": 42, "max_words": "many"}))
+    record = opt.step()
+    assert "expected text (str), got int" in record.rejected["qa_template"]
+    assert "expected a number, got the text 'many'" in record.rejected["max_words"]
+    assert not record.changed and (template.value, max_words.value) == ("Question: {question}", 3)
