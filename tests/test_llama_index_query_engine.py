@@ -10,7 +10,7 @@ from llama_index.core.prompts.default_prompt_selectors import DEFAULT_TEXT_QA_PR
 
 from opto_adapters.llama_index import OptoTracer
 from opto_adapters.llama_index.templates import STAMP_KEY
-from opto_adapters.trace import ExceptionNode, Parameter, ValidationError, apply_updates
+from opto_adapters.trace import ExceptionNode, Parameter, ValidationError, apply_updates, render
 
 from .llama_index_fakes import RecordingLLM, WordEmbedding
 
@@ -318,3 +318,28 @@ def test_include_and_exclude_select_parameters(index, tracers):
     graph.output.backward("shorter")
     assert fixed[0].feedback == []
     assert all(isinstance(p, Parameter) for p in tracer2.parameters)
+
+
+def test_the_rendered_problem_names_the_prompt_and_shows_the_run(index, tracers):
+    tracer = OptoTracer(engine(index, RecordingLLM(reply="Blue.")))
+    tracers.append(tracer)
+    graph = tracer.run("What color is the sky?").graph
+    qa = tracer.parameter(QA)
+    qa.zero_feedback()
+    graph.output.backward("Too short: add a reason.")
+    problem = render(qa.propagated(), [qa])
+    text = str(problem)
+    assert (
+        f"llm = RecordingLLM.predict(template={QA}, context_str=context_str, query_str=query)"
+        in problem.code
+    )
+    assert (
+        problem.code.splitlines()[-1]
+        == "response = RetrieverQueryEngine.query(query=query, synthesize=synthesize)"
+    )
+    assert f"# {QA}: Prompt text_qa_template of the CompactAndRefine" in problem.variables
+    assert "{context_str}, {query_str}" in problem.constraints
+    assert "(str) query=What color is the sky?" in problem.inputs
+    assert "(str) context_str=The sky is blue." in problem.inputs
+    assert "(str) llm=Blue." in problem.others
+    assert "Too short: add a reason." in text and problem.parameters == {QA: qa}

@@ -218,3 +218,14 @@ def test_run_on_unknown_target_says_what_to_do():
         assert tracer.parameters == []
         with pytest.raises(TypeError, match="call it yourself"):
             tracer.run("x")
+
+
+def test_a_streaming_response_is_never_consumed_by_the_tracer(index):
+    engine = index.as_query_engine(
+        llm=RecordingLLM(reply="Blue it is."), similarity_top_k=1, streaming=True
+    )
+    with OptoTracer(engine) as tracer:
+        response = engine.query("What color is the sky?")
+        [graph] = tracer.graphs
+        assert "not consumed" in graph.output.value
+        assert "".join(response.response_gen) == "Blue it is."  # the user still gets every token

@@ -69,13 +69,13 @@ _PURPOSE = {
 _CONSTRAINTS = {
     "llama": (
         "LlamaIndex fills each {name} placeholder at run time; keep every one of them. Other "
-        "braces are kept literally."
+        "braces are kept literally"
     ),
     "python": (
         "Filled with Python str.format: keep every {name} placeholder and write any literal "
-        "brace doubled, as {{ or }}."
+        "brace doubled, as {{ or }}"
     ),
-    "jinja": "jinja template (RichPromptTemplate): keep every {{ variable }} and the {% chat %} blocks.",
+    "jinja": "jinja template (RichPromptTemplate): keep every {{ variable }} and the {% chat %} blocks",
 }
 # prompts their owner fills with str.format rather than LlamaIndex's own formatter
 _PYTHON_FORMAT = frozenset({"react_header"})
@@ -233,7 +233,7 @@ class _Walker:
         if isinstance(obj, BaseRetriever):
             self.retriever(obj, prefix, chain)
         for attr in ("_retriever", "_query_engine", "query_engine"):
-            child = getattr(obj, attr, None)
+            child = _probe(obj, attr)
             if isinstance(child, (BaseRetriever, BaseQueryEngine)):
                 self.visit(child, f"{prefix}{attr.lstrip('_')}.", chain)
 
@@ -377,13 +377,13 @@ class _Walker:
     def chat_engine(self, obj: Any, prefix: str, chain: tuple[int, ...]) -> None:
         for klass in type(obj).__mro__:
             for attr, name in _CHAT_ENGINE_TEMPLATES.get(klass.__name__, ()):
-                template = getattr(obj, attr, None)
+                template = _probe(obj, attr)
                 if template is not None:
                     slot = _AttrSlot(obj, attr)
                     self.template_params(
                         slot, template, prefix + name, name, obj, chain, stampable=False
                     )
-        prefix_messages = getattr(obj, "_prefix_messages", None)
+        prefix_messages = _probe(obj, "_prefix_messages")
         if isinstance(prefix_messages, list) and prefix_messages:
             first = prefix_messages[0]
             if getattr(first, "role", None) == MessageRole.SYSTEM and isinstance(
@@ -397,7 +397,7 @@ class _Walker:
                     obj,
                     chain,
                 )
-        system_prompt = getattr(obj, "_system_prompt", None)
+        system_prompt = _probe(obj, "_system_prompt")
         if (
             isinstance(system_prompt, str)
             and system_prompt.strip()
@@ -427,14 +427,14 @@ class _Walker:
     # -- agents and tools ------------------------------------------------------------------
 
     def agent(self, obj: Any, prefix: str, chain: tuple[int, ...]) -> None:
-        agents = getattr(obj, "agents", None)
+        agents = _probe(obj, "agents")
         if isinstance(agents, Mapping) and _is_workflow(obj):  # AgentWorkflow
             for name, agent in agents.items():
                 self.visit(agent, f"{prefix}{_clean(str(name))}.", chain)
             return
         if not _is_workflow(obj):
             return
-        system_prompt = getattr(obj, "system_prompt", None)
+        system_prompt = _probe(obj, "system_prompt")
         if isinstance(system_prompt, str):
             self.text_param(
                 _AttrSlot(obj, "system_prompt"),
@@ -444,7 +444,7 @@ class _Walker:
                 obj,
                 chain,
             )
-        for tool in getattr(obj, "tools", None) or ():
+        for tool in _probe(obj, "tools") or ():
             if isinstance(tool, BaseTool):
                 self.visit(tool, f"{prefix}tools.", chain)
 
@@ -472,7 +472,7 @@ class _Walker:
         self.found.by_tool[id(tool)] = trainable
         self.found.by_tool[id(metadata)] = trainable
         self.found.by_tool_name.setdefault(tool_name, []).append(trainable)
-        engine = getattr(tool, "query_engine", None)
+        engine = _probe(tool, "query_engine")
         if isinstance(engine, BaseQueryEngine):
             self.visit(engine, f"{prefix}{_clean(tool_name)}.", chain)
 
@@ -480,7 +480,7 @@ class _Walker:
 
     def retriever(self, retriever: Any, prefix: str, chain: tuple[int, ...]) -> None:
         for setting, bounds in self.settings.items():
-            value = getattr(retriever, setting, None)
+            value = _probe(retriever, setting)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             self.settings_seen.add(setting)
@@ -665,6 +665,15 @@ def _tool_description_ok(value: Any) -> str | None:
             f"{MAX_TOOL_DESCRIPTION} when it sends tools to an OpenAI-style LLM: shorten it"
         )
     return None
+
+
+def _probe(obj: Any, attr: str) -> Any:
+    """``getattr(obj, attr, None)``, also when a property raises something else."""
+    try:
+        return getattr(obj, attr, None)
+    except Exception:
+        logger.debug("reading %s.%s raised; skipped", type(obj).__name__, attr, exc_info=True)
+        return None
 
 
 def _is_workflow(obj: Any) -> bool:

@@ -14,7 +14,13 @@ them on ``close()``. While attached it builds a graph for
 
 LLMs and embedding models are not components: they are usually shared, so a direct
 ``llm.complete(...)`` is traced only inside ``with tracer:``. Leaving the ``with`` block
-closes the tracer; ``run``/``arun`` re-attach for the duration of their run if needed.
+closes the tracer; ``run``/``arun`` re-attach for the duration of their run if needed, and
+``attach()`` re-opens it.
+
+A graph is built when its run's root span ends. With ``streaming=True`` the LLM is called
+while the caller consumes the stream, after the query returned: those calls are not in the
+query's graph (inside ``with tracer:`` each becomes a graph of its own). Optimize with
+non-streaming runs.
 """
 
 from __future__ import annotations
@@ -112,7 +118,7 @@ class OptoTracer(TracerBase):
         self._state_lock = threading.RLock()
         self._finalizer: weakref.finalize | None = None
         self._depth = 0
-        self._attach()
+        self.attach()
 
     # -- attach / detach -------------------------------------------------------------------
 
@@ -121,7 +127,11 @@ class OptoTracer(TracerBase):
         """Whether the handlers are on LlamaIndex's dispatcher (runs are being traced)."""
         return self._finalizer is not None and self._finalizer.alive
 
-    def _attach(self) -> None:
+    def attach(self) -> None:
+        """Put the handlers (back) on LlamaIndex's dispatcher; idempotent.
+
+        A new tracer is attached already; this re-opens one that was closed.
+        """
         with self._state_lock:
             if self.attached:
                 return
@@ -143,7 +153,7 @@ class OptoTracer(TracerBase):
                 self._finalizer()
 
     def __enter__(self) -> OptoTracer:
-        self._attach()
+        self.attach()
         with self._state_lock:
             self._depth += 1
         _SCOPE.set((*_SCOPE.get(), self))
@@ -228,7 +238,7 @@ class OptoTracer(TracerBase):
     def _attach_for_run(self) -> bool:
         if self.attached:
             return False
-        self._attach()
+        self.attach()
         return True
 
     def _method(self, *, sync: bool) -> Callable[..., Any] | Callable[..., Awaitable[Any]]:
