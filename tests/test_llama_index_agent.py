@@ -187,3 +187,14 @@ def test_agent_workflow_parameters_are_named_by_agent():
     assert ("calc.system_prompt", "system", "llm") in edges
     assert ("calc.tools.add.description", "tool[add]", "llm") in edges
     assert graph.output.value == "4"
+
+
+async def test_parallel_tool_calls_both_hang_off_the_call_that_asked_for_them(llm, agent):
+    llm.load([[("add", {"a": 1, "b": 2}), ("mul", {"a": 3, "b": 4})], "3 and 12."])
+    with OptoTracer(agent) as tracer:
+        graph = (await tracer.arun("1+2 and 3*4?")).graph
+    edges = set(graph.edges())
+    assert {("llm", "call", "add"), ("llm", "call", "mul")} <= edges
+    into_second_call = {src for src, _, dst in edges if dst == "llm_1"}
+    assert {"add", "mul", "llm", "system_prompt", "user_msg"} <= into_second_call
+    assert graph.output.value == "3 and 12."

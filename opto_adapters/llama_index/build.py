@@ -190,7 +190,7 @@ class _Build:
 
     def _derived(self, name: str, value: str) -> Node | None:
         for node, texts, _ in reversed(self.retrieved):
-            if any(t and t in value for t in texts[:_MAX_LINK_TEXTS]):
+            if any(len(t) >= _MIN_CONTAINS and t in value for t in texts[:_MAX_LINK_TEXTS]):
                 out = Node(value, name=_name(name), inputs={"nodes": node}, op=_JOIN)
                 self._register(out)
                 return out
