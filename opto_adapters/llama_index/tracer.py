@@ -1,0 +1,315 @@
+"""``OptoTracer``: every run of a LlamaIndex app becomes an OPTO graph over its prompts.
+
+Attach model. LlamaIndex's instrumentation dispatcher is process-global, so the tracer adds
+one span handler and one event handler to the root dispatcher when it is created and removes
+them on ``close()``. While attached it builds a graph for
+
+- every run of its target or one of the target's components (retriever, synthesizer,
+  sub-query-engine, agent, tool): a span of one of them that is not inside another
+  traced run starts a run;
+- inside ``with tracer:``, every run in that context (any query engine, retriever, chat
+  engine, agent or LLM call), like LangChain's global tracer. The scope is a context variable:
+  asyncio tasks created inside inherit it; threads do not unless started with
+  ``contextvars.copy_context().run`` (LlamaIndex's own ``Thread`` does this).
+
+LLMs and embedding models are not components: they are usually shared, so a direct
+``llm.complete(...)`` is traced only inside ``with tracer:``. Leaving the ``with`` block
+closes the tracer; ``run``/``arun`` re-attach for the duration of their run if needed, and
+``attach()`` re-opens it.
+
+A graph is built when its run's root span ends. With ``streaming=True`` the LLM is called
+while the caller consumes the stream, after the query returned: those calls are not in the
+query's graph (inside ``with tracer:`` each becomes a graph of its own). Optimize with
+non-streaming runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from llama_index.core.base.base_query_engine import BaseQueryEngine
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.chat_engine.types import BaseChatEngine
+from llama_index.core.instrumentation import get_dispatcher
+
+from ..trace import Graph, TracedRun, TracerBase, select_parameters
+from .build import GraphBuilder
+from .discovery import Discovery, discover
+from .recorder import EventHandler, Recorder, RunRecord, SpanHandler
+
+__all__ = ["OptoTracer"]
+
+logger = logging.getLogger("opto_adapters.llama_index")
+
+_SCOPE: ContextVar[tuple[OptoTracer, ...]] = ContextVar(
+    "opto_adapters_llama_index_scope", default=()
+)
+
+
+class _Capture:
+    """Set by ``run``/``arun``: the first run started in this context is theirs."""
+
+    __slots__ = ("tracer", "run_id")
+
+    def __init__(self, tracer: OptoTracer) -> None:
+        self.tracer = tracer
+        self.run_id: str | None = None
+
+
+_CAPTURE: ContextVar[_Capture | None] = ContextVar(
+    "opto_adapters_llama_index_capture", default=None
+)
+
+
+class OptoTracer(TracerBase):
+    """Trace a LlamaIndex query engine, retriever, chat engine or agent as OPTO graphs.
+
+    ``OptoTracer(engine)`` discovers the trainable texts (see ``discover``), binds a
+    ``Parameter`` to each, and attaches to LlamaIndex's instrumentation so every run of
+    ``engine`` records a graph (``last_graph``, ``graphs``, ``graph(run_id)``). Writing a
+    parameter (``apply_updates``, ``load``) changes what the next run sends to the LLM.
+
+    ``include``/``exclude`` are name patterns (``"*text_qa*"``); excluded texts still appear
+    in graphs, as fixed inputs. ``retriever_settings=True`` adds ``similarity_top_k`` of
+    each retriever as a ``number`` parameter; pass a list of setting names or a dict of
+    name -> ``(min, max)`` for others.
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        *,
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        max_graphs: int = 100,
+        retriever_settings: bool
+        | Iterable[str]
+        | Mapping[str, tuple[float | None, float | None]] = False,
+        max_open_runs: int = 1000,
+    ) -> None:
+        if target is None:
+            raise TypeError(
+                "OptoTracer needs a query engine, retriever, chat engine or agent, got None"
+            )
+        self.target = target
+        self._discovery: Discovery = discover(target, retriever_settings=retriever_settings)
+        selected = select_parameters(self._discovery.parameters, include, exclude)
+        chosen = {id(p) for p in selected}
+        for t in self._discovery.trainables:
+            if id(t.parameter) not in chosen:
+                t.parameter.trainable = False  # shown in graphs as a fixed input
+        super().__init__(selected, max_graphs=max_graphs)
+        self._components = self._discovery.components
+        self._builder = GraphBuilder(self._discovery)
+        ref = weakref.ref(self)
+        self._recorder = Recorder(
+            lambda span_id, instance, kind: _call(ref, "_accept", False, span_id, instance, kind),
+            lambda run: _call(ref, "_finish", None, run),
+            max_open_runs=max_open_runs,
+        )
+        self._span_handler = SpanHandler(self._recorder)
+        self._event_handler = EventHandler(self._recorder)
+        self._state_lock = threading.RLock()
+        self._finalizer: weakref.finalize | None = None
+        self._depth = 0
+        self.attach()
+
+    # -- attach / detach -------------------------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        """Whether the handlers are on LlamaIndex's dispatcher (runs are being traced)."""
+        return self._finalizer is not None and self._finalizer.alive
+
+    def attach(self) -> None:
+        """Put the handlers (back) on LlamaIndex's dispatcher; idempotent.
+
+        A new tracer is attached already; this re-opens one that was closed.
+        """
+        with self._state_lock:
+            if self.attached:
+                return
+            dispatcher = get_dispatcher()
+            dispatcher.add_span_handler(self._span_handler)
+            dispatcher.add_event_handler(self._event_handler)
+            # detach even if the user never calls close(): the dispatcher is global
+            self._finalizer = weakref.finalize(
+                self, _detach, self._span_handler, self._event_handler, self._recorder
+            )
+
+    def close(self) -> None:
+        """Remove the handlers from LlamaIndex's dispatcher and forget unfinished runs.
+
+        Idempotent. Recorded graphs and the parameters stay usable.
+        """
+        with self._state_lock:
+            if self._finalizer is not None:
+                self._finalizer()
+
+    def __enter__(self) -> OptoTracer:
+        self.attach()
+        with self._state_lock:
+            self._depth += 1
+        _SCOPE.set((*_SCOPE.get(), self))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        scope = list(_SCOPE.get())
+        for i in range(len(scope) - 1, -1, -1):
+            if scope[i] is self:
+                del scope[i]
+                break
+        _SCOPE.set(tuple(scope))
+        with self._state_lock:
+            self._depth -= 1
+            last = self._depth <= 0
+        if last:
+            self.close()
+
+    async def __aenter__(self) -> OptoTracer:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)
+
+    # -- running the target ----------------------------------------------------------------
+
+    def run(self, input: Any, **kwargs: Any) -> TracedRun:
+        """Run the target once on ``input`` and return its output with exactly that run's graph.
+
+        Never raises the app's exception: it is in ``.error`` and ``graph.output`` is an
+        ``ExceptionNode``. Agents and workflows are async: from inside an event loop use
+        ``await tracer.arun(...)``.
+        """
+        if _is_workflow(self.target):
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return asyncio.run(self.arun(input, **kwargs))
+            raise RuntimeError(
+                f"tracer.run() on a {type(self.target).__name__} inside a running event loop: "
+                "use `await tracer.arun(...)`"
+            )
+        call = self._method(sync=True)
+        temporary = self._attach_for_run()
+        capture = _Capture(self)
+        token = _CAPTURE.set(capture)
+        try:
+            try:
+                output, error = call(input, **kwargs), None
+            except Exception as exc:
+                output, error = None, exc
+        finally:
+            _CAPTURE.reset(token)
+            if temporary:
+                self.close()
+        return TracedRun(output, self._graph_of(capture), error)
+
+    async def arun(self, input: Any, **kwargs: Any) -> TracedRun:
+        """Async ``run``: ``aquery``/``aretrieve``/``achat``, or ``await agent.run(...)``."""
+        temporary = self._attach_for_run()
+        capture = _Capture(self)
+        token = _CAPTURE.set(capture)
+        try:
+            try:
+                if _is_workflow(self.target):
+                    output = await self.target.run(user_msg=input, **kwargs)
+                else:
+                    output = await self._method(sync=False)(input, **kwargs)
+                error = None
+            except Exception as exc:
+                output, error = None, exc
+            for _ in range(5):  # a workflow's root span ends in a done-callback: let it run
+                if capture.run_id is None or self._has_graph(capture.run_id):
+                    break
+                await asyncio.sleep(0)
+        finally:
+            _CAPTURE.reset(token)
+            if temporary:
+                self.close()
+        return TracedRun(output, self._graph_of(capture), error)
+
+    def _attach_for_run(self) -> bool:
+        if self.attached:
+            return False
+        self.attach()
+        return True
+
+    def _method(self, *, sync: bool) -> Callable[..., Any] | Callable[..., Awaitable[Any]]:
+        t = self.target
+        if isinstance(t, BaseQueryEngine):
+            return t.query if sync else t.aquery
+        if isinstance(t, BaseRetriever):
+            return t.retrieve if sync else t.aretrieve
+        if isinstance(t, BaseChatEngine):
+            return t.chat if sync else t.achat
+        raise TypeError(
+            f"tracer.run() does not know how to run a {type(t).__name__}; call it yourself "
+            "(its runs are traced) and read tracer.last_graph"
+        )
+
+    def _has_graph(self, run_id: str) -> bool:
+        with self._graph_lock:
+            return run_id in self._graphs
+
+    def _graph_of(self, capture: _Capture) -> Graph | None:
+        if capture.run_id is None:
+            logger.warning(
+                "opto_adapters: the run of %s produced no span; no graph",
+                type(self.target).__name__,
+            )
+            return None
+        with self._graph_lock:
+            return self._graphs.get(capture.run_id)
+
+    # -- called by the recorder ------------------------------------------------------------
+
+    def _accept(self, span_id: str, instance: Any, kind: str) -> bool:
+        capture = _CAPTURE.get()
+        if capture is not None and capture.tracer is self and capture.run_id is None:
+            capture.run_id = span_id
+            return True
+        if id(instance) in self._components:
+            return True
+        return self in _SCOPE.get()
+
+    def _finish(self, run: RunRecord) -> None:
+        try:
+            graph = self._builder.build(run)
+        except Exception as exc:
+            self._recorder.report_failure("building the graph", exc)
+            return
+        self._record(run.root.id, graph)
+
+    def __repr__(self) -> str:
+        return (
+            f"OptoTracer(target={type(self.target).__name__}, parameters={[p.name for p in self.parameters]}, "
+            f"attached={self.attached})"
+        )
+
+
+def _call(ref: weakref.ref[OptoTracer], method: str, default: Any, *args: Any) -> Any:
+    tracer = ref()
+    return default if tracer is None else getattr(tracer, method)(*args)
+
+
+def _detach(span_handler: SpanHandler, event_handler: EventHandler, recorder: Recorder) -> None:
+    """Remove exactly these handlers (by identity: pydantic handlers compare by fields)."""
+    dispatcher = get_dispatcher()
+    dispatcher.span_handlers = [h for h in dispatcher.span_handlers if h is not span_handler]
+    dispatcher.event_handlers = [h for h in dispatcher.event_handlers if h is not event_handler]
+    recorder.clear()
+
+
+def _is_workflow(obj: Any) -> bool:
+    try:
+        from workflows import Workflow
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, Workflow)

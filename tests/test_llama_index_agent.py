@@ -1,0 +1,200 @@
+"""LlamaIndex adapter on agents: system prompt and tool descriptions, tool calls in the graph."""
+
+from __future__ import annotations
+
+import pytest
+from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ReActAgent
+from llama_index.core.tools import FunctionTool
+
+from opto_adapters.llama_index import OptoTracer
+from opto_adapters.trace import ExceptionNode, ValidationError, apply_updates
+
+from .llama_index_fakes import ScriptedToolLLM, tool_description
+
+
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def mul(a: int, b: int) -> int:
+    """Multiply two numbers."""
+    return a * b
+
+
+ADD_DESCRIPTION = FunctionTool.from_defaults(add).metadata.description
+SCRIPT = [[("add", {"a": 1, "b": 2})], [("mul", {"a": 3, "b": 4})], "The answer is 12."]
+
+
+@pytest.fixture
+def llm() -> ScriptedToolLLM:
+    return ScriptedToolLLM(SCRIPT)
+
+
+@pytest.fixture
+def agent(llm) -> FunctionAgent:
+    return FunctionAgent(tools=[add, mul], llm=llm, system_prompt="You are a calculator.")
+
+
+def test_agent_parameters(agent):
+    with OptoTracer(agent) as tracer:
+        assert [p.name for p in tracer.parameters] == [
+            "system_prompt",
+            "tools.add.description",
+            "tools.mul.description",
+        ]
+        assert tracer.parameter("tools.add.description").kind == "tool_description"
+        assert tracer.parameter("tools.add.description").value == ADD_DESCRIPTION
+        assert "decide when to call" in tracer.parameter("tools.mul.description").description
+
+
+async def test_agent_run_graph_has_llm_calls_and_tool_calls_in_order(agent, llm):
+    with OptoTracer(agent) as tracer:
+        run = await tracer.arun("what is (1+2)*4?")
+    assert run.error is None and str(run.output) == "The answer is 12."
+    graph = run.graph
+    edges = set(graph.edges())
+    for call in ("llm", "llm_1", "llm_2"):
+        assert ("system_prompt", "system", call) in edges
+        assert ("user_msg", "user", call) in edges
+        assert ("tools.add.description", "tool[add]", call) in edges
+        assert ("tools.mul.description", "tool[mul]", call) in edges
+    assert {
+        ("llm", "call", "add"),  # the call that asked for the tool
+        ("add", "tool", "llm_1"),  # the tool's output goes back to the model
+        ("llm", "assistant", "llm_1"),
+        ("llm_1", "call", "mul"),
+        ("mul", "tool_2", "llm_2"),
+        ("llm_2", "llm", "response"),
+        ("user_msg", "user_msg", "response"),
+    } <= edges
+    nodes = {graph.names()[id(n)]: n for n in graph.nodes}
+    assert nodes["add"].value == "3" and nodes["mul"].value == "12"
+    assert nodes["arguments"].value == {"a": 1, "b": 2}
+    assert nodes["add"].op.name == "tool:add"
+    assert nodes["llm"].value == 'add({"a": 1, "b": 2})'
+    assert graph.output.value == "The answer is 12." and graph.output.op.name == "FunctionAgent.run"
+    assert len(llm.calls) == 3
+
+
+def test_sync_run_on_an_agent_and_write_back_of_prompt_and_tool_description(agent, llm):
+    with OptoTracer(agent) as tracer:
+        graph = tracer.run("what is (1+2)*4?").graph
+        mul_desc = tracer.parameter("tools.mul.description")
+        mul_desc.zero_feedback()
+        graph.output.backward("Use mul only for products.")
+        [sub] = mul_desc.feedback
+        assert {"llm", "llm_1", "llm_2", "response"} <= {sub.names()[id(n)] for n in sub.nodes}
+
+        apply_updates(
+            {
+                tracer.parameter("system_prompt"): "You are a careful calculator. Show no work.",
+                mul_desc: "Multiply a by b. Use it for every product.",
+            }
+        )
+        llm.load(SCRIPT)
+        run = tracer.run("what is (1+2)*4?")
+    assert run.error is None
+    last = llm.calls[-1]
+    assert last["messages"][0] == ("system", "You are a careful calculator. Show no work.")
+    assert tool_description(last, "mul") == "Multiply a by b. Use it for every product."
+    assert tool_description(last, "add") == ADD_DESCRIPTION
+
+
+def test_bad_tool_descriptions_are_rejected(agent):
+    with OptoTracer(agent) as tracer:
+        desc = tracer.parameter("tools.add.description")
+        with pytest.raises(ValidationError, match="1024"):
+            apply_updates({desc: "x" * 1025})
+        with pytest.raises(ValidationError, match="empty"):
+            apply_updates({desc: " "})
+        assert desc.value == ADD_DESCRIPTION
+
+
+async def test_a_failing_tool_is_reported_to_the_model_and_shows_in_the_graph():
+    def divide(a: int, b: int) -> float:
+        """Divide a by b."""
+        return a / b
+
+    llm = ScriptedToolLLM([[("divide", {"a": 1, "b": 0})], "Cannot divide by zero."])
+    agent = FunctionAgent(tools=[divide], llm=llm, system_prompt="Divide.")
+    with OptoTracer(agent) as tracer:
+        run = await tracer.arun("1/0?")
+    graph = run.graph
+    nodes = {graph.names()[id(n)]: n for n in graph.nodes}
+    assert isinstance(nodes["divide"], ExceptionNode)
+    assert "ZeroDivisionError: division by zero" in nodes["divide"].error_text()
+    assert ("divide", "tool", "llm_1") in set(graph.edges())  # the agent told the model
+    assert graph.output.value == "Cannot divide by zero."
+
+
+def test_react_agent_header_is_recognised_in_the_formatted_system_message():
+    llm = ScriptedToolLLM(
+        [
+            'Thought: I need to add.\nAction: add\nAction Input: {"a": 2, "b": 2}',
+            "Thought: Done.\nAnswer: 4",
+        ]
+    )
+    agent = ReActAgent(tools=[add], llm=llm)
+    with OptoTracer(agent) as tracer:
+        header = tracer.parameter("react_header")
+        assert header.variables == {"tool_desc", "tool_names"}
+        graph = tracer.run("what is 2+2?").graph
+        edges = set(graph.edges())
+        assert ("react_header", "system", "llm") in edges
+        assert ("tool_names", "tool_names", "llm") in edges
+        assert ("tools.add.description", "tool[add]", "llm") in edges
+        # str.format rules: a lone brace would break the agent at run time
+        with pytest.raises(ValidationError, match="unknown variable"):
+            apply_updates({header: header.value + "\nReply like {'a': 1}"})
+        apply_updates(
+            {header: "Tools: {tool_desc}\nNames: {tool_names}\nAnswer as 'Answer: ...' {{ok}}"}
+        )
+        llm.load(["Thought: Done.\nAnswer: 4"])
+        tracer.run("what is 2+2?")
+    system = llm.calls[-1]["messages"][0][1]
+    assert system.startswith("Tools: > Tool Name: add") and system.endswith(
+        "Names: add\nAnswer as 'Answer: ...' {ok}"
+    )
+
+
+def test_agent_workflow_parameters_are_named_by_agent():
+    calc = FunctionAgent(
+        name="calc",
+        description="adds",
+        tools=[add],
+        llm=ScriptedToolLLM(["4"]),
+        system_prompt="You add.",
+    )
+    react = ReActAgent(
+        name="thinker",
+        description="thinks",
+        tools=[mul],
+        llm=ScriptedToolLLM(["Thought: x\nAnswer: 1"]),
+    )
+    workflow = AgentWorkflow(agents=[calc, react], root_agent="calc")
+    with OptoTracer(workflow) as tracer:
+        names = [p.name for p in tracer.parameters]
+        assert {
+            "handoff_prompt",
+            "thinker.react_header",
+            "calc.system_prompt",
+            "calc.tools.add.description",
+            "thinker.tools.mul.description",
+        } <= set(names)
+        graph = tracer.run("what is 2+2?").graph
+    edges = set(graph.edges())
+    assert ("calc.system_prompt", "system", "llm") in edges
+    assert ("calc.tools.add.description", "tool[add]", "llm") in edges
+    assert graph.output.value == "4"
+
+
+async def test_parallel_tool_calls_both_hang_off_the_call_that_asked_for_them(llm, agent):
+    llm.load([[("add", {"a": 1, "b": 2}), ("mul", {"a": 3, "b": 4})], "3 and 12."])
+    with OptoTracer(agent) as tracer:
+        graph = (await tracer.arun("1+2 and 3*4?")).graph
+    edges = set(graph.edges())
+    assert {("llm", "call", "add"), ("llm", "call", "mul")} <= edges
+    into_second_call = {src for src, _, dst in edges if dst == "llm_1"}
+    assert {"add", "mul", "llm", "system_prompt", "user_msg"} <= into_second_call
+    assert graph.output.value == "3 and 12."

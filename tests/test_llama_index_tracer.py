@@ -1,0 +1,231 @@
+"""LlamaIndex tracer lifecycle: which runs it traces, concurrency, failures, memory, closing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import logging
+import subprocess
+import sys
+import threading
+import weakref
+
+import pytest
+from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.instrumentation import get_dispatcher
+
+from opto_adapters.llama_index import OptoTracer
+
+from .llama_index_fakes import RecordingLLM, WordEmbedding
+
+DOCS = ["The sky is blue.", "Grass is green.", "Paris is in France."]
+
+
+@pytest.fixture(scope="module")
+def index() -> VectorStoreIndex:
+    return VectorStoreIndex.from_documents(
+        [Document(text=t) for t in DOCS], embed_model=WordEmbedding()
+    )
+
+
+def echo_llm() -> RecordingLLM:
+    """Answers with the question it was asked, so each graph can be checked against its input."""
+    return RecordingLLM(reply=lambda prompt: "A: " + prompt.rsplit("Query: ", 1)[-1].split("\n")[0])
+
+
+def handlers() -> tuple[int, int]:
+    d = get_dispatcher()
+    return len(d.span_handlers), len(d.event_handlers)
+
+
+def test_close_removes_exactly_its_handlers_and_stops_tracing(index):
+    before = handlers()
+    engine = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    tracer = OptoTracer(engine)
+    other = OptoTracer(index.as_retriever())
+    assert handlers() == (before[0] + 2, before[1] + 2) and tracer.attached
+    tracer.close()
+    tracer.close()  # idempotent
+    assert handlers() == (before[0] + 1, before[1] + 1) and not tracer.attached
+    assert other.attached
+    engine.query("What color is the sky?")
+    assert tracer.graphs == []
+    other.close()
+    assert handlers() == before
+
+
+def test_with_block_traces_every_run_then_closes(index):
+    before = handlers()
+    mine = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    foreign = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    with OptoTracer(mine) as tracer:
+        foreign.query("What is green?")  # not the target, but inside the block
+        mine.query("What color is the sky?")
+    assert handlers() == before and not tracer.attached
+    roots = [g.output.op.name for g in tracer.graphs]
+    assert roots == ["RetrieverQueryEngine.query", "RetrieverQueryEngine.query"]
+    assert [g.output.value for g in tracer.graphs] == [
+        "A: What is green?",
+        "A: What color is the sky?",
+    ]
+    foreign.query("What is green?")
+    mine.query("What color is the sky?")
+    assert len(tracer.graphs) == 2  # closed: nothing more
+
+
+def test_outside_a_with_block_only_the_target_and_its_components_are_traced(index):
+    mine = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    foreign = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    tracer = OptoTracer(mine)
+    try:
+        foreign.query("What is green?")
+        mine.get_prompts()  # bookkeeping spans of the target are not runs
+        assert tracer.graphs == []
+        mine.retriever.retrieve("What is green?")  # a component run on its own is traced
+        [graph] = tracer.graphs
+        assert graph.output.op.name == "VectorIndexRetriever.retrieve"
+    finally:
+        tracer.close()
+
+
+def test_run_reattaches_a_closed_tracer_only_for_its_run(index):
+    before = handlers()
+    engine = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    tracer = OptoTracer(engine)
+    tracer.close()
+    run = tracer.run("What color is the sky?")
+    assert run.graph is not None and run.graph.output.value == "A: What color is the sky?"
+    assert handlers() == before and not tracer.attached
+
+
+async def test_concurrent_aquery_calls_get_separate_correct_graphs(index):
+    engine = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    questions = [f"question {i}: what color is the sky?" for i in range(12)]
+    with OptoTracer(engine, max_graphs=50) as tracer:
+        runs = await asyncio.gather(*(tracer.arun(q) for q in questions))
+        await asyncio.gather(*(engine.aquery(q) for q in questions))
+    assert len(tracer.graphs) == 24
+    for question, run in zip(questions, runs, strict=True):
+        nodes = {run.graph.names()[id(n)]: n for n in run.graph.nodes}
+        assert nodes["query"].value == question
+        assert run.graph.output.value == f"A: {question}"
+        assert len(run.graph.nodes) == 7  # nothing from the other runs leaked in
+    for graph in tracer.graphs:
+        query = next(n for n in graph.nodes if n.name == "query")
+        assert graph.output.value == f"A: {query.value}"
+
+
+def test_queries_in_threads_get_separate_correct_graphs(index):
+    engine = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    questions = [f"thread {i}: what is green?" for i in range(8)]
+    with OptoTracer(engine) as tracer:
+        threads = [threading.Thread(target=engine.query, args=(q,)) for q in questions]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert tracer._recorder.open_runs == 0
+    outputs = sorted(g.output.value for g in tracer.graphs)
+    assert outputs == sorted(f"A: {q}" for q in questions)
+
+
+def test_with_scope_follows_the_context_into_threads_started_with_it(index):
+    foreign = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    tracer = OptoTracer(index.as_retriever())
+    with tracer:
+        plain = threading.Thread(target=foreign.query, args=("plain thread",))
+        plain.start()
+        plain.join()
+        ctx = contextvars.copy_context()
+        copied = threading.Thread(target=ctx.run, args=(foreign.query, "copied context"))
+        copied.start()
+        copied.join()
+    assert [g.output.value for g in tracer.graphs] == ["A: copied context"]
+
+
+def test_a_failure_inside_the_tracer_is_logged_and_never_breaks_the_app(index, caplog, monkeypatch):
+    engine = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    with OptoTracer(engine) as tracer:
+        recorder = tracer._recorder
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("tracer bug")
+
+        monkeypatch.setattr(recorder, "_event", broken)
+        monkeypatch.setattr(tracer._builder, "build", broken)
+        with caplog.at_level(logging.DEBUG, logger="opto_adapters.llama_index"):
+            for _ in range(3):
+                assert str(engine.query("What color is the sky?")) == "A: What color is the sky?"
+        assert tracer.graphs == []
+        assert recorder.open_runs == 0 and recorder.open_spans == 0  # nothing left behind
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert {r.getMessage().split(";")[0] for r in errors} == {
+            "opto_adapters tracer failed in event",
+            "opto_adapters tracer failed in building the graph",
+        }  # once per kind of failure, not once per event
+        assert all(r.exc_info for r in errors)
+
+        monkeypatch.undo()
+        engine.query("What color is the sky?")
+        assert len(tracer.graphs) == 1  # recovers
+
+
+def test_memory_stays_bounded_for_a_long_lived_tracer(index):
+    engine = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    with OptoTracer(engine, max_graphs=5) as tracer:
+        for i in range(60):
+            engine.query(f"q{i}")
+        assert len(tracer.graphs) == 5
+        assert [g.output.value for g in tracer.graphs] == [f"A: q{i}" for i in range(55, 60)]
+        assert tracer._recorder.open_runs == 0 and tracer._recorder.open_spans == 0
+        assert len(tracer._builder._ops) <= 4
+
+
+def test_runs_that_never_finish_are_evicted(index):
+    engine = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    with OptoTracer(engine, max_open_runs=3) as tracer:
+        recorder = tracer._recorder
+        handler = next(h for h in get_dispatcher().span_handlers if h is tracer._span_handler)
+
+        class Args:
+            arguments: dict = {}
+
+        for i in range(5):  # roots that enter and never exit (e.g. an abandoned stream)
+            handler.span_enter(f"RetrieverQueryEngine.query-{i:036d}", Args(), instance=engine)
+        assert recorder.open_runs == 3
+
+
+def test_a_dropped_tracer_detaches_itself(index):
+    before = handlers()
+    tracer = OptoTracer(index.as_retriever())
+    ref = weakref.ref(tracer)
+    del tracer
+    gc.collect()
+    assert ref() is None and handlers() == before
+
+
+def test_importing_opto_adapters_does_not_import_llama_index():
+    code = "import sys, opto_adapters; assert 'llama_index.core' not in sys.modules, 'imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_run_on_unknown_target_says_what_to_do():
+    class Thing:
+        pass
+
+    with OptoTracer(Thing()) as tracer:
+        assert tracer.parameters == []
+        with pytest.raises(TypeError, match="call it yourself"):
+            tracer.run("x")
+
+
+def test_a_streaming_response_is_never_consumed_by_the_tracer(index):
+    engine = index.as_query_engine(
+        llm=RecordingLLM(reply="Blue it is."), similarity_top_k=1, streaming=True
+    )
+    with OptoTracer(engine) as tracer:
+        response = engine.query("What color is the sky?")
+        [graph] = tracer.graphs
+        assert "not consumed" in graph.output.value
+        assert "".join(response.response_gen) == "Blue it is."  # the user still gets every token
