@@ -43,7 +43,8 @@ class PythonApp(TracerBase):
     ``fn(input)`` is called with one argument and should return a ``Node`` (the output of a
     ``@bundle`` call, so feedback can reach the parameters); an ``ExecutionError`` it raises
     becomes a run whose output is the traced ``ExceptionNode``. Parameters come from
-    ``parameters=``, else from ``fn.parameters()`` (a ``Module``), else from a trainable bundle.
+    ``parameters=``, else from ``fn.parameters()`` (a ``Module``), else from a trainable
+    bundle, else from the trainable nodes a first run reaches (``discover``).
     """
 
     def __init__(
@@ -77,6 +78,17 @@ class PythonApp(TracerBase):
             graph, error, output = Graph(out), None, out.value
         self._record(uuid.uuid4().hex, graph)
         return TracedRun(output=output, graph=graph, error=error)
+
+    def discover(self, input: Any) -> TracedRun:
+        """Run once and adopt the trainable parameters the run's graph reaches."""
+        traced = self.run(input)
+        known = {id(p) for p in self._parameters}
+        if traced.graph is not None:
+            for p in traced.graph.parameters:
+                if p.trainable and id(p) not in known:
+                    self.add_parameter(p)
+                    known.add(id(p))
+        return traced
 
     async def arun(self, input: Any) -> TracedRun:
         """``run`` in a worker thread."""

@@ -81,8 +81,24 @@ def graph_to_json(graph: Graph) -> dict[str, Any]:
     }
 
 
+def _frozen_parameter(entry: Mapping[str, Any]) -> Parameter | None:
+    """A read-only stand-in for a stored parameter that is not live (shown, never trained)."""
+    try:
+        return Parameter(
+            entry.get("value"),
+            name=entry["name"],
+            kind=entry.get("kind", "text"),
+            description=entry.get("description", ""),
+            constraint=entry.get("constraint", ""),
+            trainable=False,
+        )
+    except (ValueError, TypeError):
+        return None
+
+
 def graph_from_json(data: Mapping[str, Any], parameters: Mapping[str, Parameter]) -> Graph:
-    """Rebuild a stored graph; parameter nodes named like ``parameters`` become those objects."""
+    """Rebuild a stored graph; parameter nodes named like ``parameters`` become those objects,
+    other parameters read-only copies (``trainable=False``)."""
     if data.get("format") != FORMAT_VERSION:
         raise ValueError(f"unknown stored graph format {data.get('format')!r}")
     inputs: dict[int, dict[str, int]] = {}
@@ -100,6 +116,8 @@ def graph_from_json(data: Mapping[str, Any], parameters: Mapping[str, Parameter]
         role = entry["role"]
         if role == "parameter" and name in parameters:
             built.append(parameters[name])
+        elif role == "parameter" and (frozen := _frozen_parameter(entry)) is not None:
+            built.append(frozen)
         elif role == "error":
             exc_type = entry.get("error_type", "Exception")
             cls = type(exc_type, (StoredError,), {}) if exc_type.isidentifier() else StoredError

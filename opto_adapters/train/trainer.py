@@ -29,7 +29,7 @@ from ..llm import Budget, BudgetExceeded
 from ..trace import Feedback, Graph, Parameter, apply_updates
 from ..trace.render import short_repr, value_text
 from ..trace.tracer import TracedRun
-from .apps import AppTracer, as_tracer
+from .apps import AppTracer, PythonApp, as_tracer
 from .data import InputKey, app_inputs, call_guide, examples_list, fingerprint
 from .errors import AppError, TrainingError
 from .graphs import graph_from_json, graph_to_json
@@ -191,6 +191,11 @@ class Trainer:
         self.examples = {"train": self.train, "val": self.val}
         self.guide = guide
         self.tracer: AppTracer = as_tracer(app, parameters=parameters)
+        self._probe: TracedRun | None = None
+        if optimizer is None and not self.tracer.parameters and isinstance(self.tracer, PythonApp):
+            # a plain function: its parameters are what its trace reaches; the run is reused
+            # as the baseline evaluation of the first example
+            self._probe = self.tracer.discover(self.inputs["train"][0])
         self.optimizer = self._make_optimizer(optimizer, llm, objective)
         self.parameters: list[Parameter] = list(self.optimizer.parameters)
         self._by_name = {p.name: p for p in self.parameters}
@@ -241,7 +246,8 @@ class Trainer:
         if not params:
             raise AppError(
                 f"{self.tracer!r} has no trainable parameters: make a value trainable with "
-                "node(value, trainable=True), pass parameters=[...], or pass an optimizer"
+                "node(value, trainable=True) and pass it to a @bundle operation of the app, pass "
+                "parameters=[...], or pass an optimizer"
             )
         from ..optimizers import OptoPrime
 
@@ -346,6 +352,7 @@ class Trainer:
             self._baseline = self._current = self._best = v0
             return
         self._check_resumable(previous.config, config, previous.id)
+        self._probe = None
         self.run_id = previous.id
         self._baseline = previous.baseline_version_id or 0
         self._current = previous.current_version_id or self._baseline
@@ -725,7 +732,10 @@ class Trainer:
 
     def _run_one(self, split: str, i: int) -> _Outcome:
         start = time.perf_counter()
-        traced = self.tracer.run(self.inputs[split][i])
+        if self._probe is not None and split == "train" and i == 0:
+            traced, self._probe = self._probe, None
+        else:
+            traced = self.tracer.run(self.inputs[split][i])
         if isinstance(traced.error, BudgetExceeded):
             raise traced.error
         feedback = call_guide(
