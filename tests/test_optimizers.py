@@ -3,10 +3,10 @@
 import json
 
 import pytest
-from opto_adapters.llm import LLM, AuthenticationError, Budget, BudgetExceeded
-from opto_adapters.testing import Reply
 
+from opto_adapters.llm import LLM, AuthenticationError, Budget, BudgetExceeded
 from opto_adapters.optimizers import OPRO, OptoPrime
+from opto_adapters.testing import Reply
 from opto_adapters.trace import ExecutionError, Feedback, bundle, node
 
 
