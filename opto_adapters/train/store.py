@@ -642,6 +642,7 @@ class Store:
         version_id: int | None = None,
         split: str | None = None,
         step: int | None = None,
+        indices: Iterable[int] | None = None,
     ) -> list[StoredEvaluation]:
         """Evaluations of a run, filtered, ordered by split and example index."""
         sql = "SELECT * FROM evaluations WHERE run_id = ?"
@@ -650,7 +651,13 @@ class Store:
             if value is not None:
                 sql += f" AND {column} = ?"
                 params.append(value)
-        return [_evaluation(r) for r in self._rows(sql + " ORDER BY split, idx", params)]
+        wanted = None if indices is None else set(indices)
+        if wanted is not None and len(wanted) <= 500:  # small sets (a minibatch): ask for them
+            sql += f" AND idx IN ({', '.join('?' * len(wanted))})"
+            params.extend(sorted(wanted))
+            wanted = None
+        rows = self._rows(sql + " ORDER BY split, idx", params)
+        return [_evaluation(r) for r in rows if wanted is None or r[4] in wanted]
 
     def mean_score(self, run_id: int, version_id: int, split: str) -> tuple[float | None, int]:
         """(mean score, number of evaluations) of a version on a split."""

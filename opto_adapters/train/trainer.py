@@ -604,7 +604,7 @@ class Trainer:
         try:
             version = self.store.version(run_id, self._values(), parent_id=self._current, step=step)
             self.store.update_candidate(cid, version_id=version)
-            results = self._evaluate(version, split, indices, "candidate", step=step, graphs=split == "train")
+            results = self._evaluate(version, split, indices, "candidate", step=step)
         finally:
             apply_updates(previous)
         score = _mean(results)
@@ -650,7 +650,10 @@ class Trainer:
         run_id = self.run_id
         assert run_id is not None
         indices = list(indices)
-        stored = {e.index: e for e in self.store.evaluations(run_id, version_id=version, split=split)}
+        stored = {
+            e.index: e
+            for e in self.store.evaluations(run_id, version_id=version, split=split, indices=indices)
+        }
         results: dict[int, _Result] = {}
         todo = []
         for i in indices:
@@ -703,7 +706,7 @@ class Trainer:
                 feedback=fb.text, output=None if error else value_text(traced.output),
                 error=error, duration=outcome.duration, graph=outcome.graph_json, dot=dot, text=text,
             )
-            if graphs and split == "train" and graph is not None:
+            if split == "train" and graph is not None:  # a later minibatch may need it
                 self._cache[(version, split, i)] = graph
             results[i] = _Result(i, fb, error, graph if graphs else None)
             bar.update()
