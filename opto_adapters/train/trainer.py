@@ -342,6 +342,7 @@ class Trainer:
                     logger.warning("nothing to resume in %s: starting a new run", self.store.path)
             else:
                 previous = self.store.run(int(self.resume))
+        self._cache, self._best_score = {}, None
         if previous is None:
             self.run_id = self.store.create_run(config, name=self.run_name)
             self.store.add_examples(self.run_id, "train", self.train)
@@ -370,9 +371,9 @@ class Trainer:
     @staticmethod
     def _check_resumable(stored: dict[str, Any], now: dict[str, Any], run_id: int) -> None:
         problems = []
-        names = lambda c: sorted(p["name"] for p in c.get("parameters", []))  # noqa: E731
-        if names(stored) != names(now):
-            problems.append(f"the parameters changed ({names(stored)} -> {names(now)})")
+        before, after = (sorted(p["name"] for p in c.get("parameters", [])) for c in (stored, now))
+        if before != after:
+            problems.append(f"the parameters changed ({before} -> {after})")
         for key, what in (
             ("train_fingerprint", "the train data changed"),
             ("val_fingerprint", "the val data changed"),
@@ -512,33 +513,7 @@ class Trainer:
             if outcome is not None:
                 scored.append((cid, values, *outcome))
 
-        status, reason, accepted = "no_change", "no candidate changed any value", None
-        if scored:
-            cid, values, score, results = max(scored, key=lambda s: s[2])
-            gate_name = "validation" if self.val else "minibatch"
-            if score >= gate_score - _EPS:
-                self._write(values)
-                self._current = self.store.version(run_id, self._values(), parent_id=before, step=step)
-                self.store.update_run(run_id, current_version_id=self._current)
-                accepted = cid
-                status = "accepted"
-                reason = f"{gate_name} score {score:.4g} >= current {gate_score:.4g}"
-                self.store.update_candidate(cid, status="accepted", reason=reason)
-                for other, _, other_score, _ in scored:
-                    if other != cid:
-                        self.store.update_candidate(
-                            other, status="rejected",
-                            reason=f"scored {other_score:.4g}, below the accepted candidate's {score:.4g}",
-                        )
-                if self.val:
-                    self._consider_best(self._current, score)
-            else:
-                status = "rejected"
-                reason = f"{gate_name} score {score:.4g} < current {gate_score:.4g}; reverted"
-                for other, other_values, other_score, other_results in scored:
-                    why = f"{gate_name} score {other_score:.4g} is worse than the current values' {gate_score:.4g}; reverted"
-                    self.store.update_candidate(other, status="rejected", reason=why)
-                    self._remember(other_values, why, gate_split, gate_now, other_results)
+        status, reason, accepted = self._decide(step, scored, gate_score, gate_split, gate_now)
         val_score = self.store.mean_score(run_id, self._current, "val")[0] if self.val else None
         self.store.update_step(
             run_id, step, status=status, reason=reason, accepted_candidate_id=accepted,
@@ -548,6 +523,42 @@ class Trainer:
         if self._steps_bar is not None:
             self._steps_bar.set_postfix_str(f"{gate_split} {(val_score if self.val else gate_score) or 0:.3g}")
         self._cache = {k: g for k, g in self._cache.items() if k[0] == self._current}
+
+    def _decide(
+        self,
+        step: int,
+        scored: list[tuple[int, dict[str, Any], float, list[_Result]]],
+        gate_score: float,
+        gate_split: str,
+        gate_now: list[_Result],
+    ) -> tuple[str, str, int | None]:
+        """Keep the best candidate if it does not score worse than the current values, else
+        reject (and remember) them all; returns (status, reason, accepted candidate id)."""
+        run_id = self.run_id
+        assert run_id is not None
+        if not scored:
+            return "no_change", "no candidate changed any value", None
+        gate_name = "validation" if self.val else "minibatch"
+        cid, values, score, _ = max(scored, key=lambda s: s[2])
+        if score < gate_score - _EPS:
+            for other, other_values, other_score, other_results in scored:
+                why = f"{gate_name} score {other_score:.4g} is worse than the current values' {gate_score:.4g}; reverted"
+                self.store.update_candidate(other, status="rejected", reason=why)
+                self._remember(other_values, why, gate_split, gate_now, other_results)
+            return "rejected", f"{gate_name} score {score:.4g} < current {gate_score:.4g}; reverted", None
+        before = self._current
+        self._write(values)
+        self._current = self.store.version(run_id, self._values(), parent_id=before, step=step)
+        self.store.update_run(run_id, current_version_id=self._current)
+        reason = f"{gate_name} score {score:.4g} >= current {gate_score:.4g}"
+        self.store.update_candidate(cid, status="accepted", reason=reason)
+        for other, _, other_score, _ in scored:
+            if other != cid:
+                why = f"scored {other_score:.4g}, below the accepted candidate's {score:.4g}"
+                self.store.update_candidate(other, status="rejected", reason=why)
+        if self.val:
+            self._consider_best(self._current, score)
+        return "accepted", reason, cid
 
     def _proposals(self, step: int, forward: list[_Result]) -> list[tuple[int, dict[str, Any]]]:
         """(candidate id, suggested values): the stored ones of a resumed step, then new ones."""
