@@ -81,15 +81,17 @@ def line_chart(
     points = [p for _, pts in series for p in pts]
     if not points:
         return '<p class="muted">No scores to plot yet.</p>'
-    left, right, top, bottom = 48, 16, 14, 34
+    left, right, top, bottom = 48, 16, 30, 34
     xs = [x for x, _ in points]
     ys = [y for _, y in points]
     x0, x1 = min(0.0, min(xs)), max(1.0, max(xs))
-    y0, y1 = min(ys), max(ys)
-    if y1 - y0 < 1e-9:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    pad = (y1 - y0) * 0.08
-    y0, y1 = y0 - pad, y1 + pad
+    lo, hi = min(ys), max(ys)
+    if lo >= 0 and hi <= 1:  # the usual score range: show all of it
+        lo, hi = 0.0, 1.0
+    elif hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = (hi - lo) * 0.05
+    y0, y1 = lo - pad, hi + pad
 
     def sx(x: float) -> float:
         return left + (x - x0) / (x1 - x0) * (width - left - right)
@@ -103,7 +105,7 @@ def line_chart(
         f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" fill="#fff" stroke="#ccc"/>',
     ]
     for k in range(5):
-        y = y0 + (y1 - y0) * k / 4
+        y = lo + (hi - lo) * k / 4
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>'
             f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" font-size="11" text-anchor="end">{y:.2f}</text>'
@@ -134,10 +136,10 @@ def line_chart(
                 f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{color}">'
                 f"<title>{_esc(label)}, step {x:g}: {y:.4g}</title></circle>"
             )
-        lx = left + 10 + n * 170
+        lx = left + n * 240
         parts.append(
-            f'<rect x="{lx}" y="{top + 6}" width="12" height="4" fill="{color}"/>'
-            f'<text x="{lx + 16}" y="{top + 12}" font-size="11">{_esc(label)}</text>'
+            f'<rect x="{lx}" y="10" width="12" height="4" fill="{color}"/>'
+            f'<text x="{lx + 16}" y="16" font-size="11">{_esc(label)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -384,7 +386,8 @@ def _graph_section(store: Store, run: StoredRun) -> str:
     sampled = store.sampled_evaluations(run.id)
     if not sampled:
         return "<h2>A traced run</h2><p class='muted'>No graph was stored for this run.</p>"
-    e = sampled[0]
+    preference = {"step": 0, "baseline": 1}  # what the optimizer saw, newest first
+    e = min(sampled, key=lambda ev: preference.get(ev.phase, 2))
     data = store.graph(e.id)
     dot, text = store.graph_views(e.id)
     where = f"{e.split} example {e.index}, phase {e.phase}" + (f", step {e.step}" if e.step else "")
