@@ -194,10 +194,12 @@ def _optimize(args: argparse.Namespace) -> int:
         )
     )
     print(
-        f"{len(result.history)} steps, {result.accepted} accepted; {result.usage.get('optimizer_calls', 0)} "
+        f"{result.steps_done} steps, {result.accepted} accepted; {result.usage.get('optimizer_calls', 0)} "
         f"optimizer calls, {result.usage.get('total_tokens', 0)} tokens; {time.monotonic() - start:.1f} s"
     )
-    print(f"next: opto-adapters report {args.store} -o report.html")
+    if result.status in ("interrupted", "budget_exhausted", "time_limit", "max_steps"):
+        print(f"continue with: opto-adapters optimize {args.recipe} --store {args.store} --resume")
+    print(f"report: opto-adapters report {args.store} -o report.html")
     return 130 if result.status == "interrupted" else 0
 
 
@@ -224,7 +226,7 @@ def _runs(args: argparse.Namespace) -> int:
             rows.append([
                 run.id, run.name or "-", run.status,
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at)),
-                len(r.history), r.accepted,
+                r.steps_done, r.accepted,
                 _fmt(r.baseline.val if r.baseline.val is not None else r.baseline.train),
                 _fmt(r.best.val if r.best.val is not None else r.best.train),
             ])

@@ -99,6 +99,11 @@ class TrainResult:
         """How many steps changed the values."""
         return sum(1 for s in self.history if s.status == "accepted")
 
+    @property
+    def steps_done(self) -> int:
+        """How many steps were completed (a stopped run may have one ``started``)."""
+        return sum(1 for s in self.history if s.status in _DONE)
+
 
 class _Stop(Exception):
     """Stop the loop cleanly (time limit, max_steps); everything done so far is stored."""
@@ -402,7 +407,7 @@ class Trainer:
         try:
             self._loop()
         except KeyboardInterrupt:
-            status, message = "interrupted", "interrupted (Ctrl-C); continue with resume=True"
+            status, message = "interrupted", "stopped by Ctrl-C; continue with resume=True"
         except BudgetExceeded as exc:
             status, message = "budget_exhausted", str(exc)
         except _Stop as stop:
