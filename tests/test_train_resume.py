@@ -1,5 +1,9 @@
 """Stopping (Ctrl-C, a spent budget) keeps everything; resuming re-evaluates nothing stored."""
 
+import sys
+
+import pytest
+
 from opto_adapters.llm import Budget
 from opto_adapters.optimizers import OptoPrime
 from opto_adapters.train import Store, optimize
@@ -108,3 +112,38 @@ def test_resume_on_an_empty_store_starts_a_new_run(scripted_llm, tmp_path, caplo
     scripted_llm.set_default(improve_then_worsen)
     result = train(make_app("Reply {q}"), scripted_llm, str(tmp_path / "new.sqlite"), resume=True, max_steps=1)
     assert result.run_id == 1 and "nothing to resume" in caplog.text
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to oneself is POSIX")
+def test_a_ctrl_c_signal_while_workers_run(scripted_llm, tmp_path):
+    """Like a real Ctrl-C: KeyboardInterrupt lands in the main thread while it waits on workers."""
+    import os
+    import signal
+
+    path = str(tmp_path / "runs.sqlite")
+    scripted_llm.set_default(improve_then_worsen)
+    app = make_app("Reply {q}")
+    respond = app.respond.fn
+
+    def interrupting(template, q):
+        if len(app.calls) == 12:  # scoring the first candidate, after the baseline's 6 + 3
+            os.kill(os.getpid(), signal.SIGINT)
+        return respond(template, q)
+
+    app.respond.fn = interrupting
+    stopped = optimize(
+        app, TRAIN, VAL, guide=guide, optimizer=OptoPrime([app.prompt], llm_for(scripted_llm)),
+        batch_size=2, max_concurrency=4, store=path, progress=False,
+    )
+    assert stopped.status == "interrupted"
+    with Store(path, readonly=True) as store:
+        kept = len(store.evaluations(stopped.run_id))
+    assert 9 <= kept <= 12  # the baseline is stored; what was in flight may be dropped
+    again = make_app("Reply {q}")
+    resumed = optimize(
+        again, TRAIN, VAL, guide=guide, optimizer=OptoPrime([again.prompt], llm_for(scripted_llm)),
+        batch_size=2, max_concurrency=4, store=path, progress=False, resume=True,
+    )
+    assert resumed.status == "completed" and again.prompt.value == "ANSWER {q}!"
+    with Store(path, readonly=True) as store:
+        assert len(store.evaluations(resumed.run_id)) == kept + len(again.calls)
