@@ -32,6 +32,8 @@ from .errors import DatasetError, GuideError
 
 __all__ = [
     "InputKey",
+    "app_inputs",
+    "call_guide",
     "coerce_feedback",
     "error_feedback",
     "examples_list",

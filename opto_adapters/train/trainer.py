@@ -141,7 +141,24 @@ def _mean(results: Sequence[_Result]) -> float:
 
 
 class Trainer:
-    """Optimize an app's parameters on ``train``, gated on ``val``; see ``optimize``."""
+    """Optimize an app's parameters on ``train``, gated on ``val``; ``fit()`` runs it.
+
+    ``app``: a LangChain runnable, a LlamaIndex engine or agent, a tracer, or a traced Python
+    callable (see ``as_tracer``); ``guide(example, output)``: a score or scored ``Feedback``
+    (see ``opto_adapters.train.data``).
+
+    Options: ``optimizer`` (default ``OptoPrime`` over the app's parameters, with ``llm`` and
+    ``objective``); ``parameters`` (for a plain callable); ``input_key`` (how an example
+    becomes the app's input); ``epochs``, ``batch_size``, ``shuffle``, ``seed`` (the
+    minibatches); ``max_concurrency`` (app runs in parallel threads); ``n_candidates``
+    (proposals per step, the best is gated); ``store`` (a ``Store``, an SQLite path, or
+    ``None`` for memory) and ``run_name``; ``resume`` (``True``: the latest run of the store,
+    or a run id); ``budget`` (an ``opto_adapters.llm.Budget`` for the optimizer's LLM),
+    ``time_limit`` (seconds of this ``fit``), ``max_steps``; ``error_score`` (the score of a
+    run whose app raised, unless the guide scores it); ``tolerate_app_errors`` (do not stop
+    when the app raises on every training example); ``store_graphs`` (keep every run's graph,
+    which lets a resumed run reuse them); ``progress`` (tqdm bars on stderr).
+    """
 
     def __init__(
         self,
