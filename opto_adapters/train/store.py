@@ -168,6 +168,7 @@ _RUN_FIELDS = frozenset(
         "current_version_id",
         "best_version_id",
         "best_score",
+        "updated_at",
     }
 )
 _STEP_FIELDS = frozenset(
@@ -425,8 +426,7 @@ class Store:
         """Set run columns (``status``, ``message``, ``best_score``, the version ids...)."""
         if "config" in fields:
             fields["config"] = to_json(fields["config"])
-        self._update("runs", _RUN_FIELDS, "id = ?", (run_id,), fields)
-        self._write("UPDATE runs SET updated_at = ? WHERE id = ?", (time.time(), run_id))
+        self._update("runs", _RUN_FIELDS, "id = ?", (run_id,), {**fields, "updated_at": time.time()})
 
     def run(self, run_id: int | None = None) -> StoredRun:
         """The run with this id (the latest one if ``None``)."""
