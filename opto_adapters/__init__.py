@@ -1,8 +1,12 @@
 """opto_adapters: Trace-style generative optimization for LangChain and LlamaIndex apps.
 
 ``import opto_adapters`` loads only the framework-free core; the LangChain and LlamaIndex
-adapters live in ``opto_adapters.langchain`` and ``opto_adapters.llama_index``.
+adapters live in ``opto_adapters.langchain`` and ``opto_adapters.llama_index``, and the
+training loop (``optimize``, ``Trainer``, ``TrainResult``) is loaded from
+``opto_adapters.train`` on first use.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from .trace import (
     ExceptionNode,
@@ -19,7 +23,27 @@ from .trace import (
     node,
 )
 
+if TYPE_CHECKING:
+    from .train import Trainer, TrainResult, optimize
+
 __version__ = "0.1.0"
+
+_LAZY = {"optimize": "opto_adapters.train", "Trainer": "opto_adapters.train", "TrainResult": "opto_adapters.train"}
+
+
+def __getattr__(name: str) -> Any:
+    """Load the training API on first use, so ``import opto_adapters`` stays light."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'opto_adapters' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "ExceptionNode",
@@ -29,9 +53,12 @@ __all__ = [
     "Module",
     "Node",
     "Parameter",
+    "TrainResult",
+    "Trainer",
     "ValidationError",
     "backward",
     "bundle",
     "model",
     "node",
+    "optimize",
 ]

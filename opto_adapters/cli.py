@@ -1,0 +1,352 @@
+"""The ``opto-adapters`` command: optimize a recipe, then inspect, export and report stored runs.
+
+    opto-adapters optimize RECIPE.py [--model M] [--epochs N] [--batch-size N] [--store PATH]
+    opto-adapters runs STORE
+    opto-adapters show STORE [--run ID] [--step N] [--format text|dot]
+    opto-adapters export STORE -o params.json [--run ID] [--version best|final|baseline]
+    opto-adapters report STORE -o report.html [--run ID]
+
+Exit status: 0 on success, 1 on an error (the message says what to fix), 2 on bad usage,
+130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+DEFAULT_STORE = "opto_runs.sqlite"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="opto-adapters",
+        description="Trace-style prompt optimization for LangChain, LlamaIndex and Python apps.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "optimize",
+        help="optimize the app of a recipe file",
+        description="Optimize the app a recipe defines (see opto_adapters.train.recipe for the "
+        "convention). The optimizer's LLM comes from OPTO_MODEL (or --model), OPENAI_BASE_URL "
+        "and OPENAI_API_KEY.",
+    )
+    p.add_argument("recipe", type=Path, help="a Python file defining app/build_app, train, guide")
+    p.add_argument("--model", help="the optimizer's model (default: $OPTO_MODEL)")
+    p.add_argument("--epochs", type=int, help="passes over the training set (default 1)")
+    p.add_argument("--batch-size", type=int, help="examples per optimizer step (default 4)")
+    p.add_argument("--concurrency", type=int, help="app runs in parallel (default 4)")
+    p.add_argument("--candidates", type=int, help="candidates proposed per step (default 1)")
+    p.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite file for the run (default {DEFAULT_STORE})")
+    p.add_argument("--resume", action="store_true", help="continue the latest run in the store")
+    p.add_argument("--name", default=None, help="a name for the run (default: the recipe's)")
+    p.add_argument("--max-calls", type=int, help="stop after this many optimizer calls")
+    p.add_argument("--max-tokens", type=int, help="stop after this many optimizer tokens")
+    p.add_argument("--time-limit", type=float, help="stop after this many seconds")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    p.add_argument("--seed", type=int, help="seed of the minibatch order (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_optimize)
+
+    p = sub.add_parser("runs", help="list the runs of a store", description="List the runs of a store.")
+    p.add_argument("store", type=Path, help="the SQLite store")
+    p.set_defaults(handler=_runs)
+
+    p = sub.add_parser(
+        "show",
+        help="show a run, or one step of it",
+        description="Show a run's scores and steps, or with --step one step's candidates and a "
+        "traced run of its minibatch (--format dot prints only that graph in Graphviz DOT).",
+    )
+    p.add_argument("store", type=Path, help="the SQLite store")
+    p.add_argument("--run", type=int, help="run id (default: the latest)")
+    p.add_argument("--step", type=int, help="a step number (see the run's step table)")
+    p.add_argument("--format", choices=("text", "dot"), default="text", help="text (default) or dot")
+    p.set_defaults(handler=_show)
+
+    p = sub.add_parser(
+        "export",
+        help="write a run's best parameter values to a JSON file",
+        description="Write parameter values in the format of opto_adapters.trace.save_parameters "
+        "(load them with tracer.load(path) or module.load(path)).",
+    )
+    p.add_argument("store", type=Path, help="the SQLite store")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the JSON file to write")
+    p.add_argument("--run", type=int, help="run id (default: the latest)")
+    p.add_argument(
+        "--version", choices=("best", "final", "baseline"), default="best",
+        help="which values: best (default, what training wrote back), final or baseline",
+    )
+    p.set_defaults(handler=_export)
+
+    p = sub.add_parser(
+        "report", help="write an HTML report of a run",
+        description="Write a self-contained HTML report of a run (no network needed to view it).",
+    )
+    p.add_argument("store", type=Path, help="the SQLite store")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the HTML file to write")
+    p.add_argument("--run", type=int, help="run id (default: the latest)")
+    p.set_defaults(handler=_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.verbose >= 2 or not _is_user_error(exc):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _is_user_error(exc: Exception) -> bool:
+    from .llm import LLMError
+    from .train.errors import TrainingError
+
+    return isinstance(exc, (TrainingError, LLMError, ValueError, TypeError, OSError))
+
+
+def _fmt(score: float | None) -> str:
+    return "-" if score is None else f"{score:.3f}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- optimize ---------------------------------------------------------------------------------
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from .llm import LLM, Budget
+    from .train import Trainer
+    from .train.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    options: dict[str, Any] = recipe.settings
+    flags = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "max_concurrency": args.concurrency,
+        "n_candidates": args.candidates,
+        "time_limit": args.time_limit,
+        "max_steps": args.max_steps,
+        "seed": args.seed,
+    }
+    options.update({k: v for k, v in flags.items() if v is not None})
+    if args.no_progress:
+        options["progress"] = False
+    if args.max_calls is not None or args.max_tokens is not None:
+        options["budget"] = Budget(max_calls=args.max_calls, max_tokens=args.max_tokens)
+    app = recipe.build_app()
+    train, val = recipe.load_train(), recipe.load_val()
+    llm = LLM(model=args.model)
+    parameters = recipe.parameters
+    optimizer = None
+    if "build_optimizer" in recipe.namespace:
+        from .train.apps import as_tracer
+
+        app = as_tracer(app, parameters=parameters)
+        parameters = None
+        optimizer = recipe.build_optimizer(app.parameters, llm)
+    print(f"optimizing {recipe.path} with {llm.model} at {llm.base_url}; storing in {args.store}")
+    start = time.monotonic()
+    trainer = Trainer(
+        app, train, val, guide=recipe.guide, optimizer=optimizer,
+        llm=None if optimizer is not None else llm, objective=recipe.objective,
+        parameters=parameters, input_key=recipe.input_key, store=str(args.store),
+        resume=args.resume, run_name=args.name or recipe.name, **options,
+    )
+    with trainer:
+        try:
+            result = trainer.fit()
+        except Exception:
+            if trainer.run_id is not None:
+                print(f"run {trainer.run_id} failed; what was done is stored in {args.store}", file=sys.stderr)
+            raise
+    print(f"run {result.run_id}: {result.status}" + (f" ({result.message})" if result.message else ""))
+    print(
+        _table(
+            ["", "train", "val"],
+            [[k, _fmt(s.train), _fmt(s.val)] for k, s in (("baseline", result.baseline), ("best", result.best), ("final", result.final))],
+        )
+    )
+    print(
+        f"{result.steps_done} steps, {result.accepted} accepted; {result.usage.get('optimizer_calls', 0)} "
+        f"optimizer calls, {result.usage.get('total_tokens', 0)} tokens; {time.monotonic() - start:.1f} s"
+    )
+    if result.status in ("interrupted", "budget_exhausted", "time_limit", "max_steps"):
+        print(f"continue with: opto-adapters optimize {args.recipe} --store {args.store} --resume")
+    print(f"report: opto-adapters report {args.store} -o report.html")
+    return 130 if result.status == "interrupted" else 0
+
+
+# -- inspecting -------------------------------------------------------------------------------
+
+
+def _open(path: Path) -> Any:
+    from .train.store import Store
+
+    return Store(path, readonly=True)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from .train import build_result
+
+    with _open(args.store) as store:
+        runs = store.runs()
+        if not runs:
+            print(f"{args.store} holds no runs")
+            return 0
+        rows = []
+        for run in runs:
+            r = build_result(store, run.id)
+            rows.append([
+                run.id, run.name or "-", run.status,
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at)),
+                r.steps_done, r.accepted,
+                _fmt(r.baseline.val if r.baseline.val is not None else r.baseline.train),
+                _fmt(r.best.val if r.best.val is not None else r.best.train),
+            ])
+        print(_table(["id", "name", "status", "created", "steps", "accepted", "baseline", "best"], rows))
+        print("(scores: val if the run has val examples, else train)")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    with _open(args.store) as store:
+        run = store.run(args.run)
+        if args.step is None and args.format == "text":
+            _show_run(store, run)
+            return 0
+        steps = store.steps(run.id)
+        if not steps:
+            raise ValueError(f"run {run.id} has no steps yet")
+        step = store.step(run.id, args.step) if args.step is not None else steps[-1]
+        if step is None:
+            raise ValueError(f"run {run.id} has no step {args.step}; its steps are 1 to {steps[-1].step}")
+        dot, text, where = _step_graph(store, run.id, step)
+        if args.format == "dot":
+            if dot is None:
+                raise ValueError(f"no graph is stored for step {step.step} of run {run.id}")
+            print(dot, end="")
+            return 0
+        _show_step(store, run.id, step)
+        if text is not None:
+            print(f"\ntraced run ({where}):\n{text}", end="")
+    return 0
+
+
+def _show_run(store: Any, run: Any) -> None:
+    from .train import build_result
+
+    r = build_result(store, run.id)
+    c = run.config
+    print(f"run {run.id} {run.name or ''}".rstrip() + f": {run.status}" + (f" ({run.message})" if run.message else ""))
+    print(f"optimizer {c.get('optimizer')} ({c.get('model')}); {c.get('train_size')} train, {c.get('val_size')} val; "
+          f"epochs {c.get('epochs')}, batch size {c.get('batch_size')}")
+    print()
+    print(_table(["", "train", "val"], [[k, _fmt(s.train), _fmt(s.val)] for k, s in (("baseline", r.baseline), ("best", r.best), ("final", r.final))]))
+    print()
+    if r.history:
+        print(_table(
+            ["step", "epoch", "train", "gate", "candidates", "decision", "reason"],
+            [[h.step, h.epoch, _fmt(h.train_score), _fmt(h.gate_score), " ".join(_fmt(s) for s in h.candidate_scores) or "-", h.status, h.reason]
+             for h in r.history],
+        ))
+    else:
+        print("no steps yet")
+    print()
+    print("best values:")
+    for name, value in r.best_values.items():
+        print(f"  {name} = {value!r}")
+
+
+def _show_step(store: Any, run_id: int, step: Any) -> None:
+    print(f"step {step.step} (epoch {step.epoch}, examples {step.indices}): {step.status}" + (f" — {step.reason}" if step.reason else ""))
+    print(f"train minibatch score {_fmt(step.train_score)}, gate score before {_fmt(step.gate_score)}, val after {_fmt(step.val_score)}")
+    before = store.version_values(step.version_id)
+    for c in store.candidates(run_id, step.step):
+        print(f"\ncandidate {c.k + 1}: {c.status} — score {_fmt(c.score)}" + (f" — {c.reason}" if c.reason else ""))
+        if c.reasoning:
+            print(f"  reasoning: {c.reasoning}")
+        for name, value in c.values.items():
+            print(f"  {name}: {before.get(name)!r}\n    -> {value!r}")
+        for name, reason in c.invalid.items():
+            print(f"  refused {name}: {reason}")
+
+
+def _step_graph(store: Any, run_id: int, step: Any) -> tuple[str | None, str | None, str]:
+    """(DOT, text, where) of a traced run of the step's minibatch, stored or rebuilt."""
+    from .train.graphs import graph_from_json
+
+    stored = {e.index: e for e in store.evaluations(run_id, version_id=step.version_id, split="train")}
+    for i in step.indices:
+        e = stored.get(i)
+        if e is None:
+            continue
+        where = f"train example {i}, score {_fmt(e.score)}"
+        dot, text = store.graph_views(e.id)
+        if dot is not None:
+            return dot, text, where
+        data = store.graph(e.id)
+        if data is not None:
+            graph = graph_from_json(data, {})
+            return graph.to_dot(), graph.to_text(), where
+    return None, None, ""
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .trace import Parameter, save_parameters
+
+    with _open(args.store) as store:
+        run = store.run(args.run)
+        version = {
+            "best": run.best_version_id or run.current_version_id,
+            "final": run.current_version_id,
+            "baseline": run.baseline_version_id,
+        }[args.version]
+        if version is None:
+            raise ValueError(f"run {run.id} has no {args.version} values yet")
+        values = store.version_values(version)
+        kinds = {p["name"]: p.get("kind", "text") for p in run.config.get("parameters", [])}
+        params = [Parameter(value, name=name, kind=kinds.get(name, "text")) for name, value in values.items()]
+        save_parameters(params, args.output)
+    print(f"wrote {len(params)} {args.version} parameter value(s) of run {run.id} to {args.output}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .train.report import write_report
+
+    with _open(args.store) as store:
+        run = store.run(args.run)
+        path = write_report(store, args.output, run.id)
+    print(f"wrote the report of run {run.id} to {path}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

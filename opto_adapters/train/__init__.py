@@ -1,0 +1,31 @@
+"""Training: the ``optimize`` loop with validation gating, the SQLite store, reports, recipes.
+
+>>> from opto_adapters import optimize
+>>> result = optimize(app, train, val=val, guide=guide, epochs=3, store="runs.sqlite")
+"""
+
+from ..trace import Feedback
+from .apps import AppTracer, PythonApp, as_tracer
+from .errors import AppError, DatasetError, GuideError, RecipeError, StoreError, TrainingError
+from .store import Store
+from .trainer import Scores, StepSummary, Trainer, TrainResult, build_result, optimize
+
+__all__ = [
+    "AppError",
+    "AppTracer",
+    "DatasetError",
+    "Feedback",
+    "GuideError",
+    "PythonApp",
+    "RecipeError",
+    "Scores",
+    "StepSummary",
+    "Store",
+    "StoreError",
+    "TrainResult",
+    "Trainer",
+    "TrainingError",
+    "as_tracer",
+    "build_result",
+    "optimize",
+]

@@ -1,0 +1,171 @@
+"""Turn whatever the user trains into a tracer: ``tracer.parameters`` and ``tracer.run(input)``.
+
+``as_tracer`` picks the adapter: a tracer is used as is, a LangChain runnable gets
+``opto_adapters.langchain.OptoTracer``, a LlamaIndex object gets
+``opto_adapters.llama_index.OptoTracer`` and a plain traced Python callable gets ``PythonApp``.
+The frameworks are only looked at when their objects are passed in, so importing this module
+imports neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, runtime_checkable
+
+from ..trace import ExceptionNode, ExecutionError, Graph, Module, Node, Op, Parameter
+from ..trace.bundle import Bundle
+from ..trace.tracer import TracedRun, TracerBase
+from .errors import AppError
+
+__all__ = ["AppTracer", "PythonApp", "as_tracer"]
+
+_APP_OP = Op("app", "The app as a whole (it raised outside any traced operation).")
+
+
+@runtime_checkable
+class AppTracer(Protocol):
+    """What the trainer needs from an app: its trainable parameters and one traced run."""
+
+    @property
+    def parameters(self) -> list[Parameter]: ...
+
+    def run(self, input: Any) -> TracedRun: ...
+
+
+class PythonApp(TracerBase):
+    """A plain traced Python callable as a tracer.
+
+    ``fn(input)`` is called with one argument and should return a ``Node`` (the output of a
+    ``@bundle`` call, so feedback can reach the parameters); an ``ExecutionError`` it raises
+    becomes a run whose output is the traced ``ExceptionNode``. Parameters come from
+    ``parameters=``, else from ``fn.parameters()`` (a ``Module``), else from a trainable
+    bundle, else from the trainable nodes a first run reaches (``discover``).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        parameters: Iterable[Parameter] | None = None,
+        *,
+        max_graphs: int = 100,
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"PythonApp needs a callable, got {type(fn).__name__}: {fn!r:.80}")
+        if parameters is None:
+            parameters = _discover(fn)
+        super().__init__(list(parameters), max_graphs=max_graphs)
+        self.fn = fn
+
+    def run(self, input: Any) -> TracedRun:
+        """Call the app once; never raises the app's exception (see ``TracedRun``)."""
+        try:
+            result = self.fn(input)
+        except ExecutionError as exc:
+            graph = Graph(exc.node)
+            error: BaseException | None = exc.exception
+            output = None
+        except Exception as exc:  # raised outside any bundle: traced as one opaque step
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            graph = Graph(ExceptionNode(exc, name="app_error", op=_APP_OP, traceback=text))
+            error, output = exc, None
+        else:
+            out = result if isinstance(result, Node) else Node(result, name="output")
+            graph, error, output = Graph(out), None, out.value
+        self._record(uuid.uuid4().hex, graph)
+        return TracedRun(output=output, graph=graph, error=error)
+
+    def discover(self, input: Any) -> TracedRun:
+        """Run once and adopt the trainable parameters the run's graph reaches."""
+        traced = self.run(input)
+        known = {id(p) for p in self._parameters}
+        if traced.graph is not None:
+            for p in traced.graph.parameters:
+                if p.trainable and id(p) not in known:
+                    self.add_parameter(p)
+                    known.add(id(p))
+        return traced
+
+    async def arun(self, input: Any) -> TracedRun:
+        """``run`` in a worker thread."""
+        return await asyncio.to_thread(self.run, input)
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__name__", type(self.fn).__name__)
+        return f"PythonApp({name}, parameters={[p.name for p in self._parameters]})"
+
+
+def _discover(fn: Any) -> list[Parameter]:
+    if isinstance(fn, Module):
+        return fn.parameters()
+    if isinstance(fn, Bundle) and fn.parameter is not None:
+        return [fn.parameter]
+    return []
+
+
+def _is_tracer(app: Any) -> bool:
+    if isinstance(app, TracerBase):
+        return True
+    params = getattr(app, "parameters", None)
+    return callable(getattr(app, "run", None)) and params is not None and not callable(params)
+
+
+def _is_langchain_runnable(app: Any) -> bool:
+    module = sys.modules.get("langchain_core.runnables.base")
+    if module is None:  # a Runnable instance implies its class module is loaded
+        return False
+    return isinstance(app, module.Runnable)
+
+
+def _is_llama_index(app: Any) -> bool:
+    return any(
+        (getattr(klass, "__module__", "") or "").startswith("llama_index")
+        for klass in type(app).__mro__
+    )
+
+
+def _framework_tracer(module_name: str, framework: str, app: Any) -> AppTracer:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AppError(
+            f"{type(app).__name__} is a {framework} object, but the {framework} adapter "
+            f"{module_name} could not be imported ({exc}); install opto_adapters with its "
+            f"{framework} support, or pass a tracer you built yourself"
+        ) from exc
+    return module.OptoTracer(app)
+
+
+def as_tracer(app: Any, *, parameters: Iterable[Parameter] | None = None) -> AppTracer:
+    """The tracer for ``app``: a tracer as is, a LangChain runnable, a LlamaIndex engine or
+    agent, or a plain traced callable (wrapped in ``PythonApp``, with ``parameters`` if given).
+    """
+    if _is_tracer(app):
+        if parameters is not None:
+            raise TypeError(
+                f"parameters= is for plain Python apps; {type(app).__name__} is already a tracer "
+                "with its own .parameters (select them with its include/exclude options)"
+            )
+        return app
+    if _is_langchain_runnable(app):
+        tracer = _framework_tracer("opto_adapters.langchain", "LangChain", app)
+    elif _is_llama_index(app):
+        tracer = _framework_tracer("opto_adapters.llama_index", "LlamaIndex", app)
+    elif callable(app):
+        return PythonApp(app, parameters)
+    else:
+        raise TypeError(
+            f"cannot train {type(app).__name__}: {app!r:.80}; pass a LangChain runnable, a "
+            "LlamaIndex query engine/agent, a tracer, or a Python callable whose output is "
+            "traced (a @bundle function or a Module)"
+        )
+    if parameters is not None:
+        raise TypeError(
+            "parameters= is for plain Python apps; framework apps discover theirs (pass a "
+            "tracer built with include=/exclude= to choose)"
+        )
+    return tracer

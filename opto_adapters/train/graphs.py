@@ -1,0 +1,144 @@
+"""OPTO graphs as JSON (nodes and edges) and back, so stored runs can be shown and reused.
+
+``graph_to_json`` keeps every node's readable name, operation, value and role; values that
+JSON cannot hold are kept as their readable text. ``graph_from_json`` rebuilds a graph whose
+parameter nodes are the live ``Parameter`` objects of the same name, so feedback on a stored
+run reaches them as if the run had just happened (used when a run is resumed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..trace import ExceptionNode, Graph, Node, Op, Parameter
+from ..trace.render import value_text
+
+__all__ = ["FORMAT_VERSION", "StoredError", "graph_from_json", "graph_to_json"]
+
+FORMAT_VERSION = 1
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class StoredError(Exception):
+    """An exception read back from the store (its class is named after the original)."""
+
+
+def _json_value(value: Any) -> tuple[Any, bool]:
+    """(value, is_text): the value if JSON holds it, else its readable text."""
+    if isinstance(value, _PLAIN):
+        return value, False
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return value_text(value), True
+    return value, False
+
+
+def graph_to_json(graph: Graph) -> dict[str, Any]:
+    """``{"nodes": [...], "edges": [[src, arg, dst], ...], "output": i}`` for ``graph``."""
+    nodes = graph.nodes
+    names = graph.names()
+    index = {id(n): i for i, n in enumerate(nodes)}
+    out_nodes = []
+    for n in nodes:
+        entry: dict[str, Any] = {"name": names[id(n)]}
+        if isinstance(n, Parameter):
+            entry.update(role="parameter", kind=n.kind, trainable=n.trainable)
+            if n.constraint:
+                entry["constraint"] = n.constraint
+        elif isinstance(n, ExceptionNode):
+            entry.update(
+                role="error",
+                error_type=type(n.exception).__name__,
+                traceback=n.traceback,
+            )
+        else:
+            entry["role"] = "input" if n.op is None else "op"
+        if n.op is not None:
+            entry["op"] = n.op.name
+            if n.op.doc:
+                entry["doc"] = n.op.doc
+        if n.description:
+            entry["description"] = n.description
+        if isinstance(n, ExceptionNode):
+            entry["value"] = str(n.exception)
+        else:
+            value, is_text = _json_value(n.value)
+            entry["value"] = value
+            if is_text:
+                entry["value_type"] = type(n.value).__name__
+        out_nodes.append(entry)
+    edges = [
+        [index[id(p)], arg, index[id(n)]] for n in nodes for arg, p in n.inputs.items()
+    ]
+    return {
+        "format": FORMAT_VERSION,
+        "nodes": out_nodes,
+        "edges": edges,
+        "output": index[id(graph.output)],
+    }
+
+
+def _frozen_parameter(entry: Mapping[str, Any]) -> Parameter | None:
+    """A read-only stand-in for a stored parameter that is not live (shown, never trained)."""
+    try:
+        return Parameter(
+            entry.get("value"),
+            name=entry["name"],
+            kind=entry.get("kind", "text"),
+            description=entry.get("description", ""),
+            constraint=entry.get("constraint", ""),
+            trainable=False,
+        )
+    except (ValueError, TypeError):
+        return None
+
+
+def graph_from_json(data: Mapping[str, Any], parameters: Mapping[str, Parameter]) -> Graph:
+    """Rebuild a stored graph; parameter nodes named like ``parameters`` become those objects,
+    other parameters read-only copies (``trainable=False``)."""
+    if data.get("format") != FORMAT_VERSION:
+        raise ValueError(f"unknown stored graph format {data.get('format')!r}")
+    inputs: dict[int, dict[str, int]] = {}
+    for src, arg, dst in data["edges"]:
+        inputs.setdefault(dst, {})[arg] = src
+    ops: dict[tuple[str, str], Op] = {}
+    built: list[Node] = []
+    for i, entry in enumerate(data["nodes"]):
+        name = entry["name"]
+        parents = {arg: built[src] for arg, src in inputs.get(i, {}).items()}
+        op = None
+        if "op" in entry:
+            key = (entry["op"], entry.get("doc", ""))
+            op = ops.setdefault(key, Op(*key))
+        role = entry["role"]
+        if role == "parameter" and name in parameters:
+            built.append(parameters[name])
+        elif role == "parameter" and (frozen := _frozen_parameter(entry)) is not None:
+            built.append(frozen)
+        elif role == "error":
+            exc_type = entry.get("error_type", "Exception")
+            cls = type(exc_type, (StoredError,), {}) if exc_type.isidentifier() else StoredError
+            built.append(
+                ExceptionNode(
+                    cls(entry.get("value", "")),
+                    name=name,
+                    inputs=parents,
+                    op=op,
+                    traceback=entry.get("traceback", ""),
+                    description=entry.get("description", ""),
+                )
+            )
+        else:
+            built.append(
+                Node(
+                    entry.get("value"),
+                    name=name,
+                    inputs=parents,
+                    op=op,
+                    description=entry.get("description", ""),
+                )
+            )
+    return Graph(built[data["output"]], metadata={"restored": True})

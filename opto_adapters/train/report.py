@@ -1,0 +1,400 @@
+"""An HTML report of one stored run: one self-contained file (inline CSS and SVG, no network).
+
+Sections: scores (baseline, best, final), a chart of the scores per step, every step with
+its candidates (accepted or rejected and why, the optimizer's reasoning, a word diff of what
+each suggested), the accepted versions of every parameter as diffs, the final values, token
+usage, and one traced run's graph drawn with a layered layout computed here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..trace.render import short_repr
+from .store import Store, StoredCandidate, StoredRun, StoredStep
+from .trainer import TrainResult, build_result
+
+__all__ = ["graph_svg", "render_report", "word_diff", "write_report"]
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f6f6f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f8f8f8;border:1px solid #eee;padding:.6em;white-space:pre-wrap;word-break:break-word;margin:.3em 0}
+del{background:#fbd0d0;text-decoration:line-through}ins{background:#c9f2c9;text-decoration:none}
+.accepted{color:#17702d;font-weight:600}.rejected{color:#b42318;font-weight:600}.no_change{color:#777;font-weight:600}
+.muted{color:#777}.cand{border-left:3px solid #ddd;padding-left:.8em;margin:.8em 0}
+details{margin:.4em 0}summary{cursor:pointer}
+"""
+
+_SERIES_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c")
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(score: float | None) -> str:
+    return "—" if score is None else f"{score:.3f}"
+
+
+def _value_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def word_diff(old: Any, new: Any) -> str:
+    """HTML of the change from ``old`` to ``new``: removed words in ``<del>``, added in ``<ins>``."""
+    a = re.split(r"(\s+)", _value_text(old))
+    b = re.split(r"(\s+)", _value_text(new))
+    out = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            out.append(_esc("".join(a[i1:i2])))
+            continue
+        if i2 > i1:
+            out.append(f"<del>{_esc(''.join(a[i1:i2]))}</del>")
+        if j2 > j1:
+            out.append(f"<ins>{_esc(''.join(b[j1:j2]))}</ins>")
+    return "".join(out)
+
+
+# -- charts -----------------------------------------------------------------------------------
+
+
+def line_chart(
+    series: Sequence[tuple[str, Sequence[tuple[float, float]]]],
+    *,
+    marks: dict[float, str] | None = None,
+    width: int = 720,
+    height: int = 260,
+) -> str:
+    """An inline SVG line chart; ``marks`` colours the x positions of accepted/rejected steps."""
+    points = [p for _, pts in series for p in pts]
+    if not points:
+        return '<p class="muted">No scores to plot yet.</p>'
+    left, right, top, bottom = 48, 16, 30, 34
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
+    x0, x1 = min(0.0, min(xs)), max(1.0, max(xs))
+    lo, hi = min(ys), max(ys)
+    if lo >= 0 and hi <= 1:  # the usual score range: show all of it
+        lo, hi = 0.0, 1.0
+    elif hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = (hi - lo) * 0.05
+    y0, y1 = lo - pad, hi + pad
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - y0) / (y1 - y0)) * (height - top - bottom)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="scores per step">',
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" fill="#fff" stroke="#ccc"/>',
+    ]
+    for k in range(5):
+        y = lo + (hi - lo) * k / 4
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" stroke="#eee"/>'
+            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" font-size="11" text-anchor="end">{y:.2f}</text>'
+        )
+    stride = max(1, round((x1 - x0) / 10))
+    x = int(x0)
+    while x <= x1:
+        parts.append(
+            f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="middle">{x}</text>'
+        )
+        x += stride
+    parts.append(
+        f'<text x="{(left + width - right) / 2}" y="{height - 4}" font-size="11" text-anchor="middle">step (0 = baseline)</text>'
+    )
+    for x, status in (marks or {}).items():
+        color = {"accepted": "#17702d", "rejected": "#b42318"}.get(status, "#999")
+        parts.append(
+            f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{top}" y2="{height - bottom}" '
+            f'stroke="{color}" stroke-opacity="0.25" stroke-dasharray="3,3"><title>step {x:g}: {_esc(status)}</title></line>'
+        )
+    for n, (label, pts) in enumerate(series):
+        color = _SERIES_COLORS[n % len(_SERIES_COLORS)]
+        if len(pts) > 1:
+            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for x, y in pts:
+            parts.append(
+                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{color}">'
+                f"<title>{_esc(label)}, step {x:g}: {y:.4g}</title></circle>"
+            )
+        lx = left + n * 240
+        parts.append(
+            f'<rect x="{lx}" y="10" width="12" height="4" fill="{color}"/>'
+            f'<text x="{lx + 16}" y="16" font-size="11">{_esc(label)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# -- graphs -----------------------------------------------------------------------------------
+
+_FILL = {"parameter": "#fff3b0", "error": "#f4b6b6", "input": "#eef3fb", "op": "#ffffff"}
+
+
+def graph_svg(data: dict[str, Any], *, max_nodes: int = 150) -> str:
+    """A stored graph (``graph_to_json``) as inline SVG: inputs on the left, the output on the
+    right, each node in the column after its deepest input."""
+    nodes = data["nodes"]
+    edges = data["edges"]
+    if len(nodes) > max_nodes:
+        return f'<p class="muted">The graph has {len(nodes)} nodes; see the DOT text below.</p>'
+    parents: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
+    for src, _, dst in edges:
+        parents[dst].append(src)
+    layer = [0] * len(nodes)
+    for i in range(len(nodes)):  # nodes are stored in topological order
+        layer[i] = max((layer[p] + 1 for p in parents[i]), default=0)
+    columns: dict[int, list[int]] = {}
+    for i in range(len(nodes)):
+        columns.setdefault(layer[i], []).append(i)
+    row: dict[int, float] = {}
+    for col in sorted(columns):
+        members = columns[col]
+        if col > 0:  # order by the mean row of the inputs, to keep edges short
+            members.sort(key=lambda i: sum(row[p] for p in parents[i]) / len(parents[i]))
+        for r, i in enumerate(members):
+            row[i] = r
+    w, h, gx, gy, margin = 190, 54, 70, 18, 10
+    pos = {i: (margin + layer[i] * (w + gx), margin + row[i] * (h + gy)) for i in range(len(nodes))}
+    width = margin * 2 + (max(layer) + 1) * (w + gx) - gx
+    height = margin * 2 + max(len(m) for m in columns.values()) * (h + gy) - gy
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="traced run graph">',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto"><path d="M0,0L10,5L0,10z" fill="#888"/></marker></defs>',
+    ]
+    for src, arg, dst in edges:
+        (x1, y1), (x2, y2) = pos[src], pos[dst]
+        ax, ay, bx, by = x1 + w, y1 + h / 2, x2, y2 + h / 2
+        mid = (ax + bx) / 2
+        parts.append(
+            f'<path d="M{ax},{ay} C{mid},{ay} {mid},{by} {bx},{by}" fill="none" stroke="#888" '
+            f'marker-end="url(#arrow)"/><text x="{mid:.0f}" y="{(ay + by) / 2 - 3:.0f}" '
+            f'font-size="10" fill="#555" text-anchor="middle">{_esc(short_repr(arg, 14))}</text>'
+        )
+    output = data.get("output")
+    for i, node in enumerate(nodes):
+        x, y = pos[i]
+        role = node.get("role", "op")
+        head = node["name"] + (f" = {node['op']}()" if node.get("op") and role != "parameter" else "")
+        if role == "parameter":
+            head += f"  [{node.get('kind', '')}]"
+        stroke = ' stroke-width="2.5"' if i == output else ""
+        parts.append(
+            f'<g><title>{_esc(node["name"])}: {_esc(short_repr(node.get("value"), 400))}</title>'
+            f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="6" fill="{_FILL.get(role, "#fff")}" stroke="#666"{stroke}/>'
+            f'<text x="{x + 8}" y="{y + 20}" font-size="12" font-weight="600">{_esc(short_repr(head, 28))}</text>'
+            f'<text x="{x + 8}" y="{y + 40}" font-size="11" fill="#444">{_esc(short_repr(node.get("value"), 30))}</text></g>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def render_report(store: Store, run_id: int | None = None) -> str:
+    """The HTML report of a run (the latest one by default)."""
+    run = store.run(run_id)
+    result = build_result(store, run.id)
+    steps = store.steps(run.id)
+    candidates = store.candidates(run.id)
+    sections = [
+        _header(run, result),
+        _scores(result),
+        "<h2>Scores per step</h2>" + _chart(run, result, steps),
+        _steps_section(store, steps, candidates),
+        _versions_section(store, run),
+        _final_values(result),
+        _usage(result, candidates),
+        _graph_section(store, run),
+    ]
+    title = f"opto_adapters run {run.id}" + (f" — {run.name}" if run.name else "")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1>" + "\n".join(sections) + "</body></html>\n"
+    )
+
+
+def write_report(
+    store: Store | str | os.PathLike[str], path: str | os.PathLike[str], run_id: int | None = None
+) -> Path:
+    """Write the HTML report of a run to ``path``; ``store`` is a ``Store`` or a store path."""
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{target} is a directory: give a file path such as {target / 'report.html'}")
+    if isinstance(store, Store):
+        text = render_report(store, run_id)
+    else:
+        with Store(store, readonly=True) as opened:
+            text = render_report(opened, run_id)
+    target.write_text(text, encoding="utf-8")
+    return target
+
+
+def _header(run: StoredRun, result: TrainResult) -> str:
+    c = run.config
+    rows = [
+        ("status", f"{run.status}" + (f" — {run.message}" if run.message else "")),
+        ("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.created_at))),
+        ("app", c.get("app")),
+        ("optimizer", f"{c.get('optimizer')} ({c.get('model') or 'model not recorded'})"),
+        ("objective", c.get("objective") or "—"),
+        ("data", f"{c.get('train_size')} train, {c.get('val_size')} val examples"),
+        ("settings", f"epochs {c.get('epochs')}, batch size {c.get('batch_size')}, "
+         f"{c.get('n_candidates')} candidate(s) per step, concurrency {c.get('max_concurrency')}"),
+        ("steps", f"{len(result.history)} ({result.accepted} accepted)"),
+    ]
+    body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _scores(result: TrainResult) -> str:
+    rows = "".join(
+        f'<tr><th>{label}</th><td class="num">{_fmt(s.train)}</td><td class="num">{_fmt(s.val)}</td></tr>'
+        for label, s in (("baseline", result.baseline), ("best (written back)", result.best), ("final", result.final))
+    )
+    return f'<h2>Scores</h2><table id="scores"><tr><th></th><th>train</th><th>val</th></tr>{rows}</table>'
+
+
+def _chart(run: StoredRun, result: TrainResult, steps: list[StoredStep]) -> str:
+    train = [(float(s.step), s.train_score) for s in steps if s.train_score is not None]
+    series: list[tuple[str, list[tuple[float, float]]]] = [("train (minibatch, before the step)", train)]
+    if result.baseline.train is not None:
+        train.insert(0, (0.0, result.baseline.train))
+    if run.config.get("val_size"):
+        val = [(float(s.step), s.val_score) for s in steps if s.val_score is not None]
+        if result.baseline.val is not None:
+            val.insert(0, (0.0, result.baseline.val))
+        series.append(("val (kept values, after the step)", val))
+    marks = {float(s.step): s.status for s in steps}
+    return line_chart(series, marks=marks)
+
+
+def _steps_section(store: Store, steps: list[StoredStep], candidates: list[StoredCandidate]) -> str:
+    if not steps:
+        return "<h2>Steps</h2><p class='muted'>No optimizer step was taken.</p>"
+    by_step: dict[int, list[StoredCandidate]] = {}
+    for c in candidates:
+        by_step.setdefault(c.step, []).append(c)
+    values_of: dict[int, dict[str, Any]] = {}
+    out = ["<h2>Steps</h2><table id='steps'><tr><th>step</th><th>epoch</th><th>train</th>"
+           "<th>gate before</th><th>candidates</th><th>decision</th></tr>"]
+    for s in steps:
+        scores = ", ".join(_fmt(c.score) for c in by_step.get(s.step, []))
+        out.append(
+            f"<tr><td class='num'>{s.step}</td><td class='num'>{s.epoch}</td><td class='num'>{_fmt(s.train_score)}</td>"
+            f"<td class='num'>{_fmt(s.gate_score)}</td><td class='num'>{scores or '—'}</td>"
+            f"<td><span class='{_esc(s.status)}'>{_esc(s.status)}</span> <span class='muted'>{_esc(s.reason or '')}</span></td></tr>"
+        )
+    out.append("</table><h2>Candidates</h2>")
+    for s in steps:
+        cands = by_step.get(s.step, [])
+        if not cands:
+            continue
+        if s.version_id not in values_of:
+            values_of[s.version_id] = store.version_values(s.version_id)
+        before = values_of[s.version_id]
+        out.append(f"<h3>Step {s.step}</h3>")
+        for c in cands:
+            diffs = "".join(
+                f"<p><b>{_esc(name)}</b></p><pre class='diff'>{word_diff(before.get(name, ''), value)}</pre>"
+                for name, value in c.values.items()
+            )
+            invalid = "".join(
+                f"<li>{_esc(name)}: {_esc(reason)}</li>" for name, reason in c.invalid.items()
+            )
+            out.append(
+                f"<div class='cand'><p>candidate {c.k + 1}: <span class='{_esc(c.status)}'>{_esc(c.status)}</span>"
+                f" — score {_fmt(c.score)} — {_esc(c.reason or '')}</p>"
+                + (f"<details><summary>reasoning</summary><pre>{_esc(c.reasoning)}</pre></details>" if c.reasoning else "")
+                + diffs
+                + (f"<p>refused suggestions:</p><ul>{invalid}</ul>" if invalid else "")
+                + (f"<details><summary>optimizer prompt</summary><pre>{_esc(c.prompt)}</pre></details>" if c.prompt else "")
+                + "</div>"
+            )
+    return "".join(out)
+
+
+def _versions_section(store: Store, run: StoredRun) -> str:
+    """Diffs between the successive kept versions (the baseline, then each accepted step)."""
+    chain = [run.baseline_version_id] + [
+        s.result_version_id for s in store.steps(run.id) if s.status == "accepted"
+    ]
+    chain = [v for v in dict.fromkeys(chain) if v is not None]
+    if len(chain) < 2:
+        return "<h2>Prompt versions</h2><p class='muted'>No accepted change: the values are the baseline's.</p>"
+    out = ["<h2>Prompt versions</h2>"]
+    values = [store.version_values(v) for v in chain]
+    for n in range(1, len(values)):
+        old, new = values[n - 1], values[n]
+        changed = [name for name in new if new[name] != old.get(name)]
+        out.append(f"<h3>version {n} (from version {n - 1})</h3>")
+        for name in changed:
+            out.append(f"<p><b>{_esc(name)}</b></p><pre class='diff'>{word_diff(old.get(name, ''), new[name])}</pre>")
+    return "".join(out)
+
+
+def _final_values(result: TrainResult) -> str:
+    rows = "".join(
+        f"<p><b>{_esc(name)}</b></p><pre>{_esc(_value_text(value))}</pre>"
+        for name, value in result.best_values.items()
+    )
+    return f"<h2>Final parameter values</h2>{rows}"
+
+
+def _usage(result: TrainResult, candidates: list[StoredCandidate]) -> str:
+    u = result.usage
+    per_step: dict[int, list[int]] = {}
+    for c in candidates:
+        entry = per_step.setdefault(c.step, [0, 0])
+        entry[0] += c.prompt_tokens
+        entry[1] += c.completion_tokens
+    rows = "".join(
+        f"<tr><td class='num'>{step}</td><td class='num'>{p}</td><td class='num'>{q}</td></tr>"
+        for step, (p, q) in sorted(per_step.items())
+    )
+    return (
+        f"<h2>Token usage</h2><p id='usage'>{u.get('optimizer_calls', 0)} optimizer calls, "
+        f"{u.get('prompt_tokens', 0)} prompt + {u.get('completion_tokens', 0)} completion = "
+        f"{u.get('total_tokens', 0)} tokens.</p>"
+        + (f"<table><tr><th>step</th><th>prompt tokens</th><th>completion tokens</th></tr>{rows}</table>" if rows else "")
+    )
+
+
+def _graph_section(store: Store, run: StoredRun) -> str:
+    sampled = store.sampled_evaluations(run.id)
+    if not sampled:
+        return "<h2>A traced run</h2><p class='muted'>No graph was stored for this run.</p>"
+    preference = {"step": 0, "baseline": 1}  # what the optimizer saw, newest first
+    e = min(sampled, key=lambda ev: preference.get(ev.phase, 2))
+    data = store.graph(e.id)
+    dot, text = store.graph_views(e.id)
+    where = f"{e.split} example {e.index}, phase {e.phase}" + (f", step {e.step}" if e.step else "")
+    return (
+        f"<h2>A traced run</h2><p>{_esc(where)}: score {_fmt(e.score)}. Parameters are yellow, "
+        "errors red, the output has a thick border.</p>"
+        + (graph_svg(data) if data else "")
+        + (f"<details><summary>text</summary><pre>{_esc(text)}</pre></details>" if text else "")
+        + (f"<details><summary>Graphviz DOT</summary><pre>{_esc(dot)}</pre></details>" if dot else "")
+    )

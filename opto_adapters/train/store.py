@@ -1,0 +1,710 @@
+"""The store of optimization runs: SQLite, one file (or ``:memory:``), one versioned schema.
+
+What is kept, per run: its configuration, the examples, every parameter version, every step
+(minibatch, scores, decision), every candidate (suggested values, reasoning, the optimizer's
+prompt and reply, tokens, accepted or rejected and why), every evaluation (example, output,
+error, score, feedback text) with its OPTO graph (zlib-compressed JSON of nodes and edges;
+DOT and text views for one sampled run per phase).
+
+Schema (version 1)::
+
+    meta(key PRIMARY KEY, value)                     -- schema_version, created_by
+    runs(id, name, status, message, config JSON, created_at, updated_at,
+         baseline_version_id, current_version_id, best_version_id, best_score)
+    examples(run_id, split, idx, example JSON)       -- PRIMARY KEY (run_id, split, idx)
+    versions(id, run_id, hash, parent_id, step, values_json, created_at)
+                                                     -- UNIQUE (run_id, hash)
+    steps(run_id, step, epoch, batch, indices JSON, version_id, status, train_score,
+          gate_score, val_score, accepted_candidate_id, result_version_id, reason,
+          started_at, finished_at)                   -- PRIMARY KEY (run_id, step)
+    candidates(id, run_id, step, k, values_json, invalid_json, reasoning, prompt, reply,
+               error, prompt_tokens, completion_tokens, version_id, score, status, reason,
+               created_at)                           -- UNIQUE (run_id, step, k)
+    evaluations(id, run_id, version_id, split, idx, phase, step, output, error, score,
+                feedback, duration, created_at)      -- UNIQUE (run_id, version_id, split, idx)
+    graphs(evaluation_id PRIMARY KEY, data BLOB, dot, text)
+
+A store is safe to share between threads (one connection behind a lock; WAL journal for
+files, so ``opto-adapters runs`` can read while a run writes). A file that is not a store,
+is corrupt, or has a newer schema is refused with a clear error and never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from .data import to_json
+from .errors import StoreError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Store",
+    "StoredCandidate",
+    "StoredEvaluation",
+    "StoredRun",
+    "StoredStep",
+    "StoredVersion",
+]
+
+logger = logging.getLogger("opto_adapters.train")
+
+SCHEMA_VERSION = 1
+MEMORY = ":memory:"
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    message TEXT,
+    config TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    baseline_version_id INTEGER,
+    current_version_id INTEGER,
+    best_version_id INTEGER,
+    best_score REAL
+);
+CREATE TABLE examples (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    split TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    example TEXT NOT NULL,
+    PRIMARY KEY (run_id, split, idx)
+);
+CREATE TABLE versions (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    hash TEXT NOT NULL,
+    parent_id INTEGER,
+    step INTEGER,
+    values_json TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (run_id, hash)
+);
+CREATE TABLE steps (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    batch INTEGER NOT NULL,
+    indices TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    train_score REAL,
+    gate_score REAL,
+    val_score REAL,
+    accepted_candidate_id INTEGER,
+    result_version_id INTEGER,
+    reason TEXT,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE candidates (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    k INTEGER NOT NULL,
+    values_json TEXT NOT NULL,
+    invalid_json TEXT NOT NULL DEFAULT '{}',
+    reasoning TEXT NOT NULL DEFAULT '',
+    prompt TEXT NOT NULL DEFAULT '',
+    reply TEXT NOT NULL DEFAULT '',
+    error TEXT,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    version_id INTEGER,
+    score REAL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    created_at REAL NOT NULL,
+    UNIQUE (run_id, step, k)
+);
+CREATE TABLE evaluations (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    version_id INTEGER NOT NULL,
+    split TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    step INTEGER,
+    output TEXT,
+    error TEXT,
+    score REAL,
+    feedback TEXT NOT NULL DEFAULT '',
+    duration REAL,
+    created_at REAL NOT NULL,
+    UNIQUE (run_id, version_id, split, idx)
+);
+CREATE INDEX evaluations_by_step ON evaluations (run_id, step);
+CREATE TABLE graphs (
+    evaluation_id INTEGER PRIMARY KEY REFERENCES evaluations(id),
+    data BLOB NOT NULL,
+    dot TEXT,
+    text TEXT
+);
+"""
+
+_RUN_FIELDS = frozenset(
+    {
+        "name",
+        "status",
+        "message",
+        "config",
+        "baseline_version_id",
+        "current_version_id",
+        "best_version_id",
+        "best_score",
+        "updated_at",
+    }
+)
+_STEP_FIELDS = frozenset(
+    {
+        "status",
+        "train_score",
+        "gate_score",
+        "val_score",
+        "accepted_candidate_id",
+        "result_version_id",
+        "reason",
+        "finished_at",
+    }
+)
+_CANDIDATE_FIELDS = frozenset({"version_id", "score", "status", "reason"})
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """One optimization run: its configuration, status and the versions that matter."""
+
+    id: int
+    name: str
+    status: str
+    message: str | None
+    config: dict[str, Any]
+    created_at: float
+    updated_at: float
+    baseline_version_id: int | None
+    current_version_id: int | None
+    best_version_id: int | None
+    best_score: float | None
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """A set of parameter values (all of them, by name)."""
+
+    id: int
+    run_id: int
+    hash: str
+    parent_id: int | None
+    step: int | None
+    values: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class StoredStep:
+    """One optimizer step: the minibatch, the scores and what was decided."""
+
+    run_id: int
+    step: int
+    epoch: int
+    batch: int
+    indices: list[int]
+    version_id: int
+    status: str
+    train_score: float | None
+    gate_score: float | None
+    val_score: float | None
+    accepted_candidate_id: int | None
+    result_version_id: int | None
+    reason: str | None
+    started_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class StoredCandidate:
+    """A proposal of the optimizer and how it fared."""
+
+    id: int
+    run_id: int
+    step: int
+    k: int
+    values: dict[str, Any]
+    invalid: dict[str, str]
+    reasoning: str
+    prompt: str
+    reply: str
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    version_id: int | None
+    score: float | None
+    status: str
+    reason: str | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class StoredEvaluation:
+    """One run of the app on one example under one parameter version, and its feedback."""
+
+    id: int
+    run_id: int
+    version_id: int
+    split: str
+    index: int
+    phase: str
+    step: int | None
+    output: str | None
+    error: str | None
+    score: float | None
+    feedback: str
+    duration: float | None
+    created_at: float
+
+
+def values_hash(values: Mapping[str, Any]) -> str:
+    """A stable hash of parameter values (the identity of a version)."""
+    return hashlib.sha256(_values_json(values).encode()).hexdigest()[:24]
+
+
+def _values_json(values: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(dict(values), ensure_ascii=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(
+            f"parameter values must be JSON to be stored ({exc}); the values are "
+            f"{ {k: type(v).__name__ for k, v in values.items()} }"
+        ) from None
+
+
+class Store:
+    """An SQLite store of optimization runs (see the module docstring for the schema).
+
+    ``path`` is a file (created if missing) or ``":memory:"``; ``readonly=True`` opens an
+    existing store without ever writing to it (what the CLI's inspecting commands do).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = MEMORY, *, readonly: bool = False) -> None:
+        self.path = str(path)
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._conn = self._connect()
+        try:
+            self._check_or_create()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path == MEMORY:
+            if self.readonly:
+                raise StoreError("a ':memory:' store cannot be opened read-only: it would be empty")
+            return sqlite3.connect(MEMORY, check_same_thread=False)
+        target = Path(self.path)
+        if target.is_dir():
+            raise StoreError(
+                f"the store path {target} is a directory: give a file path such as "
+                f"{target / 'runs.sqlite'}"
+            )
+        if self.readonly:
+            if not target.exists():
+                raise StoreError(f"no store at {target}: check the path (runs are stored by 'opto-adapters optimize --store PATH')")
+            uri = f"file:{quote(str(target.resolve()))}?mode=ro"
+            return sqlite3.connect(uri, uri=True, check_same_thread=False)
+        if not target.parent.exists():
+            raise StoreError(f"cannot create the store {target}: the directory {target.parent} does not exist")
+        return sqlite3.connect(target, check_same_thread=False, timeout=30)
+
+    def _check_or_create(self) -> None:
+        where = "the in-memory store" if self.path == MEMORY else self.path
+        try:
+            tables = {
+                row[0]
+                for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{where} is not an opto_adapters store or is corrupt ({exc}); it was left "
+                "untouched: give another path, or restore the file from a backup"
+            ) from None
+        if "meta" not in tables:
+            if tables:
+                raise StoreError(
+                    f"{where} is an SQLite database but not an opto_adapters store (its tables "
+                    f"are {sorted(tables)}); it was left untouched: give another path"
+                )
+            if self.readonly:
+                raise StoreError(f"{where} is empty: it holds no runs")
+            with self._conn:
+                self._conn.executescript(_SCHEMA)
+                self._conn.executemany(
+                    "INSERT INTO meta(key, value) VALUES (?, ?)",
+                    [("schema_version", str(SCHEMA_VERSION)), ("created_by", "opto_adapters")],
+                )
+        else:
+            row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            try:
+                version = int(row[0]) if row else None
+            except ValueError:
+                version = None
+            if version is None:
+                raise StoreError(f"{where} has no valid schema version: it is not an opto_adapters store")
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{where} has schema version {version}, written by a newer opto_adapters; "
+                    f"this one reads up to version {SCHEMA_VERSION}: upgrade opto_adapters"
+                )
+        if self.path != MEMORY and not self.readonly:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.path!r})"
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        if self.readonly:
+            raise StoreError(f"{self.path} was opened read-only")
+        with self._lock, self._conn:
+            return self._conn.execute(sql, tuple(params))
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+
+    def _update(self, table: str, allowed: frozenset[str], where: str, key: tuple[Any, ...], fields: Mapping[str, Any]) -> None:
+        unknown = set(fields) - allowed
+        if unknown:
+            raise TypeError(f"cannot set {sorted(unknown)} on {table}; settable: {sorted(allowed)}")
+        if not fields:
+            return
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._write(f"UPDATE {table} SET {assignments} WHERE {where}", (*fields.values(), *key))
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def create_run(self, config: Mapping[str, Any], *, name: str = "") -> int:
+        """A new run in status ``running``; returns its id."""
+        now = time.time()
+        cursor = self._write(
+            "INSERT INTO runs(name, status, config, created_at, updated_at) VALUES (?, 'running', ?, ?, ?)",
+            (name, to_json(dict(config)), now, now),
+        )
+        return int(cursor.lastrowid)
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        """Set run columns (``status``, ``message``, ``best_score``, the version ids...)."""
+        if "config" in fields:
+            fields["config"] = to_json(fields["config"])
+        self._update("runs", _RUN_FIELDS, "id = ?", (run_id,), {**fields, "updated_at": time.time()})
+
+    def run(self, run_id: int | None = None) -> StoredRun:
+        """The run with this id (the latest one if ``None``)."""
+        if run_id is None:
+            latest = self.latest_run()
+            if latest is None:
+                raise StoreError(f"{self.path} holds no runs yet")
+            return latest
+        rows = self._rows("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            ids = [r.id for r in self.runs()]
+            raise StoreError(f"{self.path} has no run {run_id}; its runs are {ids or 'none'}")
+        return _run(rows[0])
+
+    def runs(self) -> list[StoredRun]:
+        """All runs, oldest first."""
+        return [_run(r) for r in self._rows("SELECT * FROM runs ORDER BY id")]
+
+    def latest_run(self) -> StoredRun | None:
+        rows = self._rows("SELECT * FROM runs ORDER BY id DESC LIMIT 1")
+        return _run(rows[0]) if rows else None
+
+    # -- examples ----------------------------------------------------------------------------
+
+    def add_examples(self, run_id: int, split: str, examples: Iterable[Any]) -> None:
+        rows = [(run_id, split, i, to_json(ex)) for i, ex in enumerate(examples)]
+        if self.readonly:
+            raise StoreError(f"{self.path} was opened read-only")
+        with self._lock, self._conn:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO examples(run_id, split, idx, example) VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
+    def examples(self, run_id: int, split: str) -> list[Any]:
+        """The stored examples of a split (as JSON values), in order."""
+        rows = self._rows(
+            "SELECT example FROM examples WHERE run_id = ? AND split = ? ORDER BY idx", (run_id, split)
+        )
+        return [json.loads(r[0]) for r in rows]
+
+    # -- versions ----------------------------------------------------------------------------
+
+    def version(
+        self,
+        run_id: int,
+        values: Mapping[str, Any],
+        *,
+        parent_id: int | None = None,
+        step: int | None = None,
+    ) -> int:
+        """The id of the version holding exactly ``values`` (created on first sight)."""
+        text = _values_json(values)
+        digest = values_hash(values)
+        with self._lock:
+            rows = self._rows("SELECT id FROM versions WHERE run_id = ? AND hash = ?", (run_id, digest))
+            if rows:
+                return int(rows[0][0])
+            cursor = self._write(
+                "INSERT INTO versions(run_id, hash, parent_id, step, values_json, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, digest, parent_id, step, text, time.time()),
+            )
+            return int(cursor.lastrowid)
+
+    def versions(self, run_id: int) -> list[StoredVersion]:
+        """Every version of a run, in the order they were first seen."""
+        return [_version(r) for r in self._rows("SELECT * FROM versions WHERE run_id = ? ORDER BY id", (run_id,))]
+
+    def version_values(self, version_id: int) -> dict[str, Any]:
+        rows = self._rows("SELECT values_json FROM versions WHERE id = ?", (version_id,))
+        if not rows:
+            raise StoreError(f"{self.path} has no parameter version {version_id}")
+        return json.loads(rows[0][0])
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def start_step(
+        self, run_id: int, step: int, *, epoch: int, batch: int, indices: list[int], version_id: int
+    ) -> None:
+        """Record that a step began (again, on resume: its scores and decision are reset)."""
+        self._write(
+            "INSERT OR REPLACE INTO steps(run_id, step, epoch, batch, indices, version_id, status, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, 'started', ?)",
+            (run_id, step, epoch, batch, json.dumps(indices), version_id, time.time()),
+        )
+
+    def update_step(self, run_id: int, step: int, **fields: Any) -> None:
+        self._update("steps", _STEP_FIELDS, "run_id = ? AND step = ?", (run_id, step), fields)
+
+    def steps(self, run_id: int) -> list[StoredStep]:
+        return [_step(r) for r in self._rows("SELECT * FROM steps WHERE run_id = ? ORDER BY step", (run_id,))]
+
+    def step(self, run_id: int, step: int) -> StoredStep | None:
+        rows = self._rows("SELECT * FROM steps WHERE run_id = ? AND step = ?", (run_id, step))
+        return _step(rows[0]) if rows else None
+
+    # -- candidates --------------------------------------------------------------------------
+
+    def add_candidate(
+        self,
+        run_id: int,
+        step: int,
+        k: int,
+        *,
+        values: Mapping[str, Any],
+        invalid: Mapping[str, str] | None = None,
+        reasoning: str = "",
+        prompt: str = "",
+        reply: str = "",
+        error: str | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        status: str = "pending",
+        reason: str | None = None,
+    ) -> int:
+        """Record a proposal; returns the candidate id."""
+        cursor = self._write(
+            "INSERT OR REPLACE INTO candidates(run_id, step, k, values_json, invalid_json, reasoning, prompt, "
+            "reply, error, prompt_tokens, completion_tokens, status, reason, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                step,
+                k,
+                _values_json(values),
+                json.dumps(dict(invalid or {}), ensure_ascii=False),
+                reasoning,
+                prompt,
+                reply,
+                error,
+                prompt_tokens,
+                completion_tokens,
+                status,
+                reason,
+                time.time(),
+            ),
+        )
+        return int(cursor.lastrowid)
+
+    def update_candidate(self, candidate_id: int, **fields: Any) -> None:
+        self._update("candidates", _CANDIDATE_FIELDS, "id = ?", (candidate_id,), fields)
+
+    def candidates(self, run_id: int, step: int | None = None) -> list[StoredCandidate]:
+        if step is None:
+            rows = self._rows("SELECT * FROM candidates WHERE run_id = ? ORDER BY step, k", (run_id,))
+        else:
+            rows = self._rows(
+                "SELECT * FROM candidates WHERE run_id = ? AND step = ? ORDER BY k", (run_id, step)
+            )
+        return [_candidate(r) for r in rows]
+
+    def usage(self, run_id: int) -> dict[str, int]:
+        """Optimizer calls and tokens of a run (summed over its candidates)."""
+        (calls, prompt, completion), = self._rows(
+            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
+            "FROM candidates WHERE run_id = ? AND (prompt != '' OR reply != '')",
+            (run_id,),
+        )
+        return {
+            "optimizer_calls": int(calls),
+            "prompt_tokens": int(prompt),
+            "completion_tokens": int(completion),
+            "total_tokens": int(prompt) + int(completion),
+        }
+
+    # -- evaluations and graphs --------------------------------------------------------------
+
+    def add_evaluation(
+        self,
+        run_id: int,
+        version_id: int,
+        split: str,
+        index: int,
+        *,
+        phase: str,
+        score: float | None,
+        feedback: str = "",
+        output: str | None = None,
+        error: str | None = None,
+        step: int | None = None,
+        duration: float | None = None,
+        graph: Mapping[str, Any] | None = None,
+        dot: str | None = None,
+        text: str | None = None,
+    ) -> int:
+        """Record (or replace) the evaluation of one example under one version."""
+        blob = zlib.compress(json.dumps(graph, ensure_ascii=False).encode(), 6) if graph else None
+        if self.readonly:
+            raise StoreError(f"{self.path} was opened read-only")
+        with self._lock, self._conn:
+            (eid,) = self._conn.execute(
+                "INSERT INTO evaluations(run_id, version_id, split, idx, phase, step, output, error, score, "
+                "feedback, duration, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(run_id, version_id, split, idx) DO UPDATE SET phase=excluded.phase, "
+                "step=excluded.step, output=excluded.output, error=excluded.error, score=excluded.score, "
+                "feedback=excluded.feedback, duration=excluded.duration, created_at=excluded.created_at "
+                "RETURNING id",
+                (run_id, version_id, split, index, phase, step, output, error, score, feedback, duration, time.time()),
+            ).fetchone()
+            if blob is not None:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO graphs(evaluation_id, data, dot, text) VALUES (?, ?, ?, ?)",
+                    (eid, blob, dot, text),
+                )
+            else:
+                self._conn.execute("DELETE FROM graphs WHERE evaluation_id = ?", (eid,))
+        return int(eid)
+
+    def evaluations(
+        self,
+        run_id: int,
+        *,
+        version_id: int | None = None,
+        split: str | None = None,
+        step: int | None = None,
+        indices: Iterable[int] | None = None,
+    ) -> list[StoredEvaluation]:
+        """Evaluations of a run, filtered, ordered by split and example index."""
+        sql = "SELECT * FROM evaluations WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        for column, value in (("version_id", version_id), ("split", split), ("step", step)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        wanted = None if indices is None else set(indices)
+        if wanted is not None and len(wanted) <= 500:  # small sets (a minibatch): ask for them
+            sql += f" AND idx IN ({', '.join('?' * len(wanted))})"
+            params.extend(sorted(wanted))
+            wanted = None
+        rows = self._rows(sql + " ORDER BY split, idx", params)
+        return [_evaluation(r) for r in rows if wanted is None or r[4] in wanted]
+
+    def mean_score(self, run_id: int, version_id: int, split: str) -> tuple[float | None, int]:
+        """(mean score, number of evaluations) of a version on a split."""
+        (mean, count), = self._rows(
+            "SELECT AVG(score), COUNT(score) FROM evaluations WHERE run_id = ? AND version_id = ? AND split = ?",
+            (run_id, version_id, split),
+        )
+        return (None if mean is None else float(mean)), int(count)
+
+    def graph(self, evaluation_id: int) -> dict[str, Any] | None:
+        """The stored graph (nodes and edges) of an evaluation, or ``None``."""
+        rows = self._rows("SELECT data FROM graphs WHERE evaluation_id = ?", (evaluation_id,))
+        return json.loads(zlib.decompress(rows[0][0])) if rows else None
+
+    def graph_views(self, evaluation_id: int) -> tuple[str | None, str | None]:
+        """(DOT, text) stored for a sampled evaluation (``None`` when not sampled)."""
+        rows = self._rows("SELECT dot, text FROM graphs WHERE evaluation_id = ?", (evaluation_id,))
+        return (rows[0][0], rows[0][1]) if rows else (None, None)
+
+    def sampled_evaluations(self, run_id: int, step: int | None = None) -> list[StoredEvaluation]:
+        """Evaluations whose DOT and text views were stored, newest first."""
+        sql = (
+            "SELECT e.* FROM evaluations e JOIN graphs g ON g.evaluation_id = e.id "
+            "WHERE e.run_id = ? AND g.dot IS NOT NULL"
+        )
+        params: list[Any] = [run_id]
+        if step is not None:
+            sql += " AND e.step = ?"
+            params.append(step)
+        return [_evaluation(r) for r in self._rows(sql + " ORDER BY e.id DESC", params)]
+
+
+def _run(r: tuple[Any, ...]) -> StoredRun:
+    return StoredRun(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7], r[8], r[9], r[10])
+
+
+def _version(r: tuple[Any, ...]) -> StoredVersion:
+    return StoredVersion(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
+
+
+def _step(r: tuple[Any, ...]) -> StoredStep:
+    return StoredStep(r[0], r[1], r[2], r[3], json.loads(r[4]), *r[5:])
+
+
+def _candidate(r: tuple[Any, ...]) -> StoredCandidate:
+    return StoredCandidate(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), *r[6:])
+
+
+def _evaluation(r: tuple[Any, ...]) -> StoredEvaluation:
+    return StoredEvaluation(*r)
