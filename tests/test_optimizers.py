@@ -256,3 +256,15 @@ def test_value_of_the_wrong_type_is_rejected_with_the_expected_type(scripted_llm
     assert "expected text (str), got int" in record.rejected["qa_template"]
     assert "expected a number, got the text 'many'" in record.rejected["max_words"]
     assert not record.changed and (template.value, max_words.value) == ("Question: {question}", 3)
+
+
+def test_memory_keeps_one_entry_for_several_candidates_of_a_step(scripted_llm):
+    template, max_words, tags, run = make_program()
+    opt = OptoPrime([template, max_words], llm_for(scripted_llm), memory_size=5)
+    opt.backward(run("q"), "fb")
+    scripted_llm.script(reply({"max_words": 4}), reply({"max_words": 5}))
+    opt.propose()
+    opt.propose()
+    assert len(opt.memory) == 1
+    assert opt.llm_if_created is not None
+    assert OptoPrime([template], llm=None).llm_if_created is None

@@ -261,3 +261,11 @@ def test_save_refuses_duplicate_names_and_directories(tmp_path):
         save_parameters([Parameter("1", name="a"), Parameter("2", name="a")], tmp_path / "x.json")
     with pytest.raises(IsADirectoryError, match="is a directory"):
         save_parameters([Parameter("1", name="a")], tmp_path)
+
+
+def test_saved_file_is_readable_like_any_other(tmp_path):
+    path = save_parameters([Parameter("1", name="a")], tmp_path / "p.json")
+    assert path.stat().st_mode & 0o777 == 0o644
+    path.chmod(0o600)
+    save_parameters([Parameter("2", name="a")], path)
+    assert path.stat().st_mode & 0o777 == 0o600  # an existing file keeps its mode

@@ -73,12 +73,19 @@ class LLMOptimizer(Optimizer):
             self._llm = LLM()
         return self._llm
 
+    @property
+    def llm_if_created(self) -> LLM | None:
+        """The LLM client if one was given or already created; never creates one."""
+        return self._llm
+
     def remember(self, values: dict[str, Any], feedback: str) -> None:
         """Add earlier values and what happened with them to the memory."""
         if self.memory_size == 0:
             return
+        entry = MemoryEntry(dict(values), feedback)
         with self._memory_lock:
-            self.memory.append(MemoryEntry(dict(values), feedback))
+            if not self.memory or self.memory[-1] != entry:  # n candidates, one entry
+                self.memory.append(entry)
 
     def memory_text(self) -> str:
         with self._memory_lock:

@@ -113,6 +113,8 @@ def save_parameters(parameters: Iterable[Parameter], path: str | os.PathLike[str
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        # mkstemp makes the file private (0600); keep an existing file's mode, else 0644
+        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

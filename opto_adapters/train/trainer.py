@@ -299,8 +299,8 @@ class Trainer:
             if llm.budget is not None and llm.budget is not budget:
                 raise ValueError("the optimizer's LLM already has a different Budget; pass one or the other")
             llm.budget = budget
-        elif has_llm and getattr(self.optimizer, "_llm", None) is not None:
-            budget = self.optimizer._llm.budget
+        elif has_llm and self.optimizer.llm_if_created is not None:
+            budget = self.optimizer.llm_if_created.budget
         if budget is not None and budget.exhausted:
             raise ValueError(
                 f"the budget allows no optimizer call ({budget!r}): raise max_calls/max_tokens, "
@@ -322,7 +322,7 @@ class Trainer:
     # -- the run record ----------------------------------------------------------------------
 
     def _config(self) -> dict[str, Any]:
-        llm = getattr(self.optimizer, "_llm", None)
+        llm = getattr(self.optimizer, "llm_if_created", None)
         key = self.input_key
         return {
             "parameters": [
