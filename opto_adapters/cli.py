@@ -1,6 +1,6 @@
 """The ``opto-adapters`` command: optimize a recipe, then inspect, export and report stored runs.
 
-    opto-adapters optimize RECIPE.py [--model M] [--epochs N] [--batch-size N] [--store PATH]
+    opto-adapters optimize RECIPE.py [--dry-run] [--model M] [--epochs N] [--batch-size N] [--store PATH]
     opto-adapters runs STORE
     opto-adapters show STORE [--run ID] [--step N] [--format text|dot]
     opto-adapters export STORE -o params.json [--run ID] [--version best|final|baseline]
@@ -20,7 +20,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "run_recipe"]
+
+NO_ENDPOINT = (
+    "no model endpoint is configured. Set OPENAI_API_KEY to use OpenAI, or OPENAI_BASE_URL to "
+    "use any OpenAI-compatible server (a local one works: Ollama at http://localhost:11434/v1, "
+    "vLLM at http://localhost:8000/v1, llama.cpp at http://localhost:8080/v1), and OPTO_MODEL to "
+    "the optimizer's model (OPTO_APP_MODEL for the app's, if it differs). To look without any "
+    "model, add --dry-run."
+)
 
 DEFAULT_STORE = "opto_runs.sqlite"
 
@@ -41,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         "and OPENAI_API_KEY.",
     )
     p.add_argument("recipe", type=Path, help="a Python file defining app/build_app, train, guide")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run the app once with the framework's fake model, print the traced graph and the "
+        "exact optimizer prompt; calls no model",
+    )
     p.add_argument("--model", help="the optimizer's model (default: $OPTO_MODEL)")
     p.add_argument("--epochs", type=int, help="passes over the training set (default 1)")
     p.add_argument("--batch-size", type=int, help="examples per optimizer step (default 4)")
@@ -142,9 +156,14 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def _optimize(args: argparse.Namespace) -> int:
     from .llm import LLM, Budget
     from .train import Trainer
-    from .train.recipe import load_recipe
+    from .train.recipe import endpoint_configured, load_recipe
 
     recipe = load_recipe(args.recipe)
+    if args.dry_run:
+        return _dry_run(recipe)
+    if not endpoint_configured():
+        print(f"error: {NO_ENDPOINT}", file=sys.stderr)
+        return 2
     options: dict[str, Any] = recipe.settings
     flags = {
         "epochs": args.epochs,
@@ -201,6 +220,31 @@ def _optimize(args: argparse.Namespace) -> int:
         print(f"continue with: opto-adapters optimize {args.recipe} --store {args.store} --resume")
     print(f"report: opto-adapters report {args.store} -o report.html")
     return 130 if result.status == "interrupted" else 0
+
+
+def _dry_run(recipe: Any) -> int:
+    from .trace.render import short_repr
+    from .train.recipe import dry_run
+
+    shown = dry_run(recipe)
+    print(f"dry run of {recipe.path}: first training example, fake model, no model called\n")
+    print(f"example: {short_repr(shown.example, 200)}")
+    if shown.run.error is not None:
+        print(f"the app raised {type(shown.run.error).__name__}: {shown.run.error}")
+    print(f"feedback: {shown.feedback}\n")
+    print("traced graph:")
+    print(shown.run.graph.to_text())
+    print("the optimizer prompt that would be sent:")
+    for message in shown.messages:
+        print(f"----- {message['role']} -----")
+        print(message["content"])
+    return 0
+
+
+def run_recipe(path: str | Path, argv: Sequence[str] | None = None) -> int:
+    """``python recipe.py [--dry-run] [flags]``: the ``optimize`` command on that file."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return main(["optimize", str(path), *args])
 
 
 # -- inspecting -------------------------------------------------------------------------------

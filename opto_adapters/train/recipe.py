@@ -6,7 +6,9 @@ Required
     ``app`` or ``build_app()``
         The app to optimize: a LangChain runnable, a LlamaIndex query engine or agent, a
         tracer, or a traced Python callable. Prefer ``build_app()`` when building it is costly
-        or needs the environment; it is called once, when the app is needed.
+        or needs the environment; it is called once, when the app is needed. If it takes a
+        ``dry_run`` argument, ``--dry-run`` calls ``build_app(dry_run=True)``: return the same
+        app wired to the framework's fake model, so nothing calls a real model.
     ``train``
         The training examples: a list, or a function returning one.
     ``guide(example, output)``
@@ -31,7 +33,15 @@ Optional
         command-line flags override them.
 
 The optimizer's LLM is configured by the environment: ``OPTO_MODEL`` (or ``--model``),
-``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``.
+``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``. An app that calls a model of its own reads
+``app_model()`` (``OPTO_APP_MODEL``, defaulting to the optimizer's model, on the same
+endpoint), so the application model and the optimizer model can differ.
+
+A recipe runs on its own with ``python recipe.py [--dry-run] [flags]`` when it ends with::
+
+    if __name__ == "__main__":
+        from opto_adapters.cli import run_recipe
+        raise SystemExit(run_recipe(__file__))
 
 Example::
 
@@ -70,7 +80,7 @@ from typing import Any
 
 from .errors import RecipeError
 
-__all__ = ["Recipe", "load_recipe"]
+__all__ = ["AppModel", "Recipe", "app_model", "endpoint_configured", "load_recipe"]
 
 CONVENTION = (
     "a recipe defines `app` (or `build_app()`), `train` and `guide(example, output)`, and "
@@ -91,11 +101,19 @@ class Recipe:
     def name(self) -> str:
         return self.path.stem
 
-    def build_app(self) -> Any:
-        """The app (``build_app()`` is called once)."""
+    def build_app(self, *, dry_run: bool = False) -> Any:
+        """The app (``build_app()`` is called once); ``dry_run`` asks for the fake-model app."""
         if self._app is None:
             if "build_app" in self.namespace:
-                self._app = self._call("build_app")
+                builder = self.namespace["build_app"]
+                takes_dry_run = "dry_run" in _parameter_names(builder)
+                if dry_run and not takes_dry_run:
+                    raise RecipeError(
+                        f"{self.path}: --dry-run needs build_app(dry_run=False) that returns the "
+                        "app with the framework's fake model when dry_run is True"
+                    )
+                args = {"dry_run": dry_run} if takes_dry_run else {}
+                self._app = self._call("build_app", **args)
                 if self._app is None:
                     raise RecipeError(f"{self.path}: build_app() returned None; return the app")
             else:
@@ -148,9 +166,9 @@ class Recipe:
             )
         return list(value)
 
-    def _call(self, name: str, *args: Any) -> Any:
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return self.namespace[name](*args)
+            return self.namespace[name](*args, **kwargs)
         except RecipeError:
             raise
         except Exception as exc:
@@ -228,6 +246,36 @@ def _check(path: Path, ns: dict[str, Any]) -> None:
         raise RecipeError(f"recipe {path}: " + "; ".join(problems))
 
 
+def _parameter_names(fn: Callable[..., Any]) -> set[str]:
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+@dataclass(frozen=True)
+class AppModel:
+    """Where an app's own model is: ``model``, ``base_url`` (None: OpenAI), ``api_key``."""
+
+    model: str
+    base_url: str | None
+    api_key: str | None
+
+
+def app_model(default: str = "gpt-4o-mini") -> AppModel:
+    """The application model from the environment: ``OPTO_APP_MODEL`` (else ``OPTO_MODEL``,
+    else ``default``) at ``OPENAI_BASE_URL`` with ``OPENAI_API_KEY``."""
+    model = os.environ.get("OPTO_APP_MODEL") or os.environ.get("OPTO_MODEL") or default
+    base_url = os.environ.get("OPENAI_BASE_URL") or None
+    api_key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
+    return AppModel(model, base_url, api_key)
+
+
+def endpoint_configured() -> bool:
+    """Whether the environment names a model endpoint (an API key or a base URL)."""
+    return bool(os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL"))
+
+
 def _too_few_arguments(fn: Callable[..., Any], n: int) -> bool:
     try:
         inspect.signature(fn).bind(*range(n))
@@ -247,3 +295,43 @@ def _user_traceback(exc: BaseException) -> str:
         and "opto_adapters/train/recipe" not in f.filename.replace(os.sep, "/")
     ]
     return "".join(traceback.format_list(frames)).rstrip()
+
+
+@dataclass
+class DryRun:
+    """What ``--dry-run`` shows: the traced first example and the optimizer's exact prompt."""
+
+    example: Any
+    run: Any
+    feedback: Any
+    messages: list[dict[str, str]]
+
+
+def dry_run(recipe: Recipe, *, index: int = 0) -> DryRun:
+    """Run the recipe's app (fake model) on one training example, trace it, give the guide's
+    feedback and build the optimizer's prompt, without calling any model."""
+    from ..optimizers import OptoPrime
+    from .apps import as_tracer
+    from .data import app_inputs, call_guide, examples_list
+
+    app = as_tracer(recipe.build_app(dry_run=True), parameters=recipe.parameters)
+    train = examples_list(recipe.load_train(), "train", required=True)
+    example = train[index]
+    (app_input,) = app_inputs([example], "train", recipe.input_key)
+    discover = getattr(app, "discover", None)
+    run = discover(app_input) if callable(discover) and not app.parameters else app.run(app_input)
+    if run.graph is None:
+        raise RecipeError(f"{recipe.path}: the app's run was not traced; nothing to show")
+    feedback = call_guide(
+        recipe.guide, example, run.output, run.error, split="train", index=index, error_score=0.0
+    )
+    if not app.parameters:
+        raise RecipeError(f"{recipe.path}: the app has no trainable parameters to optimize")
+    optimizer = recipe.build_optimizer(app.parameters, None) or OptoPrime(
+        app.parameters, llm=None, objective=recipe.objective
+    )
+    optimizer.zero_feedback()
+    optimizer.backward(run.graph, feedback)
+    messages = optimizer.messages()
+    optimizer.zero_feedback()
+    return DryRun(example=example, run=run, feedback=feedback, messages=messages)
