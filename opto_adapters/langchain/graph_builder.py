@@ -1,0 +1,451 @@
+"""Turn one finished LangChain run tree into one OPTO graph.
+
+Every leaf run (prompt, model, retriever, tool, parser, function) becomes a computed node;
+containers (sequences, parallels, lambdas that call other runnables, LangGraph nodes) are
+mostly transparent. Where a step's input came from is decided by the run tree where the tree
+says it (``seq:step:N``: the previous step; ``map:key:K``: the parallel's input) and, inside
+other containers, by data: the texts, message ids and tool-call ids of the input are matched
+against what earlier steps produced (so a tool's output feeds the next model call of an agent
+loop). Parameters enter as inputs: a prompt's templates (found by the id stamped in the
+prompt's metadata), the tool descriptions a model was called with (from its invocation
+params), an agent's system prompt (by its text in the model's messages).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import traceback
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from langchain_core.tracers.schemas import Run
+
+from ..trace import ExceptionNode, Graph, Node, Op, Parameter
+from .discovery import STAMP_KEY, Discovered
+from .values import atoms, message_role, message_text, readable, strong
+from .writeback import schema_holder
+
+__all__ = ["ERROR_KEY", "build_graph"]
+
+ERROR_KEY = "__opto_adapters_error"
+"""Where the tracer keeps the exception object of a failed run (``Run.extra``)."""
+
+_STEP = re.compile(r"^seq:step:(\d+)$")
+_ROLE_ARG = {"human": "human", "ai": "ai", "system": "system", "tool": "tool"}
+_NAME_CHARS = re.compile(r"[^\w\-:/\[\]]+")
+
+_OPS: dict[tuple[str, str], Op] = {}
+_OPS_LOCK = threading.Lock()
+
+
+def op(name: str, doc: str) -> Op:
+    """One shared ``Op`` per (name, doc) (bounded: names are few)."""
+    key = (name, doc)
+    found = _OPS.get(key)
+    if found is None:
+        with _OPS_LOCK:
+            if len(_OPS) > 2000:
+                _OPS.clear()
+            found = _OPS.setdefault(key, Op(name, doc))
+    return found
+
+
+def _op_name(run: Run) -> str:
+    name = run.name or (run.serialized or {}).get("name") or run.run_type or "step"
+    return str(name).split("<", 1)[0] or "step"
+
+
+def _snake(name: str) -> str:
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.split("<", 1)[0])
+    text = _NAME_CHARS.sub("_", text).strip("_").lower() or "step"
+    return text if re.match(r"[A-Za-z_]", text) else "_" + text
+
+
+def _doc(run: Run, name: str) -> str:
+    kind = run.run_type
+    if kind == "prompt":
+        return f"{name}: fills the prompt's templates with the variables and returns the messages for the model."
+    if kind == "chat_model":
+        return f"Chat model {name}: writes the next message given the input messages and the descriptions of the tools it may call."
+    if kind == "llm":
+        return f"Language model {name}: completes the prompt text."
+    if kind == "retriever":
+        return f"Retriever {name}: returns the documents most relevant to the query."
+    if kind == "tool":
+        return f"Tool '{name}': runs with the arguments the model chose and returns its result."
+    if kind == "parser":
+        return f"Output parser {name}: turns the model output into the value the app uses."
+    return f"Step '{name}' of the app (a function or runnable)."
+
+
+def _unwrap(data: Any, key: str) -> Any:
+    """Chain runs wrap non-dict values as ``{"input": x}`` / ``{"output": x}``."""
+    if isinstance(data, dict) and len(data) == 1 and key in data:
+        return data[key]
+    return data
+
+
+def _error_of(run: Run) -> BaseException:
+    exc = (run.extra or {}).get(ERROR_KEY)
+    if isinstance(exc, BaseException):
+        return exc
+    lines = [line for line in str(run.error or "error").strip().splitlines() if line.strip()]
+    return RuntimeError(lines[0] if lines else "error")
+
+
+def _traceback_tail(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    return "".join(traceback.format_tb(tb, limit=-2)).rstrip()
+
+
+def _arg(name: str, taken: Mapping[str, Any]) -> str:
+    if name not in taken:
+        return name
+    i = 2
+    while f"{name}_{i}" in taken:
+        i += 1
+    return f"{name}_{i}"
+
+
+class _Builder:
+    """Builds the graph of one root run. Not shared between threads."""
+
+    def __init__(self, found: Discovered, by_run_name: Mapping[str, list[tuple[str, Parameter]]]) -> None:
+        self.found = found
+        self.by_run_name = by_run_name
+        self.index: dict[Any, list[Node]] = {}  # atom -> nodes that produced it, in order
+        self.node_atoms: dict[int, set] = {}
+        self.rank: dict[int, int] = {}  # production order
+        self.hint: dict[int, str] = {}  # what a node is, for argument names
+        self.content: dict[str, Parameter] = {}
+        for param in found.by_content:
+            text = param.value
+            if isinstance(text, str) and text.strip():
+                self.content[text.strip()] = param
+                self._register(param, {text.strip()}, "system")
+
+    # -- producing and finding nodes --------------------------------------------------------
+
+    def _register(self, node: Node, found: set, hint: str) -> None:
+        self.rank[id(node)] = len(self.rank)
+        self.node_atoms[id(node)] = found
+        self.hint[id(node)] = hint
+        for a in found:
+            self.index.setdefault(a, []).append(node)
+
+    def produce(self, node: Node, raw: Any, hint: str) -> Node:
+        self._register(node, atoms(raw), hint)
+        return node
+
+    def _candidates(self, atom: Any, flow: list[Node], restricted: bool) -> list[Node]:
+        param = self.content.get(atom) if isinstance(atom, str) else None
+        if param is not None:
+            return [param]
+        if restricted:
+            return [n for n in flow if atom in self.node_atoms.get(id(n), ())]
+        return self.index.get(atom, [])
+
+    def sources(self, value: Any, flow: list[Node], restricted: bool) -> tuple[list[Node], bool]:
+        """The nodes ``value`` was made from (production order) and whether they explain all
+        of its text. Each atom goes to the candidate sharing most atoms with ``value``
+        (ties: the earliest, where the text originated)."""
+        found = atoms(value)
+        per_atom = {a: self._candidates(a, flow, restricted) for a in found}
+        votes: dict[int, int] = {}
+        for nodes in per_atom.values():
+            for n in nodes:
+                votes[id(n)] = votes.get(id(n), 0) + 1
+        chosen: dict[int, Node] = {}
+        covered = True
+        for a, nodes in per_atom.items():
+            if not nodes:
+                covered = covered and not isinstance(a, str)
+                continue
+            best = max(nodes, key=lambda n: (votes[id(n)], -self.rank.get(id(n), 0)))
+            chosen[id(best)] = best
+        ordered = sorted(chosen.values(), key=lambda n: self.rank.get(id(n), 0))
+        return ordered, covered and bool(strong(found) or ordered)
+
+    def keyed_sources(
+        self, values: Mapping[str, Any], flow: list[Node], restricted: bool
+    ) -> list[tuple[str, Node]]:
+        """``(key, source)`` for the items of a dict input (a prompt's variables, tool args)."""
+        pairs: list[tuple[str, Node]] = []
+        for key, value in values.items():
+            nodes, _ = self.sources(value, flow, restricted)
+            pairs.extend((str(key), n) for n in nodes)
+        return pairs
+
+    def message_sources(self, messages: list, flow: list[Node], restricted: bool) -> list[tuple[str, Node]]:
+        """``(role, source)`` per input message, each message credited to one source."""
+        pairs: list[tuple[str, Node]] = []
+        seen: set[int] = set()
+        for message in messages:
+            nodes, _ = self.sources(message, flow, restricted)
+            if not nodes:
+                continue
+            role = _ROLE_ARG.get(message_role(message) or "", "messages")
+            # the source that explains most of this message
+            best = max(nodes, key=lambda n: len(self.node_atoms.get(id(n), set()) & atoms(message)))
+            if id(best) not in seen:
+                seen.add(id(best))
+                pairs.append((role, best))
+        return pairs
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def visit(self, run: Run, flow: list[Node], restricted: bool) -> list[Node]:
+        if run.child_runs:
+            return self.container(run, flow, restricted)
+        if run.run_type == "chain" and _op_name(run) == "RunnablePassthrough" and not run.error:
+            nodes, _ = self.sources(_unwrap(run.inputs, "input"), flow, restricted)
+            return nodes or flow
+        return [self.leaf(run, flow, restricted)]
+
+    def container(self, run: Run, flow: list[Node], restricted: bool) -> list[Node]:
+        own, _ = self.sources(_unwrap(run.inputs, "input"), flow, restricted)
+        own = own or flow
+        children = run.child_runs
+        steps = [_step(c) for c in children]
+        if all(s is not None for s in steps) and len(set(steps)) == len(steps):
+            current = own
+            for _, child in sorted(zip(steps, children, strict=True), key=lambda x: x[0]):
+                current = self.visit(child, current, True)
+            out = current
+        elif all(any(t.startswith("map:key:") for t in c.tags or ()) for c in children):
+            out = []
+            for child in sorted(children, key=lambda c: c.dotted_order or ""):
+                out.extend(n for n in self.visit(child, own, True) if n not in out)
+        else:
+            last: list[Node] = own
+            for child in sorted(children, key=lambda c: c.dotted_order or ""):
+                last = self.visit(child, own, False)
+            out = self._generic_output(run, own, last)
+        if run.error:
+            failed = [n for n in out if isinstance(n, ExceptionNode)]
+            if failed:
+                return [failed[-1]]
+            return [self._error_node(run, self._inputs_from(out, run))]
+        if run.run_type in ("tool", "retriever", "llm", "chat_model"):
+            # a named step that happens to call other runnables: keep it in the graph
+            node = Node(
+                _value(self._output(run)),
+                name=_snake(_op_name(run)),
+                inputs=self._inputs_from(out, run, self._output(run)),
+                op=op(_op_name(run), _doc(run, _op_name(run))),
+            )
+            return [self.produce(node, self._output(run), run.run_type)]
+        return out
+
+    def _generic_output(self, run: Run, own: list[Node], last: list[Node]) -> list[Node]:
+        if run.error:
+            return last
+        output = self._output(run)
+        nodes, covered = self.sources(output, own, False)
+        if covered and nodes:
+            return nodes
+        node = Node(
+            _value(output),
+            name=_snake(_op_name(run)),
+            inputs=self._inputs_from(nodes or last, run, output),
+            op=op(_op_name(run), _doc(run, _op_name(run))),
+        )
+        return [self.produce(node, output, "output")]
+
+    def _inputs_from(self, nodes: Iterable[Node], run: Run, output: Any = None) -> dict[str, Node]:
+        """Inputs of a node that stands for a whole step: by output key when the output is a
+        dict whose keys each came from one node, else ``input`` or what each node is."""
+        nodes = list(nodes)
+        inputs: dict[str, Node] = {}
+        pairs: list[tuple[str, Node]] = []
+        if isinstance(output, dict) and output:
+            pairs = self.keyed_sources(output, nodes, True)
+            if len({id(n) for _, n in pairs}) != len(pairs) or {id(n) for _, n in pairs} != {id(n) for n in nodes}:
+                pairs = []
+        if not pairs:
+            pairs = [("input" if len(nodes) == 1 else self.hint.get(id(n), "input"), n) for n in nodes]
+        for key, n in pairs:
+            inputs[_arg(key, inputs)] = n
+        self._add_params(inputs, run)
+        return inputs
+
+    @staticmethod
+    def _output(run: Run) -> Any:
+        return _unwrap(run.outputs or {}, "output")
+
+    def _add_params(self, inputs: dict[str, Node], run: Run) -> None:
+        metadata = (run.extra or {}).get("metadata") or {}
+        stamp = metadata.get(STAMP_KEY)
+        for arg, param in self.found.by_stamp.get(stamp, ()) if stamp else ():
+            if all(param is not v for v in inputs.values()):
+                inputs[_arg(arg, inputs)] = param
+        for arg, param in self.by_run_name.get(run.name or "", ()):
+            if all(param is not v for v in inputs.values()):
+                inputs[_arg(arg, inputs)] = param
+
+    def leaf(self, run: Run, flow: list[Node], restricted: bool) -> Node:
+        kind = run.run_type
+        inputs: dict[str, Node] = {}
+        if kind == "prompt":
+            self._add_params(inputs, run)
+            pairs = self.keyed_sources(run.inputs or {}, flow, restricted)
+            for key, node in pairs or [("input", n) for n in flow]:
+                # no variable matched (e.g. numbers only): the prompt still used its input
+                inputs[_arg(key, inputs)] = node
+            raw, hint = _unwrap(run.outputs or {}, "output"), "messages"
+        elif kind in ("chat_model", "llm"):
+            raw, hint = self._model_inputs(run, flow, restricted, inputs), "ai"
+        else:
+            data = _unwrap(run.inputs or {}, "input")
+            if kind == "retriever":
+                data = (run.inputs or {}).get("query", data)
+            pairs: list[tuple[str, Node]]
+            if isinstance(data, dict) and data and not _is_message_like(data):
+                pairs = self.keyed_sources(data, flow, restricted)
+            else:
+                nodes, _ = self.sources(data, flow, restricted)
+                default = "query" if kind == "retriever" else "input"
+                pairs = [(default if len(nodes) == 1 else self.hint.get(id(n), default), n) for n in nodes]
+            if not pairs:
+                pairs = [("input", n) for n in flow]
+            for key, node in pairs:
+                inputs[_arg(key, inputs)] = node
+            self._add_params(inputs, run)
+            outputs = run.outputs or {}
+            raw = outputs.get("documents") if kind == "retriever" else _unwrap(outputs, "output")
+            hint = {"retriever": "documents", "tool": "tool"}.get(kind, "input")
+        name = _op_name(run)
+        node_op = op(name, _doc(run, name))
+        node_name = self._node_name(run)
+        if run.error:
+            exc = _error_of(run)
+            node: Node = ExceptionNode(exc, name=node_name, inputs=inputs, op=node_op, traceback=_traceback_tail(exc))
+            return self.produce(node, None, "error")
+        node = Node(_value(raw), name=node_name, inputs=inputs, op=node_op)
+        return self.produce(node, raw, hint)
+
+    def _stamp(self, run: Run) -> str | None:
+        return ((run.extra or {}).get("metadata") or {}).get(STAMP_KEY)
+
+    def _node_name(self, run: Run) -> str:
+        if run.run_type in ("chat_model", "llm"):
+            return "model"
+        if run.run_type == "prompt":
+            label = self.found.labels.get(self._stamp(run) or "")
+            return label or "prompt"
+        if run.run_type == "retriever":
+            return "retriever"
+        return _snake(_op_name(run))
+
+    def _model_inputs(self, run: Run, flow: list[Node], restricted: bool, inputs: dict[str, Node]) -> Any:
+        data = run.inputs or {}
+        if run.run_type == "chat_model":
+            batches = data.get("messages") or [[]]
+            messages = list(batches[0]) if batches else []
+            pairs = self.message_sources(messages, flow, restricted)
+            if len(pairs) == 1:
+                pairs = [("messages", pairs[0][1])]
+            if not pairs:
+                pairs = [("messages", n) for n in flow]
+        else:
+            prompts = data.get("prompts") or []
+            nodes, _ = self.sources(prompts[:1], flow, restricted)
+            pairs = [("prompt", n) for n in nodes or flow]
+        for key, node in pairs:
+            inputs[_arg(key, inputs)] = node
+        params = (run.extra or {}).get("invocation_params") or {}
+        for schema in params.get("tools") or ():
+            held = schema_holder(schema)
+            name = held[0] if held else getattr(schema, "name", None)
+            param = self.found.tools.get(name) if isinstance(name, str) else None
+            if param is not None and all(param is not v for v in inputs.values()):
+                inputs[_arg(f"tool:{name}", inputs)] = param
+        self._add_params(inputs, run)
+        return run.outputs
+
+    def _error_node(self, run: Run, inputs: dict[str, Node]) -> ExceptionNode:
+        exc = _error_of(run)
+        node = ExceptionNode(
+            exc,
+            name=_snake(_op_name(run)),
+            inputs=inputs,
+            op=op(_op_name(run), _doc(run, _op_name(run))),
+            traceback=_traceback_tail(exc),
+        )
+        self.produce(node, None, "error")
+        return node
+
+    # -- the root ---------------------------------------------------------------------------
+
+    def root_inputs(self, run: Run) -> list[Node]:
+        data = run.inputs or {}
+        if run.run_type == "chat_model":
+            batches = data.get("messages") or [[]]
+            items = {"input": list(batches[0]) if batches else []}
+        elif run.run_type == "llm":
+            items = {"input": (data.get("prompts") or [""])[0]}
+        elif run.run_type == "retriever":
+            items = {"input": data.get("query")}
+        elif isinstance(data, dict) and set(data) == {"input"}:
+            items = {"input": data["input"]}
+        elif isinstance(data, dict) and data:
+            items = {f"input.{_NAME_CHARS.sub('_', str(k)) or 'value'}": v for k, v in data.items()}
+        else:
+            items = {"input": data}
+        leaves = []
+        for name, raw in items.items():
+            leaf = Node(readable(raw), name=name[:128], description="an input of the run")
+            leaves.append(self.produce(leaf, raw, "input"))
+        return leaves
+
+    def build(self, root: Run) -> Graph:
+        leaves = self.root_inputs(root)
+        out = self.visit(root, leaves, True)
+        if root.error:
+            failed = [n for n in out if isinstance(n, ExceptionNode)]
+            output = failed[-1] if failed else self._error_node(root, self._inputs_from(out, root))
+        elif len(out) == 1:
+            output = out[0]
+        else:
+            name = _op_name(root)
+            label = "agent" if name == "LangGraph" else _snake(name)
+            output = Node(
+                readable(self._output(root)),
+                name=label,
+                inputs=self._inputs_from(out, root, self._output(root)),
+                op=op(name, f"{name}: its output is made of the outputs of its steps."),
+            )
+        return Graph(
+            output,
+            metadata={"run_id": str(root.id), "name": root.name, "run_type": root.run_type},
+        )
+
+
+def _value(raw: Any) -> Any:
+    """A step's output as the optimizer reads it (one message: just its text)."""
+    text = message_text(raw, role=False)
+    return text if text is not None else readable(raw)
+
+
+def _step(run: Run) -> int | None:
+    for tag in run.tags or ():
+        match = _STEP.match(tag)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _is_message_like(data: dict) -> bool:
+    return "content" in data and ("role" in data or "type" in data or "lc" in data)
+
+
+def build_graph(
+    root: Run,
+    found: Discovered,
+    by_run_name: Mapping[str, list[tuple[str, Parameter]]] | None = None,
+) -> Graph:
+    """The OPTO graph of a finished root run (see the module docstring)."""
+    return _Builder(found, by_run_name or {}).build(root)

@@ -1,0 +1,266 @@
+"""OptoTracer: each finished root run becomes the OPTO graph a reader would draw."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+pytest.importorskip("langchain_core")
+
+from langchain_core.language_models import FakeListLLM, GenericFakeChatModel
+from langchain_core.messages import AIMessage, SystemMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
+from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
+from langchain_core.tools import tool
+from langchain_core.vectorstores import InMemoryVectorStore
+
+from opto_adapters.langchain import OptoTracer
+from opto_adapters.trace import ExceptionNode, Parameter
+from tests.langchain_fakes import KeywordEmbedding, RecordingChatModel, tool_call
+
+DOCS = ["Paris is the capital of France.", "Berlin is the capital of Germany.", "Rome is in Italy."]
+
+
+def qa_prompt() -> ChatPromptTemplate:
+    return ChatPromptTemplate.from_messages(
+        [("system", "You answer questions about {topic}."), ("human", "{question}")]
+    )
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the weather for a city."""
+    return f"sunny in {city}"
+
+
+def ops(graph) -> dict[str, str]:
+    names = graph.names()
+    return {names[id(n)]: n.op.name for n in graph.nodes if n.op is not None}
+
+
+def test_prompt_model_parser_chain():
+    chain = qa_prompt() | RecordingChatModel(responses=["Because."]) | StrOutputParser()
+    tracer = OptoTracer(chain)
+    out = chain.invoke({"topic": "physics", "question": "Why is the sky blue?"}, config={"callbacks": [tracer]})
+
+    graph = tracer.last_graph
+    assert out == "Because."
+    assert [p.name for p in graph.parameters] == ["prompt.system", "prompt.human"]
+    assert graph.edges() == [
+        ("prompt.system", "system", "prompt"),
+        ("prompt.human", "human", "prompt"),
+        ("input.topic", "topic", "prompt"),
+        ("input.question", "question", "prompt"),
+        ("prompt", "messages", "model"),
+        ("model", "input", "str_output_parser"),
+    ]
+    assert ops(graph) == {"prompt": "ChatPromptTemplate", "model": "RecordingChatModel", "str_output_parser": "StrOutputParser"}
+    # values are readable text, not reprs
+    by_name = {graph.names()[id(n)]: n for n in graph.nodes}
+    assert by_name["prompt"].value == "system: You answer questions about physics.\nhuman: Why is the sky blue?"
+    assert by_name["model"].value == "Because."
+    assert graph.output.value == "Because."
+    assert graph.metadata["run_type"] == "chain"
+
+
+def test_rag_chain_with_parallel_retriever_and_passthrough():
+    store = InMemoryVectorStore(KeywordEmbedding(["paris", "berlin", "rome", "france", "germany", "italy", "capital"]))
+    store.add_texts(DOCS)
+    retriever = store.as_retriever(search_kwargs={"k": 1})
+
+    def format_docs(docs):
+        return "\n\n".join(d.page_content for d in docs)
+
+    prompt = ChatPromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}")
+    model = RecordingChatModel(responses=["Paris."])
+    rag = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | model | StrOutputParser()
+    tracer = OptoTracer(rag)
+    rag.invoke("What is the capital of France? Paris?", config={"callbacks": [tracer]})
+
+    graph = tracer.last_graph
+    edges = graph.edges()
+    # both parallel branches start from the same input; the passthrough adds no node
+    assert ("input", "query", "retriever") in edges
+    assert ("retriever", "input", "format_docs") in edges
+    assert ("format_docs", "context", "prompt") in edges
+    assert ("input", "question", "prompt") in edges
+    assert ("prompt.human", "human", "prompt") in edges
+    assert ("prompt", "messages", "model") in edges
+    by_name = {graph.names()[id(n)]: n for n in graph.nodes}
+    assert by_name["retriever"].value == "Paris is the capital of France."  # page_content, not a repr
+    assert "RunnablePassthrough" not in {n.op.name for n in graph.nodes if n.op}
+
+
+def test_bound_tool_is_a_model_input_and_the_tool_output_follows_the_model():
+    model = RecordingChatModel(responses=[tool_call("get_weather", city="Paris")])
+
+    def run_tools(message):
+        return [get_weather.invoke(call) for call in message.tool_calls]
+
+    chain = qa_prompt() | model.bind_tools([get_weather]) | RunnableLambda(run_tools)
+    tracer = OptoTracer(chain)
+    chain.invoke({"topic": "weather", "question": "Weather in Paris?"}, config={"callbacks": [tracer]})
+
+    graph = tracer.last_graph
+    assert "tool.get_weather" in [p.name for p in graph.parameters]
+    edges = graph.edges()
+    assert ("tool.get_weather", "tool:get_weather", "model") in edges
+    assert ("model", "city", "get_weather") in edges  # the model chose the argument
+    assert graph.output.op.name == "get_weather"
+    assert graph.output.value == "sunny in Paris"
+
+
+def test_create_agent_loop_tool_output_feeds_next_model_call():
+    from langchain.agents import create_agent
+
+    model = RecordingChatModel(responses=[tool_call("get_weather", city="Paris"), "It is sunny in Paris."])
+    agent = create_agent(model, [get_weather], system_prompt=SystemMessage("You are a weather bot."))
+    tracer = OptoTracer(agent)
+    traced = tracer.run({"messages": [{"role": "user", "content": "Weather in Paris?"}]})
+
+    assert traced.error is None
+    graph = traced.graph
+    assert sorted(p.name for p in graph.parameters) == ["agent.system_prompt", "tool.get_weather"]
+    edges = graph.edges()
+    # first call: system prompt, user message, tool description
+    assert ("agent.system_prompt", "system", "model") in edges
+    assert ("input.messages", "human", "model") in edges
+    assert ("tool.get_weather", "tool:get_weather", "model") in edges
+    # the tool runs on the first call's arguments; its output feeds the second call
+    assert ("model", "city", "get_weather") in edges
+    assert ("get_weather", "tool", "model_1") in edges
+    assert ("model", "ai", "model_1") in edges
+    assert ("agent.system_prompt", "system", "model_1") in edges
+    # the final state is made of all the messages
+    assert graph.output.op.name == "LangGraph"
+    assert "It is sunny in Paris." in graph.output.value["messages"]
+
+
+def test_prompt_template_completion_chain():
+    chain = PromptTemplate.from_template("Q: {q}\nA:") | FakeListLLM(responses=["42"])
+    tracer = OptoTracer(chain)
+    chain.invoke({"q": "meaning of life"}, config={"callbacks": [tracer]})
+    graph = tracer.last_graph
+    assert graph.edges() == [
+        ("prompt.template", "template", "prompt"),
+        ("input.q", "q", "prompt"),
+        ("prompt", "prompt", "model"),
+    ]
+    assert graph.output.value == "42"
+    assert ops(graph)["model"] == "FakeListLLM"
+
+
+def test_exception_in_a_step_is_the_output_and_takes_feedback():
+    def check(answer: str) -> str:
+        raise ValueError(f"not a number: {answer!r}")
+
+    chain = qa_prompt() | RecordingChatModel(responses=["many"]) | StrOutputParser() | RunnableLambda(check)
+    tracer = OptoTracer(chain)
+    traced = tracer.run({"topic": "math", "question": "How many?"})
+
+    assert isinstance(traced.error, ValueError)
+    out = traced.graph.output
+    assert isinstance(out, ExceptionNode)
+    assert out.exception is traced.error  # the real exception object, not a string
+    assert out.op.name == "check"
+    assert "check" in out.traceback
+    assert ("str_output_parser", "input", "check") in traced.graph.edges()
+    out.backward("Answer with digits only.")
+    system = tracer.parameter("prompt.system")
+    assert len(system.feedback) == 1 and str(system.feedback[0].feedback) == "Answer with digits only."
+    assert out in system.feedback[0].nodes
+
+
+def test_error_inside_the_model_call():
+    class Broken(RecordingChatModel):
+        def _generate(self, *args, **kwargs):
+            raise RuntimeError("provider down")
+
+    chain = qa_prompt() | Broken() | StrOutputParser()
+    traced = OptoTracer(chain).run({"topic": "x", "question": "y"})
+    out = traced.graph.output
+    assert isinstance(out, ExceptionNode) and str(out.exception) == "provider down"
+    assert out.name == "model" and ("prompt", "messages", "model") in traced.graph.edges()
+
+
+def test_streaming_builds_the_same_graph_as_invoke():
+    chain = qa_prompt() | GenericFakeChatModel(messages=itertools.cycle([AIMessage("Blue light scatters more.")])) | StrOutputParser()
+    tracer = OptoTracer(chain)
+    chunks = list(chain.stream({"topic": "physics", "question": "Why blue?"}, config={"callbacks": [tracer]}))
+    assert len(chunks) > 1
+    streamed = tracer.last_graph
+    chain.invoke({"topic": "physics", "question": "Why blue?"}, config={"callbacks": [tracer]})
+    invoked = tracer.last_graph
+    assert streamed is not invoked
+    assert streamed.edges() == invoked.edges()
+    assert streamed.output.value == "Blue light scatters more."
+    by_name = {streamed.names()[id(n)]: n for n in streamed.nodes}
+    assert by_name["model"].value == "Blue light scatters more."
+
+
+def test_parallel_output_and_nested_chain_in_a_lambda():
+    inner = PromptTemplate.from_template("Summarize: {text}") | FakeListLLM(responses=["short"])
+
+    def summarize(text: str) -> str:
+        return inner.invoke({"text": text}).upper()
+
+    chain = RunnableParallel(summary=RunnableLambda(summarize), original=RunnablePassthrough())
+    tracer = OptoTracer(chain)
+    out = chain.invoke("a long text", config={"callbacks": [tracer]})
+    assert out == {"summary": "SHORT", "original": "a long text"}
+
+    graph = tracer.last_graph
+    # found through the function's globals, and linked by the prompt's stamp
+    assert [p.name for p in tracer.parameters] == ["prompt.template"]
+    edges = graph.edges()
+    assert ("prompt.template", "template", "prompt") in edges
+    assert ("input", "text", "prompt") in edges
+    assert ("prompt", "prompt", "model") in edges
+    # the function changed the value, so it stays in the graph as a step
+    assert ("model", "input", "summarize") in edges
+    assert graph.output.op.name == "RunnableParallel"
+    assert ("summarize", "summary", "runnable_parallel") in edges
+    assert ("input", "original", "runnable_parallel") in edges
+
+
+def test_user_parameter_used_by_a_retriever():
+    store = InMemoryVectorStore(KeywordEmbedding(["paris", "berlin", "rome"]))
+    store.add_texts(DOCS)
+    retriever = store.as_retriever(search_kwargs={"k": 1})
+    chain = retriever | (lambda docs: " ".join(d.page_content for d in docs))
+    tracer = OptoTracer(chain)
+    from opto_adapters.trace import Binding
+
+    k = tracer.add_parameter(
+        Parameter(
+            name="retriever_k",
+            kind="number",
+            bounds=(1, 3),
+            binding=Binding(lambda: retriever.search_kwargs["k"], lambda v: retriever.search_kwargs.__setitem__("k", v)),
+        ),
+        used_by=retriever,
+    )
+    chain.invoke("paris", config={"callbacks": [tracer]})
+    assert ("retriever_k", "retriever_k", "retriever") in tracer.last_graph.edges()
+    k.set(2)
+    out = chain.invoke("paris", config={"callbacks": [tracer]})
+    assert out.count("capital") + out.count("Italy") == 2  # two documents now
+    with pytest.raises(TypeError, match="used_by"):
+        tracer.add_parameter(Parameter(1, name="other", kind="number"), used_by=RunnableLambda(lambda x: x))
+
+
+def test_graph_for_run_id_and_bounded_history():
+    chain = qa_prompt() | RecordingChatModel() | StrOutputParser()
+    tracer = OptoTracer(chain, max_graphs=3)
+    ids = []
+    for i in range(5):
+        traced = tracer.run({"topic": "t", "question": f"q{i}"})
+        ids.append(traced.graph.metadata["run_id"])
+    assert len(tracer.graphs) == 3
+    assert tracer.graph(ids[-1]) is tracer.last_graph
+    graph = tracer.graph(ids[2])
+    assert {graph.names()[id(n)]: n.value for n in graph.nodes}["input.question"] == "q2"
+    with pytest.raises(KeyError, match="older than the last 3"):
+        tracer.graph(ids[0])
