@@ -355,14 +355,15 @@ class _Walker:
 
 
 def unique_names(items: list[tuple[tuple[str, ...], tuple[str, ...], int]]) -> list[str]:
-    """For each ``(label, path, group)``: the label, prefixed by as much of the path as needed
-    to be unique (``prompt.system``, else ``step2.prompt.system``). Parameters of one object
-    (one ``group``) get the same prefix; names still equal are numbered."""
-    depth = [0] * len(items)
+    """For each ``(label, path, group)``: the label, prefixed by the path segments that tell it
+    apart from same-labelled ones (``prompt.system``, ``step2.prompt.system``,
+    ``brief.prompt.system``); segments all colliders share are skipped. Parameters of one
+    object (one ``group``) get the same prefix; names still equal are numbered."""
+    chosen: list[set[int]] = [set() for _ in items]  # positions from the end of the path
 
     def name(i: int) -> str:
         base, path, _ = items[i]
-        prefix = path[len(path) - depth[i] :] if depth[i] else ()
+        prefix = tuple(path[-k] for k in sorted(chosen[i], reverse=True))
         return ".".join((*prefix, *base))
 
     while True:
@@ -371,17 +372,24 @@ def unique_names(items: list[tuple[tuple[str, ...], tuple[str, ...], int]]) -> l
             groups.setdefault(name(i), []).append(i)
         grew = False
         for members in groups.values():
-            if len(members) > 1:
-                for i in members:
-                    if depth[i] < len(items[i][1]):
-                        depth[i] += 1
-                        grew = True
-        by_object: dict[int, int] = {}
+            if len(members) < 2:
+                continue
+            longest = max(len(items[i][1]) for i in members)
+            for k in range(1, longest + 1):
+                segments = {items[i][1][-k] if len(items[i][1]) >= k else None for i in members}
+                if len(segments) > 1:
+                    for i in members:
+                        if len(items[i][1]) >= k and k not in chosen[i]:
+                            chosen[i].add(k)
+                            grew = True
+                    break
+        by_object: dict[int, set[int]] = {}
         for i, (_, _, group) in enumerate(items):
-            by_object[group] = max(by_object.get(group, 0), depth[i])
+            by_object.setdefault(group, set()).update(chosen[i])
         for i, (_, path, group) in enumerate(items):
-            if depth[i] < min(by_object[group], len(path)):
-                depth[i] = min(by_object[group], len(path))
+            extra = {k for k in by_object[group] if k <= len(path)} - chosen[i]
+            if extra:
+                chosen[i] |= extra
                 grew = True
         if not grew:
             break

@@ -13,6 +13,7 @@ params), an agent's system prompt (by its text in the model's messages).
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import traceback
@@ -56,6 +57,7 @@ def _op_name(run: Run) -> str:
     return str(name).split("<", 1)[0] or "step"
 
 
+@functools.lru_cache(maxsize=1024)
 def _snake(name: str) -> str:
     text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.split("<", 1)[0])
     text = _NAME_CHARS.sub("_", text).strip("_").lower() or "step"

@@ -231,6 +231,33 @@ class OptoTracer(TracerBase, BaseTracer):
                 self.run_map.pop(str(run.id), None)
             stack.extend(run.child_runs)
 
+    def _create_chat_model_run(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[Any]],
+        run_id: Any,
+        tags: list[str] | None = None,
+        parent_run_id: Any = None,
+        metadata: dict[str, Any] | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> Run:
+        """Keep the messages as message objects: BaseTracer would serialize each one with
+        ``dumpd`` (slow), and the graph renders them as text anyway."""
+        run = self._create_llm_run(
+            serialized,
+            [],
+            run_id,
+            tags=tags,
+            parent_run_id=parent_run_id,
+            metadata=metadata,
+            name=name,
+            **kwargs,
+        )
+        run.run_type = "chat_model"
+        run.inputs = {"messages": [list(batch) for batch in messages]}
+        return run
+
     def _errored_chain_run(self, error: BaseException, inputs: Any, run_id: Any) -> Run:
         run = super()._errored_chain_run(error, inputs, run_id)
         run.extra[graph_builder.ERROR_KEY] = error

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from langchain_core.documents import Document
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.prompt_values import ChatPromptValue, PromptValue
 
 __all__ = ["atoms", "message_role", "message_text", "readable", "strong"]
@@ -22,6 +22,7 @@ _MAX_DEPTH = 6
 _MAX_ATOMS = 256
 _MAX_REPR = 2000
 _ROLE = {"human": "human", "ai": "ai", "system": "system", "tool": "tool", "function": "function"}
+_TUPLE_ROLES = {"human": "human", "user": "human", "ai": "ai", "assistant": "ai", "system": "system"}
 
 
 # -- messages, in any of the shapes LangChain passes them around ------------------------------
@@ -33,15 +34,25 @@ def _is_dumped_message(value: dict) -> bool:
 
 
 def _message_fields(value: Any) -> tuple[str, Any, list, str | None, str | None] | None:
-    """``(role, content, tool_calls, id, tool_call_id)`` of a message-like value, else ``None``."""
+    """``(role, content, tool_calls, id, tool_call_id)`` of a message-like value, else ``None``.
+
+    Message-like: a ``BaseMessage``, a message serialized by ``dumpd``, a ``{"role",
+    "content"}`` dict, or a ``("user", "text")`` tuple (LangChain accepts all of them).
+    """
+    if isinstance(value, tuple) and len(value) == 2 and value[0] in _TUPLE_ROLES:
+        if isinstance(value[1], (str, list)):
+            return _TUPLE_ROLES[value[0]], value[1], [], None, None
+        return None
     if isinstance(value, BaseMessage):
-        role = getattr(value, "role", None) if value.type == "chat" else _ROLE.get(value.type, value.type)
+        kind = value.type
+        role = getattr(value, "role", None) if kind == "chat" else _ROLE.get(kind, kind)
+        # isinstance, not getattr: a missing attribute on a pydantic model is slow to miss
         return (
-            str(role or value.type),
+            str(role or kind),
             value.content,
-            list(getattr(value, "tool_calls", None) or ()),
+            value.tool_calls if isinstance(value, AIMessage) else [],
             value.id,
-            getattr(value, "tool_call_id", None),
+            value.tool_call_id if isinstance(value, ToolMessage) else None,
         )
     if isinstance(value, dict):
         if _is_dumped_message(value):
