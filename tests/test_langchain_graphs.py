@@ -264,3 +264,97 @@ def test_graph_for_run_id_and_bounded_history():
     assert {graph.names()[id(n)]: n.value for n in graph.nodes}["input.question"] == "q2"
     with pytest.raises(KeyError, match="older than the last 3"):
         tracer.graph(ids[0])
+
+
+def test_fallbacks_the_model_that_answered_is_in_the_graph():
+    class Down(RecordingChatModel):
+        def _generate(self, *args, **kwargs):
+            raise RuntimeError("rate limited")
+
+    backup = RecordingChatModel(responses=["fine"])
+    chain = qa_prompt() | Down().with_fallbacks([backup]) | StrOutputParser()
+    traced = OptoTracer(chain).run({"topic": "t", "question": "q"})
+    assert traced.output == "fine"
+    # langchain-core 1.8.3 reports the attempts beside the fallbacks run (langchain#36072);
+    # either way the answer comes from the backup model, fed by the prompt
+    assert traced.graph.edges()[-2:] == [("prompt", "messages", "model"), ("model", "input", "str_output_parser")]
+    assert traced.graph.nodes[-2].op.name == "RecordingChatModel"
+    assert not any(isinstance(n, ExceptionNode) for n in traced.graph.nodes)
+
+
+def test_assign_and_with_config():
+    model = RecordingChatModel(responses=["draft", "grade: B"])
+    draft = qa_prompt() | model | StrOutputParser()
+    grade = ChatPromptTemplate.from_template("Question: {question}\nAnswer: {answer}\nGrade it.")
+    chain = (RunnablePassthrough.assign(answer=draft) | grade | model).with_config(run_name="grader")
+    tracer = OptoTracer(chain)
+    chain.with_config(callbacks=[tracer]).invoke({"topic": "t", "question": "why?"})
+    graph = tracer.last_graph
+    assert graph.metadata["name"] == "grader"
+    edges = graph.edges()
+    assert ("model", "answer", "prompt_1") in edges  # the assigned key comes from the first model
+    assert ("input.question", "question", "prompt_1") in edges
+    assert ("step2.prompt.human", "human", "prompt_1") in edges
+    assert graph.output.value == "grade: B"
+
+
+def test_prompt_inside_a_tool_function_is_discovered():
+    from langchain.agents import create_agent
+
+    expert = qa_prompt() | RecordingChatModel(responses=["expert answer"]) | StrOutputParser()
+
+    @tool
+    def ask_expert(question: str) -> str:
+        """Ask a human expert."""
+        return expert.invoke({"topic": "anything", "question": question})
+
+    model = RecordingChatModel(responses=[tool_call("ask_expert", question="hard one"), "done"])
+    agent = create_agent(model, [ask_expert], system_prompt="Delegate hard questions.")
+    tracer = OptoTracer(agent)
+    assert sorted(p.name for p in tracer.parameters) == [
+        "agent.system_prompt",
+        "prompt.human",
+        "prompt.system",
+        "tool.ask_expert",
+    ]
+    graph = tracer.run({"messages": [("user", "hard one?")]}).graph
+    edges = graph.edges()
+    assert ("model", "question", "prompt") in edges  # the tool's argument fills the expert prompt
+    assert ("model", "question", "ask_expert") in edges
+    assert ("model_1", "result", "ask_expert") in edges
+    assert ("ask_expert", "tool", "model_2") in edges
+
+
+def test_custom_langgraph_state_graph():
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+
+    class State(TypedDict):
+        question: str
+        answer: str
+
+    qa = qa_prompt() | RecordingChatModel(responses=["paris"]) | StrOutputParser()
+
+    def answer(state: State) -> dict:
+        return {"answer": qa.invoke({"topic": "geography", "question": state["question"]})}
+
+    def polish(state: State) -> dict:
+        return {"answer": state["answer"].capitalize() + "."}
+
+    builder = StateGraph(State)
+    builder.add_node("answer", answer)
+    builder.add_node("polish", polish)
+    builder.add_edge(START, "answer")
+    builder.add_edge("answer", "polish")
+    builder.add_edge("polish", END)
+    app = builder.compile()
+
+    tracer = OptoTracer(app)
+    assert [p.name for p in tracer.parameters] == ["prompt.system", "prompt.human"]
+    traced = tracer.run({"question": "Capital of France?"})
+    assert traced.output["answer"] == "Paris."
+    edges = traced.graph.edges()
+    assert ("input.question", "question", "prompt") in edges
+    assert ("model", "answer", "polish") in edges
+    assert ("polish", "answer", "agent") in edges

@@ -17,6 +17,7 @@ import functools
 import inspect
 import logging
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ logger = logging.getLogger("opto_adapters.langchain")
 
 STAMP_KEY = "opto_adapters_id"
 """The metadata key that ties a run to the live object that made it."""
+_STAMP_LOCK = threading.Lock()
 
 _ROLES = (
     (SystemMessagePromptTemplate, "system"),
@@ -93,18 +95,19 @@ def object_stamp(obj: Any) -> str | None:
     object has no metadata LangChain would pass to its runs."""
     if not hasattr(obj, "metadata"):
         return None
-    metadata = obj.metadata
-    if metadata is not None and not isinstance(metadata, dict):
-        return None
-    if metadata and isinstance(metadata.get(STAMP_KEY), str):
-        return metadata[STAMP_KEY]
-    stamp = uuid.uuid4().hex[:16]
-    try:
-        obj.metadata = {**(metadata or {}), STAMP_KEY: stamp}
-    except Exception:  # frozen or validated models: leave them alone
-        logger.debug("could not stamp metadata on %s", type(obj).__name__, exc_info=True)
-        return None
-    return stamp
+    with _STAMP_LOCK:  # two tracers over one chain must agree on the stamp
+        metadata = obj.metadata
+        if metadata is not None and not isinstance(metadata, dict):
+            return None
+        if metadata and isinstance(metadata.get(STAMP_KEY), str):
+            return metadata[STAMP_KEY]
+        stamp = uuid.uuid4().hex[:16]
+        try:
+            obj.metadata = {**(metadata or {}), STAMP_KEY: stamp}
+        except Exception:  # frozen or validated models: leave them alone
+            logger.debug("could not stamp metadata on %s", type(obj).__name__, exc_info=True)
+            return None
+        return stamp
 
 
 def _segment(text: Any) -> str:
@@ -299,6 +302,9 @@ class _Walker:
     def _tool(self, tool: BaseTool) -> None:
         object_stamp(tool)
         self._schemas(tool.name).add_tool(tool)
+        # a tool whose function calls a chain: that chain's prompts are trainable too
+        for func in (getattr(tool, "func", None), getattr(tool, "coroutine", None)):
+            self._function(func, (), _segment(tool.name), 0)
 
     def _bound_tools(self, schemas: Any) -> None:
         """Tools a model was bound with (``bind_tools`` keeps converted copies)."""

@@ -150,26 +150,38 @@ class _Builder:
             return [n for n in flow if atom in self.node_atoms.get(id(n), ())]
         return self.index.get(atom, [])
 
-    def sources(self, value: Any, flow: list[Node], restricted: bool) -> tuple[list[Node], bool]:
+    def sources(
+        self, value: Any, flow: list[Node], restricted: bool, context: Any = None
+    ) -> tuple[list[Node], bool]:
         """The nodes ``value`` was made from (production order) and whether they explain all
-        of its text. Each atom goes to the candidate sharing most atoms with ``value``
-        (ties: the earliest, where the text originated)."""
+        of its text. Each atom goes to the candidate that explains most of ``context`` (the
+        whole input ``value`` is part of; default ``value``): the one sharing most atoms, then
+        one in ``flow``, then the earliest (where a text originated)."""
         found = atoms(value)
         per_atom = {a: self._candidates(a, flow, restricted) for a in found}
-        votes: dict[int, int] = {}
-        for nodes in per_atom.values():
-            for n in nodes:
-                votes[id(n)] = votes.get(id(n), 0) + 1
+        votes = self._votes(per_atom if context is None else atoms(context), flow, restricted)
+        in_flow = {id(n) for n in flow}
         chosen: dict[int, Node] = {}
         covered = True
         for a, nodes in per_atom.items():
             if not nodes:
                 covered = covered and not isinstance(a, str)
                 continue
-            best = max(nodes, key=lambda n: (votes[id(n)], -self.rank.get(id(n), 0)))
+            best = nodes[0] if len(nodes) == 1 else max(
+                nodes,
+                key=lambda n: (votes.get(id(n), 0), id(n) in in_flow, -self.rank.get(id(n), 0)),
+            )
             chosen[id(best)] = best
         ordered = sorted(chosen.values(), key=lambda n: self.rank.get(id(n), 0))
         return ordered, covered and bool(strong(found) or ordered)
+
+    def _votes(self, found: Iterable[Any], flow: list[Node], restricted: bool) -> dict[int, int]:
+        """How many of the atoms each candidate node produced."""
+        votes: dict[int, int] = {}
+        for a in found:
+            for n in self._candidates(a, flow, restricted):
+                votes[id(n)] = votes.get(id(n), 0) + 1
+        return votes
 
     def keyed_sources(
         self, values: Mapping[str, Any], flow: list[Node], restricted: bool
@@ -181,17 +193,20 @@ class _Builder:
             pairs.extend((str(key), n) for n in nodes)
         return pairs
 
-    def message_sources(self, messages: list, flow: list[Node], restricted: bool) -> list[tuple[str, Node]]:
-        """``(role, source)`` per input message, each message credited to one source."""
+    def message_sources(
+        self, messages: list, flow: list[Node], restricted: bool
+    ) -> list[tuple[str, Node]]:
+        """``(role, source)`` per input message, each message credited to one source: the one
+        that explains most of that message, weighed by how much of all messages it explains."""
         pairs: list[tuple[str, Node]] = []
         seen: set[int] = set()
         for message in messages:
-            nodes, _ = self.sources(message, flow, restricted)
+            nodes, _ = self.sources(message, flow, restricted, context=messages)
             if not nodes:
                 continue
             role = _ROLE_ARG.get(message_role(message) or "", "messages")
-            # the source that explains most of this message
-            best = max(nodes, key=lambda n: len(self.node_atoms.get(id(n), set()) & atoms(message)))
+            mine = atoms(message)
+            best = max(nodes, key=lambda n: len(self.node_atoms.get(id(n), set()) & mine))
             if id(best) not in seen:
                 seen.add(id(best))
                 pairs.append((role, best))
@@ -207,23 +222,31 @@ class _Builder:
             return nodes or flow
         return [self.leaf(run, flow, restricted)]
 
-    def container(self, run: Run, flow: list[Node], restricted: bool) -> list[Node]:
+    def container(
+        self,
+        run: Run,
+        flow: list[Node],
+        restricted: bool,
+        children: list[Run] | None = None,
+        generic: bool = False,
+    ) -> list[Node]:
         own, _ = self.sources(_unwrap(run.inputs, "input"), flow, restricted)
         own = own or flow
-        children = run.child_runs
-        steps = [_step(c) for c in children]
-        if all(s is not None for s in steps) and len(set(steps)) == len(steps):
+        children = run.child_runs if children is None else children
+        steps = [_step_number(c) for c in children]
+        keys = [_map_key(c) for c in children]
+        if not generic and children and all(s is not None for s in steps):
             current = own
-            for _, child in sorted(zip(steps, children, strict=True), key=lambda x: x[0]):
-                current = self.visit(child, current, True)
+            for group in _groups(children, steps):
+                current = self._step(group, current)
             out = current
-        elif all(any(t.startswith("map:key:") for t in c.tags or ()) for c in children):
+        elif not generic and children and all(k is not None for k in keys):
             out = []
-            for child in sorted(children, key=lambda c: c.dotted_order or ""):
-                out.extend(n for n in self.visit(child, own, True) if n not in out)
+            for group in _groups(children, keys):
+                out.extend(n for n in self._step(group, own) if n not in out)
         else:
             last: list[Node] = own
-            for child in sorted(children, key=lambda c: c.dotted_order or ""):
+            for child in sorted(children, key=_start):
                 last = self.visit(child, own, False)
             out = self._generic_output(run, own, last)
         if run.error:
@@ -231,16 +254,33 @@ class _Builder:
             if failed:
                 return [failed[-1]]
             return [self._error_node(run, self._inputs_from(out, run))]
-        if run.run_type in ("tool", "retriever", "llm", "chat_model"):
-            # a named step that happens to call other runnables: keep it in the graph
+        if run.run_type in ("tool", "retriever"):
+            # a tool or retriever that calls other runnables stays a step of its own: its
+            # arguments, plus what its inner runs returned
+            inputs: dict[str, Node] = {}
+            for key, n in self._input_pairs(run, flow, restricted):
+                inputs[_arg(key, inputs)] = n
+            for n in out:
+                if all(n is not v for v in inputs.values()):
+                    inputs[_arg("result", inputs)] = n
+            self._add_params(inputs, run)
             node = Node(
                 _value(self._output(run)),
-                name=_snake(_op_name(run)),
-                inputs=self._inputs_from(out, run, self._output(run)),
+                name=self._node_name(run),
+                inputs=inputs,
                 op=op(_op_name(run), _doc(run, _op_name(run))),
             )
             return [self.produce(node, self._output(run), run.run_type)]
         return out
+
+    def _step(self, group: list[Run], flow: list[Node]) -> list[Node]:
+        """One step of a sequence or parallel. Several runs with the step's tag: the first is
+        the step, the others ran inside it but were reported beside it (langchain-core 1.8
+        ``RunnableWithFallbacks`` passes its own config on, langchain-ai/langchain#36072)."""
+        head, inner = group[0], group[1:]
+        if not inner:
+            return self.visit(head, flow, True)
+        return self.container(head, flow, True, children=[*head.child_runs, *inner], generic=True)
 
     def _generic_output(self, run: Run, own: list[Node], last: list[Node]) -> list[Node]:
         if run.error:
@@ -265,7 +305,8 @@ class _Builder:
         pairs: list[tuple[str, Node]] = []
         if isinstance(output, dict) and output:
             pairs = self.keyed_sources(output, nodes, True)
-            if len({id(n) for _, n in pairs}) != len(pairs) or {id(n) for _, n in pairs} != {id(n) for n in nodes}:
+            one_each = len({k for k, _ in pairs}) == len(pairs) == len({id(n) for _, n in pairs})
+            if not one_each or {id(n) for _, n in pairs} != {id(n) for n in nodes}:
                 pairs = []
         if not pairs:
             pairs = [("input" if len(nodes) == 1 else self.hint.get(id(n), "input"), n) for n in nodes]
@@ -276,7 +317,10 @@ class _Builder:
 
     @staticmethod
     def _output(run: Run) -> Any:
-        return _unwrap(run.outputs or {}, "output")
+        outputs = run.outputs or {}
+        if run.run_type == "retriever" and "documents" in outputs:
+            return outputs["documents"]
+        return _unwrap(outputs, "output")
 
     def _add_params(self, inputs: dict[str, Node], run: Run) -> None:
         metadata = (run.extra or {}).get("metadata") or {}
@@ -301,23 +345,10 @@ class _Builder:
         elif kind in ("chat_model", "llm"):
             raw, hint = self._model_inputs(run, flow, restricted, inputs), "ai"
         else:
-            data = _unwrap(run.inputs or {}, "input")
-            if kind == "retriever":
-                data = (run.inputs or {}).get("query", data)
-            pairs: list[tuple[str, Node]]
-            if isinstance(data, dict) and data and not _is_message_like(data):
-                pairs = self.keyed_sources(data, flow, restricted)
-            else:
-                nodes, _ = self.sources(data, flow, restricted)
-                default = "query" if kind == "retriever" else "input"
-                pairs = [(default if len(nodes) == 1 else self.hint.get(id(n), default), n) for n in nodes]
-            if not pairs:
-                pairs = [("input", n) for n in flow]
-            for key, node in pairs:
+            for key, node in self._input_pairs(run, flow, restricted):
                 inputs[_arg(key, inputs)] = node
             self._add_params(inputs, run)
-            outputs = run.outputs or {}
-            raw = outputs.get("documents") if kind == "retriever" else _unwrap(outputs, "output")
+            raw = self._output(run)
             hint = {"retriever": "documents", "tool": "tool"}.get(kind, "input")
         name = _op_name(run)
         node_op = op(name, _doc(run, name))
@@ -328,6 +359,20 @@ class _Builder:
             return self.produce(node, None, "error")
         node = Node(_value(raw), name=node_name, inputs=inputs, op=node_op)
         return self.produce(node, raw, hint)
+
+    def _input_pairs(self, run: Run, flow: list[Node], restricted: bool) -> list[tuple[str, Node]]:
+        """``(argument, source)`` for a step's input: by key for a dict (tool arguments,
+        function inputs), else ``input`` (``query`` for a retriever); ``flow`` if none."""
+        data = _unwrap(run.inputs or {}, "input")
+        if run.run_type == "retriever":
+            data = (run.inputs or {}).get("query", data)
+        if isinstance(data, dict) and data and not _is_message_like(data):
+            pairs = self.keyed_sources(data, flow, restricted)
+        else:
+            nodes, _ = self.sources(data, flow, restricted)
+            default = "query" if run.run_type == "retriever" else "input"
+            pairs = [(default if len(nodes) == 1 else self.hint.get(id(n), default), n) for n in nodes]
+        return pairs or [("input", n) for n in flow]
 
     def _stamp(self, run: Run) -> str | None:
         return ((run.extra or {}).get("metadata") or {}).get(STAMP_KEY)
@@ -432,12 +477,36 @@ def _value(raw: Any) -> Any:
     return text if text is not None else readable(raw)
 
 
-def _step(run: Run) -> int | None:
+def _step_number(run: Run) -> int | None:
+    """N of the ``seq:step:N`` tag: the run's position in its sequence."""
     for tag in run.tags or ():
         match = _STEP.match(tag)
         if match:
             return int(match.group(1))
     return None
+
+
+def _map_key(run: Run) -> str | None:
+    """K of the ``map:key:K`` tag: the run's branch of its parallel."""
+    for tag in run.tags or ():
+        if tag.startswith("map:key:"):
+            return tag[8:]
+    return None
+
+
+def _start(run: Run) -> str:
+    return run.dotted_order or ""
+
+
+def _groups(children: list[Run], keys: list[Any]) -> list[list[Run]]:
+    """Children grouped by key (step number or branch), groups and members by start."""
+    by_key: dict[Any, list[Run]] = {}
+    for child, key in sorted(zip(children, keys, strict=True), key=lambda x: _start(x[0])):
+        by_key.setdefault(key, []).append(child)
+    groups = list(by_key.values())
+    if all(isinstance(k, int) for k in by_key):
+        groups = [by_key[k] for k in sorted(by_key)]
+    return groups
 
 
 def _is_message_like(data: dict) -> bool:
