@@ -85,7 +85,12 @@ def timing(runs: int, rounds: int) -> dict[str, float]:
         with tracer:
             chain.invoke(question)
 
-    variants = {"no callbacks": plain, "collect_runs": collector, "OptoTracer (callbacks)": traced, "OptoTracer (with tracer:)": global_form}
+    variants = {
+        "no callbacks": plain,
+        "collect_runs": collector,
+        "OptoTracer (callbacks)": traced,
+        "OptoTracer (with tracer:)": global_form,
+    }
     for fn in variants.values():  # warm up
         per_call(fn, 50)
     best = {name: float("inf") for name in variants}
@@ -115,7 +120,9 @@ def memory(runs: int) -> None:
             current, _ = tracemalloc.get_traced_memory()
             checkpoints.append((i, (current - base) / 1024))
     tracemalloc.stop()
-    print(f"\nmemory over {runs:,} traced runs (after 200 warm-up runs; max_graphs={tracer.max_graphs}):")
+    print(
+        f"\nmemory over {runs:,} traced runs (after 200 warm-up runs; max_graphs={tracer.max_graphs}):"
+    )
     for i, kib in checkpoints:
         print(f"  after {i:>6,} runs: tracemalloc {kib:+9.1f} KiB")
     print(f"  RSS {rss_start:.1f} MB -> {rss_mb():.1f} MB")

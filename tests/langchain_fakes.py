@@ -72,7 +72,9 @@ class RecordingChatModel(BaseChatModel):
                 self._next += 1
         return reply if isinstance(reply, AIMessage) else AIMessage(content=str(reply))
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         reply = self._reply(messages, kwargs.get("tools") or [])
         return ChatResult(generations=[ChatGeneration(message=reply)])
 

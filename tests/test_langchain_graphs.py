@@ -43,7 +43,9 @@ def ops(graph) -> dict[str, str]:
 def test_prompt_model_parser_chain():
     chain = qa_prompt() | RecordingChatModel(responses=["Because."]) | StrOutputParser()
     tracer = OptoTracer(chain)
-    out = chain.invoke({"topic": "physics", "question": "Why is the sky blue?"}, config={"callbacks": [tracer]})
+    out = chain.invoke(
+        {"topic": "physics", "question": "Why is the sky blue?"}, config={"callbacks": [tracer]}
+    )
 
     graph = tracer.last_graph
     assert out == "Because."
@@ -56,17 +58,26 @@ def test_prompt_model_parser_chain():
         ("prompt", "messages", "model"),
         ("model", "input", "str_output_parser"),
     ]
-    assert ops(graph) == {"prompt": "ChatPromptTemplate", "model": "RecordingChatModel", "str_output_parser": "StrOutputParser"}
+    assert ops(graph) == {
+        "prompt": "ChatPromptTemplate",
+        "model": "RecordingChatModel",
+        "str_output_parser": "StrOutputParser",
+    }
     # values are readable text, not reprs
     by_name = {graph.names()[id(n)]: n for n in graph.nodes}
-    assert by_name["prompt"].value == "system: You answer questions about physics.\nhuman: Why is the sky blue?"
+    assert (
+        by_name["prompt"].value
+        == "system: You answer questions about physics.\nhuman: Why is the sky blue?"
+    )
     assert by_name["model"].value == "Because."
     assert graph.output.value == "Because."
     assert graph.metadata["run_type"] == "chain"
 
 
 def test_rag_chain_with_parallel_retriever_and_passthrough():
-    store = InMemoryVectorStore(KeywordEmbedding(["paris", "berlin", "rome", "france", "germany", "italy", "capital"]))
+    store = InMemoryVectorStore(
+        KeywordEmbedding(["paris", "berlin", "rome", "france", "germany", "italy", "capital"])
+    )
     store.add_texts(DOCS)
     retriever = store.as_retriever(search_kwargs={"k": 1})
 
@@ -75,7 +86,12 @@ def test_rag_chain_with_parallel_retriever_and_passthrough():
 
     prompt = ChatPromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}")
     model = RecordingChatModel(responses=["Paris."])
-    rag = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | model | StrOutputParser()
+    rag = (
+        {"context": retriever | format_docs, "question": RunnablePassthrough()}
+        | prompt
+        | model
+        | StrOutputParser()
+    )
     tracer = OptoTracer(rag)
     rag.invoke("What is the capital of France? Paris?", config={"callbacks": [tracer]})
 
@@ -89,7 +105,9 @@ def test_rag_chain_with_parallel_retriever_and_passthrough():
     assert ("prompt.human", "human", "prompt") in edges
     assert ("prompt", "messages", "model") in edges
     by_name = {graph.names()[id(n)]: n for n in graph.nodes}
-    assert by_name["retriever"].value == "Paris is the capital of France."  # page_content, not a repr
+    assert (
+        by_name["retriever"].value == "Paris is the capital of France."
+    )  # page_content, not a repr
     assert "RunnablePassthrough" not in {n.op.name for n in graph.nodes if n.op}
 
 
@@ -101,7 +119,9 @@ def test_bound_tool_is_a_model_input_and_the_tool_output_follows_the_model():
 
     chain = qa_prompt() | model.bind_tools([get_weather]) | RunnableLambda(run_tools)
     tracer = OptoTracer(chain)
-    chain.invoke({"topic": "weather", "question": "Weather in Paris?"}, config={"callbacks": [tracer]})
+    chain.invoke(
+        {"topic": "weather", "question": "Weather in Paris?"}, config={"callbacks": [tracer]}
+    )
 
     graph = tracer.last_graph
     assert "tool.get_weather" in [p.name for p in graph.parameters]
@@ -115,8 +135,12 @@ def test_bound_tool_is_a_model_input_and_the_tool_output_follows_the_model():
 def test_create_agent_loop_tool_output_feeds_next_model_call():
     from langchain.agents import create_agent
 
-    model = RecordingChatModel(responses=[tool_call("get_weather", city="Paris"), "It is sunny in Paris."])
-    agent = create_agent(model, [get_weather], system_prompt=SystemMessage("You are a weather bot."))
+    model = RecordingChatModel(
+        responses=[tool_call("get_weather", city="Paris"), "It is sunny in Paris."]
+    )
+    agent = create_agent(
+        model, [get_weather], system_prompt=SystemMessage("You are a weather bot.")
+    )
     tracer = OptoTracer(agent)
     traced = tracer.run({"messages": [{"role": "user", "content": "Weather in Paris?"}]})
 
@@ -156,7 +180,12 @@ def test_exception_in_a_step_is_the_output_and_takes_feedback():
     def check(answer: str) -> str:
         raise ValueError(f"not a number: {answer!r}")
 
-    chain = qa_prompt() | RecordingChatModel(responses=["many"]) | StrOutputParser() | RunnableLambda(check)
+    chain = (
+        qa_prompt()
+        | RecordingChatModel(responses=["many"])
+        | StrOutputParser()
+        | RunnableLambda(check)
+    )
     tracer = OptoTracer(chain)
     traced = tracer.run({"topic": "math", "question": "How many?"})
 
@@ -169,7 +198,9 @@ def test_exception_in_a_step_is_the_output_and_takes_feedback():
     assert ("str_output_parser", "input", "check") in traced.graph.edges()
     out.backward("Answer with digits only.")
     system = tracer.parameter("prompt.system")
-    assert len(system.feedback) == 1 and str(system.feedback[0].feedback) == "Answer with digits only."
+    assert (
+        len(system.feedback) == 1 and str(system.feedback[0].feedback) == "Answer with digits only."
+    )
     assert out in system.feedback[0].nodes
 
 
@@ -186,9 +217,15 @@ def test_error_inside_the_model_call():
 
 
 def test_streaming_builds_the_same_graph_as_invoke():
-    chain = qa_prompt() | GenericFakeChatModel(messages=itertools.cycle([AIMessage("Blue light scatters more.")])) | StrOutputParser()
+    chain = (
+        qa_prompt()
+        | GenericFakeChatModel(messages=itertools.cycle([AIMessage("Blue light scatters more.")]))
+        | StrOutputParser()
+    )
     tracer = OptoTracer(chain)
-    chunks = list(chain.stream({"topic": "physics", "question": "Why blue?"}, config={"callbacks": [tracer]}))
+    chunks = list(
+        chain.stream({"topic": "physics", "question": "Why blue?"}, config={"callbacks": [tracer]})
+    )
     assert len(chunks) > 1
     streamed = tracer.last_graph
     chain.invoke({"topic": "physics", "question": "Why blue?"}, config={"callbacks": [tracer]})
@@ -238,7 +275,10 @@ def test_user_parameter_used_by_a_retriever():
             name="retriever_k",
             kind="number",
             bounds=(1, 3),
-            binding=Binding(lambda: retriever.search_kwargs["k"], lambda v: retriever.search_kwargs.__setitem__("k", v)),
+            binding=Binding(
+                lambda: retriever.search_kwargs["k"],
+                lambda v: retriever.search_kwargs.__setitem__("k", v),
+            ),
         ),
         used_by=retriever,
     )
@@ -248,7 +288,9 @@ def test_user_parameter_used_by_a_retriever():
     out = chain.invoke("paris", config={"callbacks": [tracer]})
     assert out.count("capital") + out.count("Italy") == 2  # two documents now
     with pytest.raises(TypeError, match="used_by"):
-        tracer.add_parameter(Parameter(1, name="other", kind="number"), used_by=RunnableLambda(lambda x: x))
+        tracer.add_parameter(
+            Parameter(1, name="other", kind="number"), used_by=RunnableLambda(lambda x: x)
+        )
 
 
 def test_graph_for_run_id_and_bounded_history():
@@ -277,7 +319,10 @@ def test_fallbacks_the_model_that_answered_is_in_the_graph():
     assert traced.output == "fine"
     # langchain-core 1.8.3 reports the attempts beside the fallbacks run (langchain#36072);
     # either way the answer comes from the backup model, fed by the prompt
-    assert traced.graph.edges()[-2:] == [("prompt", "messages", "model"), ("model", "input", "str_output_parser")]
+    assert traced.graph.edges()[-2:] == [
+        ("prompt", "messages", "model"),
+        ("model", "input", "str_output_parser"),
+    ]
     assert traced.graph.nodes[-2].op.name == "RecordingChatModel"
     assert not any(isinstance(n, ExceptionNode) for n in traced.graph.nodes)
 
@@ -286,7 +331,9 @@ def test_assign_and_with_config():
     model = RecordingChatModel(responses=["draft", "grade: B"])
     draft = qa_prompt() | model | StrOutputParser()
     grade = ChatPromptTemplate.from_template("Question: {question}\nAnswer: {answer}\nGrade it.")
-    chain = (RunnablePassthrough.assign(answer=draft) | grade | model).with_config(run_name="grader")
+    chain = (RunnablePassthrough.assign(answer=draft) | grade | model).with_config(
+        run_name="grader"
+    )
     tracer = OptoTracer(chain)
     chain.with_config(callbacks=[tracer]).invoke({"topic": "t", "question": "why?"})
     graph = tracer.last_graph
@@ -358,3 +405,29 @@ def test_custom_langgraph_state_graph():
     assert ("input.question", "question", "prompt") in edges
     assert ("model", "answer", "polish") in edges
     assert ("polish", "answer", "agent") in edges
+
+
+def test_values_are_plain_text_for_the_optimizer():
+    from opto_adapters.trace import render
+
+    chain = qa_prompt() | RecordingChatModel(responses=["Because."]) | StrOutputParser()
+    tracer = OptoTracer(chain)
+    graph = tracer.run({"topic": "physics", "question": "Why?"}).graph
+    assert type(graph.output.value) is str  # not the parser's str subclass
+    problem = str(render([graph.output.backward("Explain more.")], tracer.parameters))
+    assert "(str) str_output_parser=Because." in problem
+    assert (
+        "prompt = ChatPromptTemplate(system=prompt.system, human=prompt.human, topic=input.topic, question=input.question)"
+        in problem
+    )
+    assert "must keep the template variables {topic}" in problem
+
+
+def test_graph_metadata_carries_the_run_config():
+    chain = qa_prompt() | RecordingChatModel() | StrOutputParser()
+    traced = OptoTracer(chain).run(
+        {"topic": "t", "question": "q"}, config={"metadata": {"example_id": 7}, "tags": ["eval"]}
+    )
+    meta = traced.graph.metadata
+    assert meta["metadata"] == {"example_id": 7} and meta["tags"] == ["eval"]
+    assert meta["run_id"] and meta["name"] == "RunnableSequence"

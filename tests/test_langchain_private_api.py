@@ -23,7 +23,12 @@ def params(fn) -> list[str]:
 def test_tracer_core_hooks_keep_their_signatures():
     assert params(_TracerCore.__init__)[:2] == ["self", "_schema_format"]
     assert params(_TracerCore._create_llm_run)[:4] == ["self", "serialized", "prompts", "run_id"]
-    assert params(_TracerCore._create_chat_model_run)[:4] == ["self", "serialized", "messages", "run_id"]
+    assert params(_TracerCore._create_chat_model_run)[:4] == [
+        "self",
+        "serialized",
+        "messages",
+        "run_id",
+    ]
     assert params(_TracerCore._errored_chain_run) == ["self", "error", "inputs", "run_id"]
     assert params(_TracerCore._errored_llm_run)[:3] == ["self", "error", "run_id"]
     assert params(_TracerCore._errored_tool_run) == ["self", "error", "run_id"]

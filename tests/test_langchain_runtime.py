@@ -58,7 +58,9 @@ def assert_pruned(tracer: OptoTracer) -> None:
 def test_batch_gives_one_graph_per_input():
     chain = make_chain()
     tracer = OptoTracer(chain)
-    chain.batch([{"question": q} for q in QUESTIONS], config={"callbacks": [tracer], "max_concurrency": 4})
+    chain.batch(
+        [{"question": q} for q in QUESTIONS], config={"callbacks": [tracer], "max_concurrency": 4}
+    )
     assert_one_consistent_graph_per_run(tracer, QUESTIONS)
     assert_pruned(tracer)
 
@@ -67,7 +69,9 @@ async def test_abatch_and_gathered_ainvoke():
     chain = make_chain()
     tracer = OptoTracer(chain)
     await chain.abatch([{"question": q} for q in QUESTIONS[:4]], config={"callbacks": [tracer]})
-    await asyncio.gather(*(chain.ainvoke({"question": q}, config={"callbacks": [tracer]}) for q in QUESTIONS[4:]))
+    await asyncio.gather(
+        *(chain.ainvoke({"question": q}, config={"callbacks": [tracer]}) for q in QUESTIONS[4:])
+    )
     assert_one_consistent_graph_per_run(tracer, QUESTIONS)
     assert_pruned(tracer)
 
@@ -86,7 +90,9 @@ async def test_concurrent_astream():
     tracer = OptoTracer(chain)
 
     async def consume(q: str) -> str:
-        return "".join([c async for c in chain.astream({"question": q}, config={"callbacks": [tracer]})])
+        return "".join(
+            [c async for c in chain.astream({"question": q}, config={"callbacks": [tracer]})]
+        )
 
     outs = await asyncio.gather(*(consume(q) for q in QUESTIONS))
     assert outs == [f"answer to: {q}" for q in QUESTIONS]
@@ -106,9 +112,15 @@ def test_threads_each_calling_run():
 
 def test_parallel_branches_get_their_own_inputs():
     model = RecordingChatModel(respond=echo())
-    short = ChatPromptTemplate.from_messages([("system", "Answer briefly."), ("human", "{question}")])
-    long = ChatPromptTemplate.from_messages([("system", "Answer in detail."), ("human", "Explain: {question}")])
-    chain = RunnableParallel(brief=short | model | StrOutputParser(), detailed=long | model | StrOutputParser())
+    short = ChatPromptTemplate.from_messages(
+        [("system", "Answer briefly."), ("human", "{question}")]
+    )
+    long = ChatPromptTemplate.from_messages(
+        [("system", "Answer in detail."), ("human", "Explain: {question}")]
+    )
+    chain = RunnableParallel(
+        brief=short | model | StrOutputParser(), detailed=long | model | StrOutputParser()
+    )
     tracer = OptoTracer(chain)
     out = chain.invoke({"question": "why?"}, config={"callbacks": [tracer]})
     assert out == {"brief": "answer to: why?", "detailed": "answer to: Explain: why?"}
@@ -120,10 +132,16 @@ def test_parallel_branches_get_their_own_inputs():
     assert ("input.question", "question", "prompt") in edges
     assert ("input.question", "question", "prompt_1") in edges
     assert ("prompt", "messages", "model") in edges and ("prompt_1", "messages", "model_1") in edges
-    assert {arg for _, arg, dst in edges if dst == graph.names()[id(graph.output)]} == {"brief", "detailed"}
+    assert {arg for _, arg, dst in edges if dst == graph.names()[id(graph.output)]} == {
+        "brief",
+        "detailed",
+    }
     # feedback on the whole output reaches both branches' prompts
     graph.output.backward("too long")
-    assert tracer.parameter("brief.prompt.system").feedback and tracer.parameter("detailed.prompt.system").feedback
+    assert (
+        tracer.parameter("brief.prompt.system").feedback
+        and tracer.parameter("detailed.prompt.system").feedback
+    )
 
 
 def test_agent_batch():
@@ -136,13 +154,19 @@ def test_agent_batch():
 
     def respond(messages):
         if messages[-1].type == "human":
-            return tool_call("lookup", call_id=f"call_{messages[-1].content}", city=messages[-1].content)
+            return tool_call(
+                "lookup", call_id=f"call_{messages[-1].content}", city=messages[-1].content
+            )
         return f"done with {messages[-1].content}"
 
-    agent = create_agent(RecordingChatModel(respond=respond), [lookup], system_prompt="Use the tool.")
+    agent = create_agent(
+        RecordingChatModel(respond=respond), [lookup], system_prompt="Use the tool."
+    )
     tracer = OptoTracer(agent)
     cities = ["Paris", "Rome", "Oslo", "Lima"]
-    outs = agent.batch([{"messages": [("user", c)]} for c in cities], config={"callbacks": [tracer]})
+    outs = agent.batch(
+        [{"messages": [("user", c)]} for c in cities], config={"callbacks": [tracer]}
+    )
     assert [o["messages"][-1].content for o in outs] == [f"done with {c} facts" for c in cities]
     assert len(tracer.graphs) == 4
     for graph in tracer.graphs:
@@ -223,7 +247,11 @@ def test_long_lived_tracer_keeps_no_per_run_state():
     tracer = OptoTracer(chain, max_graphs=10)
     for i in range(60):
         tracer.run({"question": f"q{i}"})
-    chain.batch([{"question": f"b{i}"} for i in range(20)], config={"callbacks": [tracer]}, return_exceptions=True)
+    chain.batch(
+        [{"question": f"b{i}"} for i in range(20)],
+        config={"callbacks": [tracer]},
+        return_exceptions=True,
+    )
     for _ in chain.stream({"question": "s"}, config={"callbacks": [tracer]}):
         pass
     stream = chain.stream({"question": "abandoned"}, config={"callbacks": [tracer]})
@@ -243,7 +271,10 @@ def test_a_failing_graph_builder_never_breaks_the_chain(monkeypatch, caplog):
 
     monkeypatch.setattr(graph_builder, "build_graph", broken)
     with caplog.at_level(logging.ERROR, logger="opto_adapters.langchain"):
-        assert chain.invoke({"question": "still works?"}, config={"callbacks": [tracer]}) == "answer to: still works?"
+        assert (
+            chain.invoke({"question": "still works?"}, config={"callbacks": [tracer]})
+            == "answer to: still works?"
+        )
         traced = tracer.run({"question": "and run?"})
     assert traced.output == "answer to: and run?" and traced.graph is None and traced.error is None
     assert "builder bug" in caplog.text and "the app is not affected" in caplog.text

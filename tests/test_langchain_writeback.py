@@ -62,14 +62,22 @@ def test_discovery_names_kinds_and_descriptions():
     chain = qa_prompt() | RecordingChatModel() | StrOutputParser()
     tracer = OptoTracer(chain)
     system, human = tracer.parameters
-    assert (system.name, system.kind, system.value) == ("prompt.system", "prompt", "You answer questions about {topic}.")
+    assert (system.name, system.kind, system.value) == (
+        "prompt.system",
+        "prompt",
+        "You answer questions about {topic}.",
+    )
     assert system.variables == {"topic"} and human.variables == {"question"}
     assert "system message template" in system.description and "{topic}" in system.description
 
 
 def test_names_get_a_position_prefix_only_when_needed():
-    first = ChatPromptTemplate.from_messages([("system", "Draft an answer about {topic}."), ("human", "{question}")])
-    second = ChatPromptTemplate.from_messages([("system", "Improve this draft."), ("human", "{draft}")])
+    first = ChatPromptTemplate.from_messages(
+        [("system", "Draft an answer about {topic}."), ("human", "{question}")]
+    )
+    second = ChatPromptTemplate.from_messages(
+        [("system", "Improve this draft."), ("human", "{draft}")]
+    )
     chain = (
         first
         | RecordingChatModel()
@@ -79,12 +87,22 @@ def test_names_get_a_position_prefix_only_when_needed():
         | RecordingChatModel()
     )
     names = [p.name for p in OptoTracer(chain).parameters]
-    assert names == ["step1.prompt.system", "step1.prompt.human", "step5.prompt.system", "step5.prompt.human"]
+    assert names == [
+        "step1.prompt.system",
+        "step1.prompt.human",
+        "step5.prompt.system",
+        "step5.prompt.human",
+    ]
 
 
 def test_names_inside_branches_and_repeated_roles():
     few_shot = ChatPromptTemplate.from_messages(
-        [("system", "Be brief."), ("human", "Example: {example}"), ("ai", "Short."), ("human", "{question}")]
+        [
+            ("system", "Be brief."),
+            ("human", "Example: {example}"),
+            ("ai", "Short."),
+            ("human", "{question}"),
+        ]
     )
     branch = RunnableBranch((lambda x: "code" in x["question"], few_shot), qa_prompt())
     names = [p.name for p in OptoTracer(branch | RecordingChatModel()).parameters]
@@ -121,7 +139,12 @@ def test_chat_prompt_update_reaches_the_next_model_call_and_the_callbacks():
     tracer = OptoTracer(chain)
     traced = tracer.run(QUESTION)
 
-    optimizer_step(tracer, traced.graph, "Answer in one word.", {"prompt.system": "Answer about {topic} in one word."})
+    optimizer_step(
+        tracer,
+        traced.graph,
+        "Answer in one word.",
+        {"prompt.system": "Answer about {topic} in one word."},
+    )
 
     recorder = RunRecorder()
     chain.invoke(QUESTION, config={"callbacks": [recorder]})
@@ -138,7 +161,11 @@ def test_rag_prompt_update():
     prompt = ChatPromptTemplate.from_template("Context: {context}\nQuestion: {question}")
     model = RecordingChatModel(responses=["Paris."])
     rag = (
-        {"context": store.as_retriever(search_kwargs={"k": 1}) | (lambda docs: docs[0].page_content), "question": RunnablePassthrough()}
+        {
+            "context": store.as_retriever(search_kwargs={"k": 1})
+            | (lambda docs: docs[0].page_content),
+            "question": RunnablePassthrough(),
+        }
         | prompt
         | model
         | StrOutputParser()
@@ -153,7 +180,9 @@ def test_rag_prompt_update():
     )
     rag.invoke("Where is Paris? France?")
     last = model.calls[-1].messages[-1].content
-    assert last.startswith("Use only this context:\nParis is in France.") and last.endswith("Cite it.")
+    assert last.startswith("Use only this context:\nParis is in France.") and last.endswith(
+        "Cite it."
+    )
 
 
 def test_bound_tool_description_reaches_the_model_and_the_tool():
@@ -169,7 +198,9 @@ def test_bound_tool_description_reaches_the_model_and_the_tool():
     assert model.calls[-1].tool_description("get_weather") == "Get the weather for a city."
 
     new = "Current weather (sky, temperature) for a city name, e.g. 'Paris'."
-    optimizer_step(tracer, traced.graph, "Call the tool with the city only.", {"tool.get_weather": new})
+    optimizer_step(
+        tracer, traced.graph, "Call the tool with the city only.", {"tool.get_weather": new}
+    )
 
     chain.invoke(QUESTION)
     assert model.calls[-1].tool_description("get_weather") == new  # the bind_tools snapshot
@@ -182,7 +213,9 @@ def test_agent_system_prompt_and_tool_description_updates():
 
     get_weather = make_tool()
     model = RecordingChatModel(responses=[tool_call("get_weather", city="Paris"), "Sunny."])
-    agent = create_agent(model, [get_weather], system_prompt="You are a weather bot.")  # a str works too
+    agent = create_agent(
+        model, [get_weather], system_prompt="You are a weather bot."
+    )  # a str works too
     tracer = OptoTracer(agent)
     traced = tracer.run({"messages": [{"role": "user", "content": "Weather in Paris?"}]})
     assert [c.system for c in model.calls] == ["You are a weather bot."] * 2
@@ -207,14 +240,23 @@ def test_completion_prompt_template_update():
     chain = PromptTemplate.from_template("Q: {q}\nA:") | llm
     tracer = OptoTracer(chain)
     traced = tracer.run({"q": "6 x 7?"})
-    optimizer_step(tracer, traced.graph, "Show the steps.", {"prompt.template": "Question: {q}\nThink step by step.\nAnswer:"})
+    optimizer_step(
+        tracer,
+        traced.graph,
+        "Show the steps.",
+        {"prompt.template": "Question: {q}\nThink step by step.\nAnswer:"},
+    )
     chain.invoke({"q": "6 x 7?"})
     assert llm.prompts[-1] == "Question: 6 x 7?\nThink step by step.\nAnswer:"
 
 
 def test_literal_system_message_in_a_chat_prompt():
     prompt = ChatPromptTemplate.from_messages(
-        [SystemMessage("Reply in JSON like {\"a\": 1}."), MessagesPlaceholder("history", optional=True), ("human", "{question}")]
+        [
+            SystemMessage('Reply in JSON like {"a": 1}.'),
+            MessagesPlaceholder("history", optional=True),
+            ("human", "{question}"),
+        ]
     )
     model = RecordingChatModel()
     chain = prompt | model
@@ -244,7 +286,11 @@ def test_template_missing_a_variable_is_rejected_and_the_chain_still_runs():
     chain.invoke(QUESTION)
     assert model.calls[-1].system == "You answer questions about geography."
 
-    for bad, reason in [("About {topic", "malformed"), (123, "expected text"), ("{topic.x}", "malformed")]:
+    for bad, reason in [
+        ("About {topic", "malformed"),
+        (123, "expected text"),
+        ("{topic.x}", "malformed"),
+    ]:
         with pytest.raises(ValidationError, match=reason):
             system.set(bad)
     assert system.value == "You answer questions about {topic}."
@@ -253,8 +299,18 @@ def test_template_missing_a_variable_is_rejected_and_the_chain_still_runs():
 @pytest.mark.parametrize(
     ("fmt", "template", "good", "missing"),
     [
-        ("mustache", "Answer {{question}} for {{user}}.", "Dear {{user}}: {{question}}", "Answer {{question}}."),
-        ("jinja2", "Answer {{ question }} for {{ user }}.", "{% if user %}{{ user }}: {% endif %}{{ question }}", "{{ question }}"),
+        (
+            "mustache",
+            "Answer {{question}} for {{user}}.",
+            "Dear {{user}}: {{question}}",
+            "Answer {{question}}.",
+        ),
+        (
+            "jinja2",
+            "Answer {{ question }} for {{ user }}.",
+            "{% if user %}{{ user }}: {% endif %}{{ question }}",
+            "{{ question }}",
+        ),
     ],
 )
 def test_mustache_and_jinja2_variables(fmt, template, good, missing):
@@ -268,7 +324,11 @@ def test_mustache_and_jinja2_variables(fmt, template, good, missing):
         param.set(missing)
     param.set(good)
     chain.invoke({"question": "why?", "user": "Ann"})
-    assert model.calls[-1].messages[-1].content.startswith("Ann: why?" if fmt == "jinja2" else "Dear Ann: why?")
+    assert (
+        model.calls[-1]
+        .messages[-1]
+        .content.startswith("Ann: why?" if fmt == "jinja2" else "Dear Ann: why?")
+    )
 
 
 def test_tool_description_limits():

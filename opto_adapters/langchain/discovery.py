@@ -135,7 +135,9 @@ class _Walker:
 
     # -- the walk ---------------------------------------------------------------------------
 
-    def walk(self, obj: Any, path: tuple[str, ...], label: str | None = None, owner: str | None = None) -> None:
+    def walk(
+        self, obj: Any, path: tuple[str, ...], label: str | None = None, owner: str | None = None
+    ) -> None:
         if obj is None or id(obj) in self.seen:
             return
         if not isinstance(obj, (Runnable, BaseMessage, BasePromptTemplate)):
@@ -218,7 +220,9 @@ class _Walker:
         if code is None or id(func) in self.seen:
             return
         self.seen.add(id(func))
-        for var, cell in zip(code.co_freevars, getattr(func, "__closure__", None) or (), strict=False):
+        for var, cell in zip(
+            code.co_freevars, getattr(func, "__closure__", None) or (), strict=False
+        ):
             try:
                 value = cell.cell_contents
             except ValueError:  # an empty cell
@@ -232,7 +236,9 @@ class _Walker:
             if var in namespace:
                 self._reference(namespace[var], var, path, owner, depth)
 
-    def _reference(self, value: Any, var: str, path: tuple[str, ...], owner: str, depth: int) -> None:
+    def _reference(
+        self, value: Any, var: str, path: tuple[str, ...], owner: str, depth: int
+    ) -> None:
         for item in _members(value):
             if isinstance(item, (BasePromptTemplate, BaseMessage)):
                 self.walk(item, path, label=var, owner=owner)  # the variable names the prompt
@@ -266,7 +272,9 @@ class _Walker:
         else:
             logger.debug("no trainable text found in %s", type(prompt).__name__)
 
-    def _chat_prompt(self, chat: ChatPromptTemplate, path: tuple[str, ...], label: str, stamp: str | None) -> None:
+    def _chat_prompt(
+        self, chat: ChatPromptTemplate, path: tuple[str, ...], label: str, stamp: str | None
+    ) -> None:
         roles = [_role(m) for m in chat.messages]
         repeated = {r for r in roles if r is not None and roles.count(r) > 1}
         for i, (message, role) in enumerate(zip(chat.messages, roles, strict=True)):
@@ -282,18 +290,23 @@ class _Walker:
                 make = _template_maker(inner, chat, role)
             self._add((label, _segment(arg)), path, make, self._link_stamp(stamp, arg), chat)
 
-    def _system_message(self, message: BaseMessage, path: tuple[str, ...], label: str | None, owner: str | None) -> None:
+    def _system_message(
+        self, message: BaseMessage, path: tuple[str, ...], label: str | None, owner: str | None
+    ) -> None:
         if message.type != "system" or not isinstance(message.content, str):
             return
         var = label or "system_message"
         base = (owner or "system", "system_prompt") if var in _SYSTEM_VARS else (_segment(var),)
-        who = f"the agent '{owner}'" if owner else "this step"
+        if owner in (None, "agent"):
+            who = "the agent" if owner else "this step"
+        else:
+            who = f"the agent '{owner}'"
 
         def make(name: str, where: str) -> Parameter:
             return message_parameter(
                 message,
                 name=name,
-                description=f"System prompt of {who}{where}: sent as the first message of every "
+                description=f"System prompt of {who}: sent as the first message of every "
                 "model call.",
             )
 
@@ -336,8 +349,14 @@ class _Walker:
 
     # -- naming -----------------------------------------------------------------------------
 
-    def _add(self, base: tuple[str, ...], path: tuple[str, ...], make: Any, link: Any, group: Any = None) -> None:
-        self.candidates.append(_Candidate(base, path, make, link, id(group) if group is not None else len(self.candidates) + 1))
+    def _add(
+        self, base: tuple[str, ...], path: tuple[str, ...], make: Any, link: Any, group: Any = None
+    ) -> None:
+        self.candidates.append(
+            _Candidate(
+                base, path, make, link, id(group) if group is not None else len(self.candidates) + 1
+            )
+        )
 
     def _link_stamp(self, stamp: str | None, arg: str) -> Callable[[Parameter], None]:
         def link(param: Parameter) -> None:
@@ -422,7 +441,9 @@ def _role(message: Any) -> str | None:
     return None
 
 
-def _template_maker(inner: Any, chat: ChatPromptTemplate, role: str) -> Callable[[str, str], Parameter]:
+def _template_maker(
+    inner: Any, chat: ChatPromptTemplate, role: str
+) -> Callable[[str, str], Parameter]:
     variables = ", ".join("{" + v + "}" for v in inner.input_variables) or "no variables"
 
     def make(name: str, where: str) -> Parameter:
@@ -437,7 +458,9 @@ def _template_maker(inner: Any, chat: ChatPromptTemplate, role: str) -> Callable
     return make
 
 
-def _literal_maker(message: BaseMessage, chat: ChatPromptTemplate, role: str) -> Callable[[str, str], Parameter]:
+def _literal_maker(
+    message: BaseMessage, chat: ChatPromptTemplate, role: str
+) -> Callable[[str, str], Parameter]:
     def make(name: str, where: str) -> Parameter:
         return message_parameter(
             message,
@@ -471,7 +494,9 @@ def _global_names(code: Any) -> list[str]:
 
 def _is_graph(obj: Any) -> bool:
     """A compiled LangGraph graph (checked by duck type: langgraph is optional)."""
-    return isinstance(getattr(obj, "nodes", None), dict) and type(obj).__module__.startswith("langgraph")
+    return isinstance(getattr(obj, "nodes", None), dict) and type(obj).__module__.startswith(
+        "langgraph"
+    )
 
 
 def _is_callable_runnable(obj: Any) -> bool:

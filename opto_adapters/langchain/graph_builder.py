@@ -115,7 +115,9 @@ def _arg(name: str, taken: Mapping[str, Any]) -> str:
 class _Builder:
     """Builds the graph of one root run. Not shared between threads."""
 
-    def __init__(self, found: Discovered, by_run_name: Mapping[str, list[tuple[str, Parameter]]]) -> None:
+    def __init__(
+        self, found: Discovered, by_run_name: Mapping[str, list[tuple[str, Parameter]]]
+    ) -> None:
         self.found = found
         self.by_run_name = by_run_name
         self.index: dict[Any, list[Node]] = {}  # atom -> nodes that produced it, in order
@@ -151,15 +153,16 @@ class _Builder:
         return self.index.get(atom, [])
 
     def sources(
-        self, value: Any, flow: list[Node], restricted: bool, context: Any = None
+        self, value: Any, flow: list[Node], restricted: bool, votes: dict[int, int] | None = None
     ) -> tuple[list[Node], bool]:
         """The nodes ``value`` was made from (production order) and whether they explain all
-        of its text. Each atom goes to the candidate that explains most of ``context`` (the
-        whole input ``value`` is part of; default ``value``): the one sharing most atoms, then
-        one in ``flow``, then the earliest (where a text originated)."""
+        of its text. Each atom goes to the candidate with most ``votes`` (default: the one
+        sharing most atoms with ``value``), then one in ``flow``, then the earliest (where a
+        text originated)."""
         found = atoms(value)
         per_atom = {a: self._candidates(a, flow, restricted) for a in found}
-        votes = self._votes(per_atom if context is None else atoms(context), flow, restricted)
+        if votes is None:
+            votes = self._votes(per_atom, flow, restricted)
         in_flow = {id(n) for n in flow}
         chosen: dict[int, Node] = {}
         covered = True
@@ -167,9 +170,13 @@ class _Builder:
             if not nodes:
                 covered = covered and not isinstance(a, str)
                 continue
-            best = nodes[0] if len(nodes) == 1 else max(
-                nodes,
-                key=lambda n: (votes.get(id(n), 0), id(n) in in_flow, -self.rank.get(id(n), 0)),
+            best = (
+                nodes[0]
+                if len(nodes) == 1
+                else max(
+                    nodes,
+                    key=lambda n: (votes.get(id(n), 0), id(n) in in_flow, -self.rank.get(id(n), 0)),
+                )
             )
             chosen[id(best)] = best
         ordered = sorted(chosen.values(), key=lambda n: self.rank.get(id(n), 0))
@@ -200,8 +207,9 @@ class _Builder:
         that explains most of that message, weighed by how much of all messages it explains."""
         pairs: list[tuple[str, Node]] = []
         seen: set[int] = set()
+        votes = self._votes(atoms(messages), flow, restricted)
         for message in messages:
-            nodes, _ = self.sources(message, flow, restricted, context=messages)
+            nodes, _ = self.sources(message, flow, restricted, votes)
             if not nodes:
                 continue
             role = _ROLE_ARG.get(message_role(message) or "", "messages")
@@ -309,7 +317,9 @@ class _Builder:
             if not one_each or {id(n) for _, n in pairs} != {id(n) for n in nodes}:
                 pairs = []
         if not pairs:
-            pairs = [("input" if len(nodes) == 1 else self.hint.get(id(n), "input"), n) for n in nodes]
+            pairs = [
+                ("input" if len(nodes) == 1 else self.hint.get(id(n), "input"), n) for n in nodes
+            ]
         for key, n in pairs:
             inputs[_arg(key, inputs)] = n
         self._add_params(inputs, run)
@@ -355,7 +365,9 @@ class _Builder:
         node_name = self._node_name(run)
         if run.error:
             exc = _error_of(run)
-            node: Node = ExceptionNode(exc, name=node_name, inputs=inputs, op=node_op, traceback=_traceback_tail(exc))
+            node: Node = ExceptionNode(
+                exc, name=node_name, inputs=inputs, op=node_op, traceback=_traceback_tail(exc)
+            )
             return self.produce(node, None, "error")
         node = Node(_value(raw), name=node_name, inputs=inputs, op=node_op)
         return self.produce(node, raw, hint)
@@ -371,7 +383,9 @@ class _Builder:
         else:
             nodes, _ = self.sources(data, flow, restricted)
             default = "query" if run.run_type == "retriever" else "input"
-            pairs = [(default if len(nodes) == 1 else self.hint.get(id(n), default), n) for n in nodes]
+            pairs = [
+                (default if len(nodes) == 1 else self.hint.get(id(n), default), n) for n in nodes
+            ]
         return pairs or [("input", n) for n in flow]
 
     def _stamp(self, run: Run) -> str | None:
@@ -387,7 +401,9 @@ class _Builder:
             return "retriever"
         return _snake(_op_name(run))
 
-    def _model_inputs(self, run: Run, flow: list[Node], restricted: bool, inputs: dict[str, Node]) -> Any:
+    def _model_inputs(
+        self, run: Run, flow: list[Node], restricted: bool, inputs: dict[str, Node]
+    ) -> Any:
         data = run.inputs or {}
         if run.run_type == "chat_model":
             batches = data.get("messages") or [[]]
@@ -465,9 +481,22 @@ class _Builder:
                 inputs=self._inputs_from(out, root, self._output(root)),
                 op=op(name, f"{name}: its output is made of the outputs of its steps."),
             )
+        metadata = (root.extra or {}).get("metadata") or {}
         return Graph(
             output,
-            metadata={"run_id": str(root.id), "name": root.name, "run_type": root.run_type},
+            metadata={
+                "run_id": str(root.id),
+                "name": root.name,
+                "run_type": root.run_type,
+                "tags": list(root.tags or ()),
+                # what the app passed in its config (e.g. an example id), not LangChain's own
+                "metadata": {
+                    k: v
+                    for k, v in metadata.items()
+                    if k != STAMP_KEY
+                    and not k.startswith(("ls_", "lc_", "langgraph_", "checkpoint_"))
+                },
+            },
         )
 
 

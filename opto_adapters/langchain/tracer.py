@@ -78,7 +78,9 @@ class OptoTracer(TracerBase, BaseTracer):
         self.target = target
         self._found = found
         self._by_run_name: dict[str, list[tuple[str, Parameter]]] = {}
-        self._tokens: ContextVar[tuple[Any, ...]] = ContextVar(f"opto_adapters_tokens_{id(self)}", default=())
+        self._tokens: ContextVar[tuple[Any, ...]] = ContextVar(
+            f"opto_adapters_tokens_{id(self)}", default=()
+        )
 
     def __repr__(self) -> str:
         names = [p.name for p in self.parameters]
@@ -131,7 +133,9 @@ class OptoTracer(TracerBase, BaseTracer):
             return TracedRun(None, self._graph_or_none(run_id), exc)
         return TracedRun(output, self._graph_or_none(run_id))
 
-    async def arun(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> TracedRun:
+    async def arun(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> TracedRun:
         """``run`` for async apps (``ainvoke``)."""
         target = self._require_target()
         run_id = uuid.uuid4()

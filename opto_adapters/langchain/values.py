@@ -22,7 +22,13 @@ _MAX_DEPTH = 6
 _MAX_ATOMS = 256
 _MAX_REPR = 2000
 _ROLE = {"human": "human", "ai": "ai", "system": "system", "tool": "tool", "function": "function"}
-_TUPLE_ROLES = {"human": "human", "user": "human", "ai": "ai", "assistant": "ai", "system": "system"}
+_TUPLE_ROLES = {
+    "human": "human",
+    "user": "human",
+    "ai": "ai",
+    "assistant": "ai",
+    "system": "system",
+}
 
 
 # -- messages, in any of the shapes LangChain passes them around ------------------------------
@@ -30,7 +36,11 @@ _TUPLE_ROLES = {"human": "human", "user": "human", "ai": "ai", "assistant": "ai"
 
 def _is_dumped_message(value: dict) -> bool:
     """A message serialized by ``langchain_core.load.dumpd`` (as tracers store them)."""
-    return value.get("lc") == 1 and isinstance(value.get("kwargs"), dict) and "content" in value["kwargs"]
+    return (
+        value.get("lc") == 1
+        and isinstance(value.get("kwargs"), dict)
+        and "content" in value["kwargs"]
+    )
 
 
 def _message_fields(value: Any) -> tuple[str, Any, list, str | None, str | None] | None:
@@ -132,9 +142,9 @@ def message_text(value: Any, *, role: bool = True) -> str | None:
 def readable(value: Any, *, depth: int = 0) -> Any:
     """A compact, readable stand-in for ``value``: text for messages, prompts and documents,
     plain containers of those for lists and dicts, a short repr for anything else."""
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    if isinstance(value, BaseException):
+    if isinstance(value, str):
+        return value if type(value) is str else str(value)  # e.g. the parser's TextAccessor
+    if value is None or isinstance(value, (bool, int, float, BaseException)):
         return value
     if depth > _MAX_DEPTH:
         return _short(value)
@@ -168,7 +178,10 @@ def readable(value: Any, *, depth: int = 0) -> Any:
         except Exception:  # a broken model_dump must not break tracing
             return _short(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: readable(getattr(value, f.name), depth=depth + 1) for f in dataclasses.fields(value)}
+        return {
+            f.name: readable(getattr(value, f.name), depth=depth + 1)
+            for f in dataclasses.fields(value)
+        }
     return _short(value)
 
 

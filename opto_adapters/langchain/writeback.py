@@ -37,7 +37,9 @@ def _not_empty(value: Any) -> str | None:
     return None
 
 
-def template_variable_parser(template_format: str, partials: frozenset[str] = frozenset()) -> Callable[[str], frozenset[str]]:
+def template_variable_parser(
+    template_format: str, partials: frozenset[str] = frozenset()
+) -> Callable[[str], frozenset[str]]:
     """A parser for the variables of a template in ``template_format`` (f-string, mustache,
     jinja2), as LangChain itself reads them. Partial variables count as present."""
 
