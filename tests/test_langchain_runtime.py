@@ -297,3 +297,20 @@ def test_a_failing_callback_never_breaks_the_chain(monkeypatch, caplog):
     with caplog.at_level(logging.ERROR, logger="opto_adapters.langchain"):
         assert chain.invoke({"question": "ok?"}, config={"callbacks": [tracer]}) == "answer to: ok?"
     assert "start bug" in caplog.text
+
+
+def test_run_keeps_the_users_callbacks_and_needs_a_target():
+    from langchain_core.callbacks import CallbackManager
+
+    from tests.langchain_fakes import RunRecorder
+
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+    mine = RunRecorder()
+    traced = tracer.run({"question": "a"}, config={"callbacks": [mine], "tags": ["x"]})
+    assert len(mine.roots) == 1 and str(mine.roots[0].id) == traced.graph.metadata["run_id"]
+    other = RunRecorder()
+    traced = tracer.run({"question": "b"}, config={"callbacks": CallbackManager(handlers=[other])})
+    assert len(other.roots) == 1 and values(traced.graph)["input.question"] == "b"
+    with pytest.raises(TypeError, match="OptoTracer\\(chain\\)"):
+        OptoTracer().run("x")

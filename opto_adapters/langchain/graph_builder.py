@@ -152,43 +152,32 @@ class _Builder:
             return [n for n in flow if atom in self.node_atoms.get(id(n), ())]
         return self.index.get(atom, [])
 
-    def sources(
-        self, value: Any, flow: list[Node], restricted: bool, votes: dict[int, int] | None = None
-    ) -> tuple[list[Node], bool]:
+    def sources(self, value: Any, flow: list[Node], restricted: bool) -> tuple[list[Node], bool]:
         """The nodes ``value`` was made from (production order) and whether they explain all
-        of its text. Each atom goes to the candidate with most ``votes`` (default: the one
-        sharing most atoms with ``value``), then one in ``flow``, then the earliest (where a
-        text originated)."""
+        of its text. An atom several nodes produced goes to the one that produced most of
+        ``value``, then to one in ``flow``, then to the earliest (where a text originated)."""
         found = atoms(value)
         per_atom = {a: self._candidates(a, flow, restricted) for a in found}
-        if votes is None:
-            votes = self._votes(per_atom, flow, restricted)
-        in_flow = {id(n) for n in flow}
+        votes: dict[int, int] | None = None
         chosen: dict[int, Node] = {}
         covered = True
         for a, nodes in per_atom.items():
             if not nodes:
                 covered = covered and not isinstance(a, str)
                 continue
-            best = (
-                nodes[0]
-                if len(nodes) == 1
-                else max(
+            if len(nodes) == 1:
+                best = nodes[0]
+            else:
+                if votes is None:
+                    votes = _votes(per_atom)
+                    in_flow = {id(n) for n in flow}
+                best = max(
                     nodes,
                     key=lambda n: (votes.get(id(n), 0), id(n) in in_flow, -self.rank.get(id(n), 0)),
                 )
-            )
             chosen[id(best)] = best
         ordered = sorted(chosen.values(), key=lambda n: self.rank.get(id(n), 0))
         return ordered, covered and bool(strong(found) or ordered)
-
-    def _votes(self, found: Iterable[Any], flow: list[Node], restricted: bool) -> dict[int, int]:
-        """How many of the atoms each candidate node produced."""
-        votes: dict[int, int] = {}
-        for a in found:
-            for n in self._candidates(a, flow, restricted):
-                votes[id(n)] = votes.get(id(n), 0) + 1
-        return votes
 
     def keyed_sources(
         self, values: Mapping[str, Any], flow: list[Node], restricted: bool
@@ -204,20 +193,36 @@ class _Builder:
         self, messages: list, flow: list[Node], restricted: bool
     ) -> list[tuple[str, Node]]:
         """``(role, source)`` per input message, each message credited to one source: the one
-        that explains most of that message, weighed by how much of all messages it explains."""
+        that produced most of that message, then the one that produced most of all messages."""
+        per_message = [atoms(m) for m in messages]
+        candidates = {
+            a: self._candidates(a, flow, restricted) for found in per_message for a in found
+        }
+        votes = _votes(candidates)
+        in_flow = {id(n) for n in flow}
         pairs: list[tuple[str, Node]] = []
         seen: set[int] = set()
-        votes = self._votes(atoms(messages), flow, restricted)
-        for message in messages:
-            nodes, _ = self.sources(message, flow, restricted, votes)
+        for message, found in zip(messages, per_message, strict=True):
+            counts: dict[int, int] = {}
+            nodes: dict[int, Node] = {}
+            for a in found:
+                for n in candidates[a]:
+                    counts[id(n)] = counts.get(id(n), 0) + 1
+                    nodes[id(n)] = n
             if not nodes:
                 continue
-            role = _ROLE_ARG.get(message_role(message) or "", "messages")
-            mine = atoms(message)
-            best = max(nodes, key=lambda n: len(self.node_atoms.get(id(n), set()) & mine))
+            best = max(
+                nodes.values(),
+                key=lambda n: (
+                    counts[id(n)],
+                    votes.get(id(n), 0),
+                    id(n) in in_flow,
+                    -self.rank.get(id(n), 0),
+                ),
+            )
             if id(best) not in seen:
                 seen.add(id(best))
-                pairs.append((role, best))
+                pairs.append((_ROLE_ARG.get(message_role(message) or "", "messages"), best))
         return pairs
 
     # -- runs -------------------------------------------------------------------------------
@@ -504,6 +509,15 @@ def _value(raw: Any) -> Any:
     """A step's output as the optimizer reads it (one message: just its text)."""
     text = message_text(raw, role=False)
     return text if text is not None else readable(raw)
+
+
+def _votes(candidates: Mapping[Any, list[Node]]) -> dict[int, int]:
+    """How many of the atoms each candidate node produced."""
+    votes: dict[int, int] = {}
+    for nodes in candidates.values():
+        for n in nodes:
+            votes[id(n)] = votes.get(id(n), 0) + 1
+    return votes
 
 
 def _step_number(run: Run) -> int | None:
