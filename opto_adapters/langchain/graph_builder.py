@@ -103,13 +103,28 @@ def _traceback_tail(exc: BaseException) -> str:
     return "".join(traceback.format_tb(tb, limit=-2)).rstrip()
 
 
-def _arg(name: str, taken: Mapping[str, Any]) -> str:
-    if name not in taken:
-        return name
-    i = 2
-    while f"{name}_{i}" in taken:
-        i += 1
-    return f"{name}_{i}"
+class _Inputs(dict):
+    """Argument name -> input node; a repeated name gets ``_2``, ``_3``..."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._next: dict[str, int] = {}
+        self._ids: set[int] = set()
+
+    def add(self, name: str, node: Node) -> None:
+        if name in self:
+            i = self._next.get(name, 2)
+            while f"{name}_{i}" in self:
+                i += 1
+            self._next[name] = i + 1
+            name = f"{name}_{i}"
+        self[name] = node
+        self._ids.add(id(node))
+
+    def add_new(self, name: str, node: Node) -> None:
+        """Add ``node`` unless it is an input already."""
+        if id(node) not in self._ids:
+            self.add(name, node)
 
 
 class _Builder:
@@ -125,6 +140,7 @@ class _Builder:
         self.rank: dict[int, int] = {}  # production order
         self.hint: dict[int, str] = {}  # what a node is, for argument names
         self.content: dict[str, Parameter] = {}
+        self.memo: dict[int, tuple[Any, frozenset]] = {}  # message atoms, by object
         for param in found.by_content:
             text = param.value
             if isinstance(text, str) and text.strip():
@@ -132,6 +148,9 @@ class _Builder:
                 self._register(param, {text.strip()}, "system")
 
     # -- producing and finding nodes --------------------------------------------------------
+
+    def atoms(self, value: Any) -> set:
+        return atoms(value, self.memo)
 
     def _register(self, node: Node, found: set, hint: str) -> None:
         self.rank[id(node)] = len(self.rank)
@@ -141,23 +160,26 @@ class _Builder:
             self.index.setdefault(a, []).append(node)
 
     def produce(self, node: Node, raw: Any, hint: str) -> Node:
-        self._register(node, atoms(raw), hint)
+        self._register(node, self.atoms(raw), hint)
         return node
 
-    def _candidates(self, atom: Any, flow: list[Node], restricted: bool) -> list[Node]:
+    def _candidates(self, atom: Any, in_flow: set[int] | None) -> list[Node]:
+        """Nodes that produced ``atom``: only those in the flow when ``in_flow`` is given."""
         param = self.content.get(atom) if isinstance(atom, str) else None
         if param is not None:
             return [param]
-        if restricted:
-            return [n for n in flow if atom in self.node_atoms.get(id(n), ())]
-        return self.index.get(atom, [])
+        nodes = self.index.get(atom, [])
+        if in_flow is None:
+            return nodes
+        return [n for n in nodes if id(n) in in_flow]
 
     def sources(self, value: Any, flow: list[Node], restricted: bool) -> tuple[list[Node], bool]:
         """The nodes ``value`` was made from (production order) and whether they explain all
         of its text. An atom several nodes produced goes to the one that produced most of
         ``value``, then to one in ``flow``, then to the earliest (where a text originated)."""
-        found = atoms(value)
-        per_atom = {a: self._candidates(a, flow, restricted) for a in found}
+        found = self.atoms(value)
+        in_flow = {id(n) for n in flow}
+        per_atom = {a: self._candidates(a, in_flow if restricted else None) for a in found}
         votes: dict[int, int] | None = None
         chosen: dict[int, Node] = {}
         covered = True
@@ -170,7 +192,6 @@ class _Builder:
             else:
                 if votes is None:
                     votes = _votes(per_atom)
-                    in_flow = {id(n) for n in flow}
                 best = max(
                     nodes,
                     key=lambda n: (votes.get(id(n), 0), id(n) in in_flow, -self.rank.get(id(n), 0)),
@@ -194,12 +215,11 @@ class _Builder:
     ) -> list[tuple[str, Node]]:
         """``(role, source)`` per input message, each message credited to one source: the one
         that produced most of that message, then the one that produced most of all messages."""
-        per_message = [atoms(m) for m in messages]
-        candidates = {
-            a: self._candidates(a, flow, restricted) for found in per_message for a in found
-        }
-        votes = _votes(candidates)
+        per_message = [self.atoms(m) for m in messages]
         in_flow = {id(n) for n in flow}
+        scope = in_flow if restricted else None
+        candidates = {a: self._candidates(a, scope) for found in per_message for a in found}
+        votes = _votes(candidates)
         pairs: list[tuple[str, Node]] = []
         seen: set[int] = set()
         for message, found in zip(messages, per_message, strict=True):
@@ -270,12 +290,11 @@ class _Builder:
         if run.run_type in ("tool", "retriever"):
             # a tool or retriever that calls other runnables stays a step of its own: its
             # arguments, plus what its inner runs returned
-            inputs: dict[str, Node] = {}
+            inputs = _Inputs()
             for key, n in self._input_pairs(run, flow, restricted):
-                inputs[_arg(key, inputs)] = n
+                inputs.add(key, n)
             for n in out:
-                if all(n is not v for v in inputs.values()):
-                    inputs[_arg("result", inputs)] = n
+                inputs.add_new("result", n)
             self._add_params(inputs, run)
             node = Node(
                 _value(self._output(run)),
@@ -310,11 +329,11 @@ class _Builder:
         )
         return [self.produce(node, output, "output")]
 
-    def _inputs_from(self, nodes: Iterable[Node], run: Run, output: Any = None) -> dict[str, Node]:
+    def _inputs_from(self, nodes: Iterable[Node], run: Run, output: Any = None) -> _Inputs:
         """Inputs of a node that stands for a whole step: by output key when the output is a
         dict whose keys each came from one node, else ``input`` or what each node is."""
         nodes = list(nodes)
-        inputs: dict[str, Node] = {}
+        inputs = _Inputs()
         pairs: list[tuple[str, Node]] = []
         if isinstance(output, dict) and output:
             pairs = self.keyed_sources(output, nodes, True)
@@ -326,7 +345,7 @@ class _Builder:
                 ("input" if len(nodes) == 1 else self.hint.get(id(n), "input"), n) for n in nodes
             ]
         for key, n in pairs:
-            inputs[_arg(key, inputs)] = n
+            inputs.add(key, n)
         self._add_params(inputs, run)
         return inputs
 
@@ -337,31 +356,29 @@ class _Builder:
             return outputs["documents"]
         return _unwrap(outputs, "output")
 
-    def _add_params(self, inputs: dict[str, Node], run: Run) -> None:
+    def _add_params(self, inputs: _Inputs, run: Run) -> None:
         metadata = (run.extra or {}).get("metadata") or {}
         stamp = metadata.get(STAMP_KEY)
         for arg, param in self.found.by_stamp.get(stamp, ()) if stamp else ():
-            if all(param is not v for v in inputs.values()):
-                inputs[_arg(arg, inputs)] = param
+            inputs.add_new(arg, param)
         for arg, param in self.by_run_name.get(run.name or "", ()):
-            if all(param is not v for v in inputs.values()):
-                inputs[_arg(arg, inputs)] = param
+            inputs.add_new(arg, param)
 
     def leaf(self, run: Run, flow: list[Node], restricted: bool) -> Node:
         kind = run.run_type
-        inputs: dict[str, Node] = {}
+        inputs = _Inputs()
         if kind == "prompt":
             self._add_params(inputs, run)
             pairs = self.keyed_sources(run.inputs or {}, flow, restricted)
             for key, node in pairs or [("input", n) for n in flow]:
                 # no variable matched (e.g. numbers only): the prompt still used its input
-                inputs[_arg(key, inputs)] = node
+                inputs.add(key, node)
             raw, hint = _unwrap(run.outputs or {}, "output"), "messages"
         elif kind in ("chat_model", "llm"):
             raw, hint = self._model_inputs(run, flow, restricted, inputs), "ai"
         else:
             for key, node in self._input_pairs(run, flow, restricted):
-                inputs[_arg(key, inputs)] = node
+                inputs.add(key, node)
             self._add_params(inputs, run)
             raw = self._output(run)
             hint = {"retriever": "documents", "tool": "tool"}.get(kind, "input")
@@ -406,9 +423,7 @@ class _Builder:
             return "retriever"
         return _snake(_op_name(run))
 
-    def _model_inputs(
-        self, run: Run, flow: list[Node], restricted: bool, inputs: dict[str, Node]
-    ) -> Any:
+    def _model_inputs(self, run: Run, flow: list[Node], restricted: bool, inputs: _Inputs) -> Any:
         data = run.inputs or {}
         if run.run_type == "chat_model":
             batches = data.get("messages") or [[]]
@@ -423,18 +438,18 @@ class _Builder:
             nodes, _ = self.sources(prompts[:1], flow, restricted)
             pairs = [("prompt", n) for n in nodes or flow]
         for key, node in pairs:
-            inputs[_arg(key, inputs)] = node
+            inputs.add(key, node)
         params = (run.extra or {}).get("invocation_params") or {}
         for schema in params.get("tools") or ():
             held = schema_holder(schema)
             name = held[0] if held else getattr(schema, "name", None)
             param = self.found.tools.get(name) if isinstance(name, str) else None
-            if param is not None and all(param is not v for v in inputs.values()):
-                inputs[_arg(f"tool:{name}", inputs)] = param
+            if param is not None:
+                inputs.add_new(f"tool:{name}", param)
         self._add_params(inputs, run)
         return run.outputs
 
-    def _error_node(self, run: Run, inputs: dict[str, Node]) -> ExceptionNode:
+    def _error_node(self, run: Run, inputs: _Inputs) -> ExceptionNode:
         exc = _error_of(run)
         node = ExceptionNode(
             exc,

@@ -19,7 +19,7 @@ from langchain_core.prompt_values import ChatPromptValue, PromptValue
 __all__ = ["atoms", "message_role", "message_text", "readable", "strong"]
 
 _MAX_DEPTH = 6
-_MAX_ATOMS = 256
+_MAX_ATOMS = 20_000  # bounds the work on huge values; long agent histories fit
 _MAX_REPR = 2000
 _ROLE = {"human": "human", "ai": "ai", "system": "system", "tool": "tool", "function": "function"}
 _TUPLE_ROLES = {
@@ -213,15 +213,16 @@ def _short(value: Any) -> str:
 # -- atoms ------------------------------------------------------------------------------------
 
 
-def atoms(value: Any) -> set:
+def atoms(value: Any, memo: dict[int, tuple[Any, frozenset]] | None = None) -> set:
     """The pieces of ``value`` that identify where it came from.
 
     Strings (non-empty texts: message contents, documents, plain values) are *strong*
     atoms; tuples (``("id", ...)`` for message ids, ``("call", ...)`` for tool-call ids)
-    are *weak*: they link steps but a value is covered without them.
+    are *weak*: they link steps but a value is covered without them. ``memo`` caches the
+    atoms of message objects (an agent's history is the same objects on every call).
     """
     out: set = set()
-    _atoms(value, out, 0)
+    _atoms(value, out, 0, memo)
     return out
 
 
@@ -230,7 +231,7 @@ def strong(found: set) -> set:
     return {a for a in found if isinstance(a, str)}
 
 
-def _atoms(value: Any, out: set, depth: int) -> None:
+def _atoms(value: Any, out: set, depth: int, memo: dict | None = None) -> None:
     if len(out) >= _MAX_ATOMS or depth > _MAX_DEPTH or value is None:
         return
     if isinstance(value, str):
@@ -239,6 +240,15 @@ def _atoms(value: Any, out: set, depth: int) -> None:
             out.add(text)
         return
     if isinstance(value, (bool, int, float, BaseException)):
+        return
+    if memo is not None and isinstance(value, BaseMessage):
+        cached = memo.get(id(value))
+        if cached is None or cached[0] is not value:
+            mine: set = set()
+            _atoms(value, mine, depth)
+            cached = (value, frozenset(mine))
+            memo[id(value)] = cached
+        out.update(cached[1])
         return
     fields = _message_fields(value)
     if fields is not None:
@@ -258,7 +268,7 @@ def _atoms(value: Any, out: set, depth: int) -> None:
         return
     if isinstance(value, ChatPromptValue):
         for m in value.messages:
-            _atoms(m, out, depth + 1)
+            _atoms(m, out, depth + 1, memo)
         return
     if isinstance(value, PromptValue):
         _atoms(value.to_string(), out, depth + 1)
@@ -271,15 +281,15 @@ def _atoms(value: Any, out: set, depth: int) -> None:
             _generation_atoms(value["generations"], out, depth)
             return
         for v in value.values():
-            _atoms(v, out, depth + 1)
+            _atoms(v, out, depth + 1, memo)
         return
     if isinstance(value, (list, tuple)):
         for v in value:
-            _atoms(v, out, depth + 1)
+            _atoms(v, out, depth + 1, memo)
         return
     update = getattr(value, "update", None)
     if update is not None and not callable(update):  # langgraph Command(update=...)
-        _atoms(update, out, depth + 1)
+        _atoms(update, out, depth + 1, memo)
 
 
 def _generation_atoms(generations: Any, out: set, depth: int) -> None:
