@@ -376,3 +376,38 @@ def test_save_and_load_restore_an_optimized_chain(tmp_path):
     with pytest.raises(ValidationError, match="topic"):
         restored.load(path)
     assert restored.parameter("tool.get_weather").value == "Weather for a city."
+
+
+def test_prompts_held_by_a_method_step_and_a_system_message_in_a_function():
+    from langchain_core.messages import HumanMessage
+
+    class Answerer:
+        def __init__(self) -> None:
+            self.model = RecordingChatModel()
+            self.prompt = ChatPromptTemplate.from_messages([("human", "Q: {question}")])
+
+        def run(self, question: str) -> str:
+            return (self.prompt | self.model | StrOutputParser()).invoke({"question": question})
+
+    answerer = Answerer()
+    system_prompt = SystemMessage("You are terse.")
+    model = RecordingChatModel()
+
+    def call(question: str):
+        return model.invoke([system_prompt, HumanMessage(question)])
+
+    chain = RunnableLambda(answerer.run) | RunnableLambda(call)
+    tracer = OptoTracer(chain)
+    assert [p.name for p in tracer.parameters] == ["prompt.human", "call.system_prompt"]
+    assert "the step 'call'" in tracer.parameter("call.system_prompt").description
+    graph = tracer.run("why?").graph
+    assert ("call.system_prompt", "system", "model_1") in graph.edges()
+    apply_updates(
+        {
+            tracer.parameter("prompt.human"): "Question: {question}",
+            tracer.parameter("call.system_prompt"): "You are very terse.",
+        }
+    )
+    chain.invoke("why?")
+    assert answerer.model.calls[-1].messages[-1].content == "Question: why?"
+    assert model.calls[-1].system == "You are very terse."

@@ -131,6 +131,7 @@ class _Walker:
         self.seen: set[int] = set()
         self.candidates: list[_Candidate] = []
         self.tools: dict[str, ToolSchemas] = {}
+        self.agents: set[str] = set()  # owners that are LangGraph graphs (agents)
         self.found = Discovered()
 
     # -- the walk ---------------------------------------------------------------------------
@@ -200,6 +201,7 @@ class _Walker:
         """A compiled LangGraph graph: walk each node's runnable under the node's name."""
         graph_name = getattr(graph, "name", None)
         owner = "agent" if graph_name in (None, "LangGraph") else _segment(graph_name)
+        self.agents.add(owner)
         for node_name, node in dict(getattr(graph, "nodes", {}) or {}).items():
             if str(node_name).startswith("__"):
                 continue
@@ -214,12 +216,21 @@ class _Walker:
                 self._reference(value, "arg", path, owner, depth)
             func = func.func
         func = inspect.unwrap(func) if callable(func) else func
+        owner_obj = None
         if inspect.ismethod(func):
-            func = func.__func__
+            owner_obj, func = func.__self__, func.__func__
         code = getattr(func, "__code__", None)
         if code is None or id(func) in self.seen:
             return
         self.seen.add(id(func))
+        module = getattr(func, "__module__", "") or ""
+        user_code = not module.startswith(_LIBRARY_PREFIXES)
+        if owner_obj is not None and user_code and hasattr(owner_obj, "__dict__"):
+            # a method: the attributes it reads (``self.chain``)
+            attributes = vars(owner_obj)
+            for var in _global_names(code):
+                if var in attributes:
+                    self._reference(attributes[var], var, path, owner, depth)
         for var, cell in zip(
             code.co_freevars, getattr(func, "__closure__", None) or (), strict=False
         ):
@@ -228,8 +239,7 @@ class _Walker:
             except ValueError:  # an empty cell
                 continue
             self._reference(value, var, path, owner, depth)
-        module = getattr(func, "__module__", "") or ""
-        if module.startswith(_LIBRARY_PREFIXES):
+        if not user_code:
             return
         namespace = getattr(func, "__globals__", {})
         for var in _global_names(code):
@@ -297,10 +307,12 @@ class _Walker:
             return
         var = label or "system_message"
         base = (owner or "system", "system_prompt") if var in _SYSTEM_VARS else (_segment(var),)
-        if owner in (None, "agent"):
-            who = "the agent" if owner else "this step"
-        else:
+        if owner == "agent":
+            who = "the agent"
+        elif owner in self.agents:
             who = f"the agent '{owner}'"
+        else:
+            who = f"the step '{owner}'" if owner else "this step"
 
         def make(name: str, where: str) -> Parameter:
             return message_parameter(
@@ -482,7 +494,8 @@ def _members(value: Any) -> Iterable[Any]:
 
 
 def _global_names(code: Any) -> list[str]:
-    """Global names used by a code object and the functions and lambdas defined inside it."""
+    """Global and attribute names used by a code object and the functions and lambdas defined
+    inside it."""
     names: list[str] = []
     stack = [code]
     while stack:
