@@ -314,6 +314,8 @@ def test_template_missing_a_variable_is_rejected_and_the_chain_still_runs():
     ],
 )
 def test_mustache_and_jinja2_variables(fmt, template, good, missing):
+    if fmt == "jinja2":
+        pytest.importorskip("jinja2")
     prompt = ChatPromptTemplate.from_messages([("human", template)], template_format=fmt)
     model = RecordingChatModel()
     chain = prompt | model
