@@ -1,0 +1,180 @@
+"""Overhead and memory of the LangChain OptoTracer (prints numbers; not a test).
+
+    python benchmarks/bench_langchain.py [--runs 2000] [--memory-runs 10000]
+
+A 5-step chain (function | prompt | fake chat model | parser | function), invoked
+repeatedly: with no callbacks, inside LangChain's own ``collect_runs()``, with the tracer as a
+callback, and inside the tracer's global form. Timings are the best of several interleaved
+rounds, so machine noise hits every variant alike. Then memory: tracemalloc and RSS after
+10,000 traced runs with the default settings (graphs kept: ``max_graphs=100``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import os
+import resource
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from langchain_core.language_models import GenericFakeChatModel  # noqa: E402
+from langchain_core.messages import AIMessage  # noqa: E402
+from langchain_core.output_parsers import StrOutputParser  # noqa: E402
+from langchain_core.prompts import ChatPromptTemplate  # noqa: E402
+from langchain_core.runnables import RunnableLambda  # noqa: E402
+from langchain_core.tracers.context import collect_runs  # noqa: E402
+
+from opto_adapters.langchain import OptoTracer  # noqa: E402
+
+
+def make_chain():
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "You are a concise assistant for {topic}."), ("human", "{question}")]
+    )
+    model = GenericFakeChatModel(messages=itertools.cycle([AIMessage("The answer is 42.")]))
+    return (
+        RunnableLambda(lambda q: {"topic": "math", "question": q.strip()})
+        | prompt
+        | model
+        | StrOutputParser()
+        | RunnableLambda(lambda text: text.upper())
+    )
+
+
+def per_call(fn: Callable[[], object], runs: int) -> float:
+    start = time.perf_counter()
+    for _ in range(runs):
+        fn()
+    return (time.perf_counter() - start) / runs
+
+
+def rss_mb() -> float:
+    try:
+        with open(f"/proc/{os.getpid()}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timing(runs: int, rounds: int) -> dict[str, float]:
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+    question = " What is six times seven? "
+
+    def plain():
+        chain.invoke(question)
+
+    def collector():
+        with collect_runs():
+            chain.invoke(question)
+
+    def traced():
+        chain.invoke(question, config={"callbacks": [tracer]})
+
+    def global_form():
+        with tracer:
+            chain.invoke(question)
+
+    variants = {
+        "no callbacks": plain,
+        "collect_runs": collector,
+        "OptoTracer (callbacks)": traced,
+        "OptoTracer (with tracer:)": global_form,
+    }
+    for fn in variants.values():  # warm up
+        per_call(fn, 50)
+    best = {name: float("inf") for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            gc.collect()
+            best[name] = min(best[name], per_call(fn, runs))
+    assert tracer.last_graph is not None and tracer.order_map == {} and tracer.run_map == {}
+    return best
+
+
+def build_cost(runs: int) -> float:
+    """Seconds to turn one finished run tree into its graph (the tracer's own work)."""
+    chain = make_chain()
+    kept = []
+
+    class Keep(OptoTracer):
+        def _build_graph(self, run):
+            kept.append(run)
+            return super()._build_graph(run)
+
+    tracer = Keep(chain)
+    chain.invoke(" What is six times seven? ", config={"callbacks": [tracer]})
+    root = kept[0]
+    build = tracer._build_graph
+    return min(per_call(lambda: build(root), runs) for _ in range(3))
+
+
+def memory(runs: int) -> None:
+    chain = make_chain()
+    tracer = OptoTracer(chain)  # default settings
+    question = " What is six times seven? "
+    for _ in range(200):  # warm caches and fill the graph record to max_graphs
+        chain.invoke(question, config={"callbacks": [tracer]})
+    gc.collect()
+    tracemalloc.start()
+    rss_start = rss_mb()
+    base, _ = tracemalloc.get_traced_memory()
+    checkpoints = []
+    for i in range(1, runs + 1):
+        chain.invoke(question, config={"callbacks": [tracer]})
+        if i % (runs // 4) == 0:
+            gc.collect()
+            current, _ = tracemalloc.get_traced_memory()
+            checkpoints.append((i, (current - base) / 1024))
+    tracemalloc.stop()
+    print(
+        f"\nmemory over {runs:,} traced runs (after 200 warm-up runs; max_graphs={tracer.max_graphs}):"
+    )
+    for i, kib in checkpoints:
+        print(f"  after {i:>6,} runs: tracemalloc {kib:+9.1f} KiB")
+    print(
+        f"  growth from {checkpoints[0][0]:,} to {checkpoints[-1][0]:,} runs: "
+        f"{checkpoints[-1][1] - checkpoints[0][1]:+.1f} KiB (the first step is the kept graphs "
+        "being replaced by ones tracemalloc sees)"
+    )
+    print(f"  RSS {rss_start:.1f} MB -> {rss_mb():.1f} MB")
+    print(
+        f"  tracer state: graphs={len(tracer.graphs)}, run_map={len(tracer.run_map)}, "
+        f"order_map={len(tracer.order_map)}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=1000, help="invocations per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--memory-runs", type=int, default=10_000)
+    args = parser.parse_args()
+
+    best = timing(args.runs, args.rounds)
+    base = best["no callbacks"]
+    collector = best["collect_runs"]
+    print(f"5-step chain, best of {args.rounds} rounds x {args.runs} invocations:")
+    for name, seconds in best.items():
+        print(
+            f"  {name:<27} {seconds * 1e6:8.1f} us/run   x{seconds / base:5.2f} vs no callbacks"
+            f"   x{seconds / collector:5.2f} vs collect_runs"
+        )
+    print(
+        f"  graph building alone: {build_cost(args.runs) * 1e6:.1f} us/run (6 nodes + 2 parameters)"
+    )
+    memory(args.memory_runs)
+
+
+if __name__ == "__main__":
+    main()

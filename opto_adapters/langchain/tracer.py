@@ -1,0 +1,324 @@
+"""``OptoTracer``: a LangChain callback that turns every finished root run into an OPTO graph.
+
+Attach it like any callback (``config={"callbacks": [tracer]}``, ``with_config``), or trace
+every LangChain run in a scope with ``with tracer:``. Each root run becomes one ``Graph``
+(``tracer.last_graph``, ``tracer.graph(run_id)``, ``tracer.graphs``); the parameters it
+discovered are bound to the live prompts, tools and system prompts, so an optimizer step
+changes what the next run sends to the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import uuid
+from collections.abc import Iterable
+from contextvars import ContextVar
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackManager
+from langchain_core.runnables import RunnableBinding, RunnableConfig
+from langchain_core.tracers.base import BaseTracer
+from langchain_core.tracers.context import register_configure_hook
+from langchain_core.tracers.schemas import Run
+
+from ..trace import Graph, Parameter, TracedRun, TracerBase, select_parameters
+from . import graph_builder
+from .discovery import discover, object_stamp
+
+__all__ = ["OptoTracer"]
+
+logger = logging.getLogger("opto_adapters.langchain")
+
+_ACTIVE: ContextVar[OptoTracer | None] = ContextVar("opto_adapters_langchain_tracer", default=None)
+_HOOK_LOCK = threading.Lock()
+_hook_installed = False
+
+
+def _install_hook() -> None:
+    """Let LangChain add the tracer in ``_ACTIVE`` to every run it configures (once)."""
+    global _hook_installed
+    with _HOOK_LOCK:
+        if not _hook_installed:
+            register_configure_hook(_ACTIVE, inheritable=True)
+            _hook_installed = True
+
+
+class OptoTracer(TracerBase, BaseTracer):
+    """Traces a LangChain app into OPTO graphs and holds its trainable parameters.
+
+    ``target`` is the runnable to optimize (a chain, an agent from ``create_agent``, a
+    compiled LangGraph graph...). Its prompt templates, tool descriptions and system prompts
+    become ``parameters`` (``include``/``exclude`` are name patterns such as ``"tool.*"``;
+    excluded ones stay in the graphs as fixed inputs). At most ``max_graphs`` graphs are kept.
+    A failure inside the tracer is logged and never reaches the app.
+    """
+
+    name = "opto_adapters_tracer"
+    raise_error = False
+    run_inline = True  # async runs call us inline instead of through a thread pool
+
+    def __init__(
+        self,
+        target: Any = None,
+        *,
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        max_graphs: int = 100,
+    ) -> None:
+        # "original+chat": chat models report their messages as messages, not flattened text
+        BaseTracer.__init__(self, _schema_format="original+chat")
+        found = discover([target] if target is not None else [])
+        TracerBase.__init__(self, found.parameters, max_graphs=max_graphs)
+        selected = {id(p) for p in select_parameters(found.parameters, include, exclude)}
+        for param in found.parameters:
+            if id(param) not in selected:
+                param.trainable = False
+        self.target = target
+        self._found = found
+        self._by_run_name: dict[str, list[tuple[str, Parameter]]] = {}
+        self._tokens: ContextVar[tuple[Any, ...]] = ContextVar(
+            f"opto_adapters_tokens_{id(self)}", default=()
+        )
+
+    def __repr__(self) -> str:
+        names = [p.name for p in self.parameters]
+        return f"OptoTracer(target={type(self.target).__name__}, parameters={names}, graphs={len(self.graphs)})"
+
+    # -- parameters -------------------------------------------------------------------------
+
+    def add_parameter(self, parameter: Parameter, *, used_by: Any = None) -> Parameter:
+        """Add a parameter of your own, e.g. a retriever's ``k`` bound to the live object.
+
+        ``used_by`` puts it in the graphs as an input of the runs of that object (a
+        retriever, model, prompt or tool) or of the runs with that name (a str); without it,
+        the optimizer cannot see what the parameter affects.
+        """
+        link: tuple[dict, str] | None = None
+        if isinstance(used_by, str):
+            link = (self._by_run_name, used_by)
+        elif used_by is not None:
+            obj = used_by
+            while isinstance(obj, RunnableBinding):
+                obj = obj.bound
+            stamp = object_stamp(obj)
+            if stamp is None:
+                raise TypeError(
+                    f"cannot tie parameter {getattr(parameter, 'name', parameter)!r} to a "
+                    f"{type(used_by).__name__}: its runs carry no metadata. Pass the name of its "
+                    "runs instead, e.g. used_by='format_docs'"
+                )
+            link = (self._found.by_stamp, stamp)
+        TracerBase.add_parameter(self, parameter)
+        if link is not None:
+            table, key = link
+            arg = parameter.name.rsplit(".", 1)[-1]
+            table.setdefault(key, []).append((arg, parameter))
+        return parameter
+
+    # -- running ----------------------------------------------------------------------------
+
+    def run(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> TracedRun:
+        """Invoke the target once, traced; return its output (or error) and exactly its graph.
+
+        Never raises the app's exception: it is in ``.error`` and ``graph.output`` is an
+        ``ExceptionNode``.
+        """
+        target = self._require_target()
+        run_id = uuid.uuid4()
+        try:
+            output = target.invoke(input, self._config(config, run_id), **kwargs)
+        except Exception as exc:
+            return TracedRun(None, self._graph_or_none(run_id), exc)
+        return TracedRun(output, self._graph_or_none(run_id))
+
+    async def arun(
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> TracedRun:
+        """``run`` for async apps (``ainvoke``)."""
+        target = self._require_target()
+        run_id = uuid.uuid4()
+        try:
+            output = await target.ainvoke(input, self._config(config, run_id), **kwargs)
+        except Exception as exc:
+            return TracedRun(None, self._graph_or_none(run_id), exc)
+        return TracedRun(output, self._graph_or_none(run_id))
+
+    def _require_target(self) -> Any:
+        if self.target is None or not hasattr(self.target, "invoke"):
+            raise TypeError(
+                f"OptoTracer.run needs a runnable target, got {type(self.target).__name__}; "
+                "create the tracer with OptoTracer(chain)"
+            )
+        return self.target
+
+    def _config(self, config: RunnableConfig | None, run_id: uuid.UUID) -> RunnableConfig:
+        cfg: dict[str, Any] = dict(config or {})
+        callbacks = cfg.get("callbacks")
+        if callbacks is None:
+            cfg["callbacks"] = [self]
+        elif isinstance(callbacks, BaseCallbackManager):
+            manager = callbacks.copy()
+            if all(h is not self for h in manager.handlers):
+                manager.add_handler(self, inherit=True)
+            cfg["callbacks"] = manager
+        elif all(h is not self for h in callbacks):
+            cfg["callbacks"] = [*callbacks, self]
+        cfg["run_id"] = run_id
+        return RunnableConfig(**cfg)  # type: ignore[typeddict-item]
+
+    def _graph_or_none(self, run_id: uuid.UUID) -> Graph | None:
+        try:
+            return self.graph(run_id)
+        except KeyError:
+            logger.warning("no graph was recorded for run %s (see the errors logged above)", run_id)
+            return None
+
+    # -- the global form --------------------------------------------------------------------
+
+    def __enter__(self) -> OptoTracer:
+        """Trace every LangChain run started in this context (threads need ``copy_context``)."""
+        _install_hook()
+        token = _ACTIVE.set(self)
+        self._tokens.set((*self._tokens.get(), token))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        tokens = self._tokens.get()
+        if tokens:
+            self._tokens.set(tokens[:-1])
+            _ACTIVE.reset(tokens[-1])
+
+    async def __aenter__(self) -> OptoTracer:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__(*exc)
+
+    def close(self) -> None:
+        """Stop the global form in this context (what ``with`` does on exit). Idempotent."""
+        tokens = self._tokens.get()
+        self._tokens.set(())
+        for token in reversed(tokens):
+            try:
+                _ACTIVE.reset(token)
+            except ValueError:  # set in another context; it ends with that context
+                logger.debug("token from another context not reset", exc_info=True)
+
+    # -- BaseTracer hooks -------------------------------------------------------------------
+
+    def _persist_run(self, run: Run) -> None:
+        """Called once per finished root run, with the whole tree."""
+        try:
+            graph = self._build_graph(run)
+            self._record(str(run.id), graph)
+        except Exception:
+            logger.exception(
+                "opto_adapters could not build the graph of run %s (%s); the app is not affected",
+                run.id,
+                run.name,
+            )
+        finally:
+            self._forget(run)
+
+    def _build_graph(self, run: Run) -> Graph:
+        return graph_builder.build_graph(run, self._found, self._by_run_name)
+
+    def _forget(self, root: Run) -> None:
+        """Drop the per-run state BaseTracer keeps (it never prunes ``order_map``)."""
+        stack = [root]
+        while stack:
+            run = stack.pop()
+            self.order_map.pop(run.id, None)
+            if run is not root:  # BaseTracer pops the root itself right after this
+                self.run_map.pop(str(run.id), None)
+            stack.extend(run.child_runs)
+
+    def _create_chat_model_run(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[Any]],
+        run_id: Any,
+        tags: list[str] | None = None,
+        parent_run_id: Any = None,
+        metadata: dict[str, Any] | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> Run:
+        """Keep the messages as message objects: BaseTracer would serialize each one with
+        ``dumpd`` (slow), and the graph renders them as text anyway."""
+        run = self._create_llm_run(
+            serialized,
+            [],
+            run_id,
+            tags=tags,
+            parent_run_id=parent_run_id,
+            metadata=metadata,
+            name=name,
+            **kwargs,
+        )
+        run.run_type = "chat_model"
+        run.inputs = {"messages": [list(batch) for batch in messages]}
+        return run
+
+    def _errored_chain_run(self, error: BaseException, inputs: Any, run_id: Any) -> Run:
+        run = super()._errored_chain_run(error, inputs, run_id)
+        run.extra[graph_builder.ERROR_KEY] = error
+        return run
+
+    def _errored_llm_run(self, error: BaseException, run_id: Any, response: Any = None) -> Run:
+        run = super()._errored_llm_run(error, run_id, response)
+        run.extra[graph_builder.ERROR_KEY] = error
+        return run
+
+    def _errored_tool_run(self, error: BaseException, run_id: Any) -> Run:
+        run = super()._errored_tool_run(error, run_id)
+        run.extra[graph_builder.ERROR_KEY] = error
+        return run
+
+    def _errored_retrieval_run(self, error: BaseException, run_id: Any) -> Run:
+        run = super()._errored_retrieval_run(error, run_id)
+        run.extra[graph_builder.ERROR_KEY] = error
+        return run
+
+    def on_llm_new_token(self, *args: Any, **kwargs: Any) -> None:
+        """Tokens are not needed for the graph (the final output arrives on end)."""
+        return None
+
+
+_CALLBACKS = (
+    "on_chat_model_start",
+    "on_llm_start",
+    "on_llm_end",
+    "on_llm_error",
+    "on_chain_start",
+    "on_chain_end",
+    "on_chain_error",
+    "on_tool_start",
+    "on_tool_end",
+    "on_tool_error",
+    "on_retriever_start",
+    "on_retriever_end",
+    "on_retriever_error",
+    "on_retry",
+)
+
+
+def _guarded(name: str) -> Any:
+    base = getattr(BaseTracer, name)
+
+    @functools.wraps(base)
+    def method(self: OptoTracer, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return base(self, *args, **kwargs)
+        except Exception:
+            logger.exception("opto_adapters tracer failed in %s; the app is not affected", name)
+            return None
+
+    return method
+
+
+for _name in _CALLBACKS:
+    setattr(OptoTracer, _name, _guarded(_name))
+del _name

@@ -1,0 +1,316 @@
+"""OptoTracer at run time: concurrency, the global form, memory, and never breaking the app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytest.importorskip("langchain_core")
+
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableLambda, RunnableParallel
+from langchain_core.tools import tool
+
+from opto_adapters.langchain import OptoTracer, graph_builder
+from opto_adapters.trace import ExceptionNode
+from tests.langchain_fakes import RecordingChatModel, echo, tool_call
+
+QUESTIONS = [f"question number {i}?" for i in range(8)]
+
+
+def make_chain(model: RecordingChatModel | None = None):
+    prompt = ChatPromptTemplate.from_messages([("system", "Be helpful."), ("human", "{question}")])
+    model = model or RecordingChatModel(respond=echo())
+    return prompt | model | StrOutputParser()
+
+
+def values(graph) -> dict[str, object]:
+    return {graph.names()[id(n)]: n.value for n in graph.nodes}
+
+
+def assert_one_consistent_graph_per_run(tracer: OptoTracer, questions: list[str]) -> None:
+    """Every question has exactly one graph, whose output answers that very question."""
+    graphs = tracer.graphs
+    assert len(graphs) == len(questions)
+    seen = set()
+    for graph in graphs:
+        v = values(graph)
+        question = v["input.question"]
+        assert graph.output.value == f"answer to: {question}"
+        assert v["prompt"] == f"system: Be helpful.\nhuman: {question}"
+        assert [p.name for p in graph.parameters] == ["prompt.system", "prompt.human"]
+        seen.add(question)
+    assert seen == set(questions)
+
+
+def assert_pruned(tracer: OptoTracer) -> None:
+    assert tracer.run_map == {}
+    assert tracer.order_map == {}
+    assert tracer._external_run_ids == {}
+
+
+def test_batch_gives_one_graph_per_input():
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+    chain.batch(
+        [{"question": q} for q in QUESTIONS], config={"callbacks": [tracer], "max_concurrency": 4}
+    )
+    assert_one_consistent_graph_per_run(tracer, QUESTIONS)
+    assert_pruned(tracer)
+
+
+async def test_abatch_and_gathered_ainvoke():
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+    await chain.abatch([{"question": q} for q in QUESTIONS[:4]], config={"callbacks": [tracer]})
+    await asyncio.gather(
+        *(chain.ainvoke({"question": q}, config={"callbacks": [tracer]}) for q in QUESTIONS[4:])
+    )
+    assert_one_consistent_graph_per_run(tracer, QUESTIONS)
+    assert_pruned(tracer)
+
+
+async def test_concurrent_arun_returns_each_runs_own_graph():
+    tracer = OptoTracer(make_chain())
+    traced = await asyncio.gather(*(tracer.arun({"question": q}) for q in QUESTIONS))
+    for q, t in zip(QUESTIONS, traced, strict=True):
+        assert t.output == f"answer to: {q}"
+        assert values(t.graph)["input.question"] == q
+        assert t.graph.output.value == t.output
+
+
+async def test_concurrent_astream():
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+
+    async def consume(q: str) -> str:
+        return "".join(
+            [c async for c in chain.astream({"question": q}, config={"callbacks": [tracer]})]
+        )
+
+    outs = await asyncio.gather(*(consume(q) for q in QUESTIONS))
+    assert outs == [f"answer to: {q}" for q in QUESTIONS]
+    assert_one_consistent_graph_per_run(tracer, QUESTIONS)
+    assert_pruned(tracer)
+
+
+def test_threads_each_calling_run():
+    tracer = OptoTracer(make_chain())
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        traced = list(pool.map(lambda q: tracer.run({"question": q}), QUESTIONS * 3))
+    for q, t in zip(QUESTIONS * 3, traced, strict=True):
+        assert values(t.graph)["input.question"] == q and t.output == f"answer to: {q}"
+    assert len(tracer.graphs) == 24
+    assert_pruned(tracer)
+
+
+def test_parallel_branches_get_their_own_inputs():
+    model = RecordingChatModel(respond=echo())
+    short = ChatPromptTemplate.from_messages(
+        [("system", "Answer briefly."), ("human", "{question}")]
+    )
+    long = ChatPromptTemplate.from_messages(
+        [("system", "Answer in detail."), ("human", "Explain: {question}")]
+    )
+    chain = RunnableParallel(
+        brief=short | model | StrOutputParser(), detailed=long | model | StrOutputParser()
+    )
+    tracer = OptoTracer(chain)
+    out = chain.invoke({"question": "why?"}, config={"callbacks": [tracer]})
+    assert out == {"brief": "answer to: why?", "detailed": "answer to: Explain: why?"}
+
+    graph = tracer.last_graph
+    edges = graph.edges()
+    assert ("brief.prompt.system", "system", "prompt") in edges
+    assert ("detailed.prompt.system", "system", "prompt_1") in edges
+    assert ("input.question", "question", "prompt") in edges
+    assert ("input.question", "question", "prompt_1") in edges
+    assert ("prompt", "messages", "model") in edges and ("prompt_1", "messages", "model_1") in edges
+    assert {arg for _, arg, dst in edges if dst == graph.names()[id(graph.output)]} == {
+        "brief",
+        "detailed",
+    }
+    # feedback on the whole output reaches both branches' prompts
+    graph.output.backward("too long")
+    assert (
+        tracer.parameter("brief.prompt.system").feedback
+        and tracer.parameter("detailed.prompt.system").feedback
+    )
+
+
+def test_agent_batch():
+    from langchain.agents import create_agent
+
+    @tool
+    def lookup(city: str) -> str:
+        """Look up facts about a city."""
+        return f"{city} facts"
+
+    def respond(messages):
+        if messages[-1].type == "human":
+            return tool_call(
+                "lookup", call_id=f"call_{messages[-1].content}", city=messages[-1].content
+            )
+        return f"done with {messages[-1].content}"
+
+    agent = create_agent(
+        RecordingChatModel(respond=respond), [lookup], system_prompt="Use the tool."
+    )
+    tracer = OptoTracer(agent)
+    cities = ["Paris", "Rome", "Oslo", "Lima"]
+    outs = agent.batch(
+        [{"messages": [("user", c)]} for c in cities], config={"callbacks": [tracer]}
+    )
+    assert [o["messages"][-1].content for o in outs] == [f"done with {c} facts" for c in cities]
+    assert len(tracer.graphs) == 4
+    for graph in tracer.graphs:
+        v = values(graph)
+        city = v["input.messages"].removeprefix("human: ")
+        assert v["lookup"] == f"{city} facts"
+        assert v["model_1"] == f"done with {city} facts"
+        assert ("lookup", "tool", "model_1") in graph.edges()
+    assert_pruned(tracer)
+
+
+# -- the global form --------------------------------------------------------------------------
+
+
+def test_global_context_manager_traces_untouched_user_code():
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+    chain.invoke({"question": "before"})
+    with tracer as active:
+        assert active is tracer
+        chain.invoke({"question": "inside"})
+        chain.batch([{"question": "batch 1"}, {"question": "batch 2"}])
+        chain.invoke({"question": "both ways"}, config={"callbacks": [tracer]})  # not twice
+    chain.invoke({"question": "after"})
+    assert_one_consistent_graph_per_run(tracer, ["inside", "batch 1", "batch 2", "both ways"])
+
+
+def test_global_form_in_threads_with_copied_context_and_close():
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+    tracer.__enter__()
+    try:
+        ctx = contextvars.copy_context()
+        worker = threading.Thread(target=ctx.run, args=(chain.invoke, {"question": "in a thread"}))
+        worker.start()
+        worker.join()
+        plain = threading.Thread(target=chain.invoke, args=({"question": "no context"},))
+        plain.start()
+        plain.join()
+    finally:
+        tracer.close()
+        tracer.close()  # idempotent
+    chain.invoke({"question": "closed"})
+    assert [values(g)["input.question"] for g in tracer.graphs] == ["in a thread"]
+
+
+async def test_async_global_form():
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+    async with tracer:
+        await asyncio.gather(chain.ainvoke({"question": "a"}), chain.ainvoke({"question": "b"}))
+    await chain.ainvoke({"question": "c"})
+    assert_one_consistent_graph_per_run(tracer, ["a", "b"])
+
+
+def test_nested_tracers_inner_one_wins_then_outer_resumes():
+    chain = make_chain()
+    outer, inner = OptoTracer(chain), OptoTracer(chain)
+    with outer:
+        chain.invoke({"question": "1"})
+        with inner:
+            chain.invoke({"question": "2"})
+        chain.invoke({"question": "3"})
+    assert [values(g)["input.question"] for g in outer.graphs] == ["1", "3"]
+    assert [values(g)["input.question"] for g in inner.graphs] == ["2"]
+
+
+# -- memory and robustness --------------------------------------------------------------------
+
+
+def test_long_lived_tracer_keeps_no_per_run_state():
+    def flaky(text: str) -> str:
+        if "3" in text:
+            raise ValueError("bad luck")
+        return text
+
+    chain = make_chain() | RunnableLambda(flaky)
+    tracer = OptoTracer(chain, max_graphs=10)
+    for i in range(60):
+        tracer.run({"question": f"q{i}"})
+    chain.batch(
+        [{"question": f"b{i}"} for i in range(20)],
+        config={"callbacks": [tracer]},
+        return_exceptions=True,
+    )
+    for _ in chain.stream({"question": "s"}, config={"callbacks": [tracer]}):
+        pass
+    stream = chain.stream({"question": "abandoned"}, config={"callbacks": [tracer]})
+    next(stream)
+    stream.close()
+    assert_pruned(tracer)
+    assert len(tracer.graphs) == 10
+    assert sum(isinstance(g.output, ExceptionNode) for g in tracer.graphs) >= 1
+
+
+def test_a_failing_graph_builder_never_breaks_the_chain(monkeypatch, caplog):
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("builder bug")
+
+    monkeypatch.setattr(graph_builder, "build_graph", broken)
+    with caplog.at_level(logging.ERROR, logger="opto_adapters.langchain"):
+        assert (
+            chain.invoke({"question": "still works?"}, config={"callbacks": [tracer]})
+            == "answer to: still works?"
+        )
+        traced = tracer.run({"question": "and run?"})
+    assert traced.output == "answer to: and run?" and traced.graph is None and traced.error is None
+    assert "builder bug" in caplog.text and "the app is not affected" in caplog.text
+    assert tracer.graphs == []
+    assert_pruned(tracer)
+
+    monkeypatch.undo()
+    chain.invoke({"question": "fixed"}, config={"callbacks": [tracer]})
+    assert values(tracer.last_graph)["input.question"] == "fixed"
+
+
+def test_a_failing_callback_never_breaks_the_chain(monkeypatch, caplog):
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("start bug")
+
+    monkeypatch.setattr(type(tracer), "_create_chain_run", broken)
+    with caplog.at_level(logging.ERROR, logger="opto_adapters.langchain"):
+        assert chain.invoke({"question": "ok?"}, config={"callbacks": [tracer]}) == "answer to: ok?"
+    assert "start bug" in caplog.text
+
+
+def test_run_keeps_the_users_callbacks_and_needs_a_target():
+    from langchain_core.callbacks import CallbackManager
+
+    from tests.langchain_fakes import RunRecorder
+
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+    mine = RunRecorder()
+    traced = tracer.run({"question": "a"}, config={"callbacks": [mine], "tags": ["x"]})
+    assert len(mine.roots) == 1 and str(mine.roots[0].id) == traced.graph.metadata["run_id"]
+    other = RunRecorder()
+    traced = tracer.run({"question": "b"}, config={"callbacks": CallbackManager(handlers=[other])})
+    assert len(other.roots) == 1 and values(traced.graph)["input.question"] == "b"
+    with pytest.raises(TypeError, match="OptoTracer\\(chain\\)"):
+        OptoTracer().run("x")
