@@ -5,9 +5,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
-pytest.importorskip("langchain_core")
-
 from langchain_core.language_models import FakeListLLM, GenericFakeChatModel
 from langchain_core.messages import AIMessage, SystemMessage
 from langchain_core.output_parsers import StrOutputParser

@@ -5,12 +5,6 @@ Skipped where the optimizer package is not present.
 
 from __future__ import annotations
 
-import pytest
-
-pytest.importorskip("langchain_core")
-pytest.importorskip("opto_adapters.optimizers")
-pytest.importorskip("opto_adapters.testing")
-
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool

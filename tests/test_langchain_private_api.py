@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import inspect
 
-import pytest
-
-pytest.importorskip("langchain_core")
-
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tracers.base import BaseTracer
 from langchain_core.tracers.core import _TracerCore

@@ -9,9 +9,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-pytest.importorskip("langchain_core")
-
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnableParallel

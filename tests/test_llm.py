@@ -204,7 +204,7 @@ def test_truncated_json_reports_finish_reason(scripted_llm):
 
 
 def test_pydantic_model_as_schema(scripted_llm):
-    pydantic = pytest.importorskip("pydantic")
+    import pydantic
 
     class Verdict(pydantic.BaseModel):
         answer: str
