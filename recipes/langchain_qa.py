@@ -37,7 +37,10 @@ def build_app(dry_run: bool = False):
         from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
         model = FakeListChatModel(
-            responses=["The capital of Australia is Canberra, not Sydney as many people think."]
+            responses=[
+                "The capital of Australia is Canberra, not Sydney as many people think; it was "
+                "chosen in 1908 as a compromise between Sydney and Melbourne."
+            ]
         )
     else:
         from langchain_openai import ChatOpenAI
