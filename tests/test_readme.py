@@ -1,26 +1,89 @@
-"""Every Python block of the README runs, offline, against the scripted server."""
+"""Every code block of the README runs, offline: Python blocks in-process against the scripted
+server, shell blocks as written (the set-up block is what CI runs)."""
+
+from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = (ROOT / "README.md").read_text(encoding="utf-8")
+PYTHON = re.findall(r"```python\n(.*?)```", TEXT, flags=re.S)
+BASH = re.findall(r"```bash\n(.*?)```", TEXT, flags=re.S)
 
 
-def test_readme_starts_with_the_two_setup_commands():
-    text = README.read_text(encoding="utf-8")
-    first_block = re.search(r"```bash\n(.*?)```", text, flags=re.S).group(1)
-    assert first_block.split("\n")[:2] == ['pip install -e ".[dev]"', "pytest"]
+def commands(block: str) -> list[str]:
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def block_with(word: str) -> str:
+    (block,) = [b for b in BASH if b.startswith(word)]
+    return block
+
+
+def test_every_bash_block_is_covered_below():
+    kinds = ["pip install", "export ", "opto-adapters ", "python recipes/"]
+    assert sorted(kinds) == sorted(k for b in BASH for k in kinds if k in b.splitlines()[0])
+    assert len(BASH) == len(kinds)
+
+
+def test_readme_starts_with_the_two_setup_commands_that_ci_runs():
+    assert TEXT.index("```bash") < TEXT.index("## ")  # before any section
+    setup = commands(BASH[0])
+    assert setup == ['pip install -e ".[dev]"', "pytest"]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    for command in setup:
+        assert command in ci
+
+
+def test_endpoint_block_sets_the_variables_it_names():
+    block = block_with("export ")
+    out = subprocess.run(["bash", "-c", block + "\nenv"], capture_output=True, text=True, check=True).stdout
+    env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert env["OPENAI_BASE_URL"] == "http://localhost:11434/v1"
+    assert env["OPTO_MODEL"] and env["OPTO_APP_MODEL"] and env["OPENAI_API_KEY"]
+
+
+@pytest.fixture
+def shell_env(scripted_llm):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "OPTO_"))}
+    env.update(scripted_llm.env(model="readme-model"))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    scripted_llm.set_default(json.dumps({"reasoning": "scripted", "suggestion": {}}))
+    return env
+
+
+def test_cli_block_runs_as_written(shell_env, tmp_path):
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    for command in commands(block_with("opto-adapters ")):
+        done = subprocess.run(command, shell=True, cwd=tmp_path, env=shell_env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+        assert done.stdout.strip(), command
+    assert json.loads((tmp_path / "params.json").read_text())["parameters"]["parse_price_code"]["kind"] == "code"
+    assert "<html" in (tmp_path / "report.html").read_text().lower()
+
+
+def test_recipe_block_runs_as_written(shell_env):
+    for command in commands(block_with("python recipes/")):
+        argv = command.split()
+        argv[0] = sys.executable
+        done = subprocess.run(argv, cwd=ROOT, env=shell_env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"{command}\n{done.stderr}"
+        assert "traced graph:" in done.stdout and "#Variables" in done.stdout
+
+
+@pytest.mark.parametrize("index", range(len(PYTHON)))
 def test_readme_python_block_runs(index, scripted_llm, monkeypatch, capsys):
     for key, value in scripted_llm.env(model="readme-model").items():
         monkeypatch.setenv(key, value)
     scripted_llm.set_default(json.dumps({"reasoning": "scripted", "suggestion": {}}))
-    exec(compile(BLOCKS[index], f"README block {index}", "exec"), {"__name__": "__readme__"})
-    printed = capsys.readouterr().out
-    assert printed.strip(), "a README block should show its result"
+    exec(compile(PYTHON[index], f"README block {index}", "exec"), {"__name__": "__readme__"})
+    assert capsys.readouterr().out.strip(), "a README block should show its result"
+    if "OptoPrime" in PYTHON[index] and ".step()" in PYTHON[index]:
+        assert scripted_llm.chat_requests, "the block's optimizer step reached the endpoint"
