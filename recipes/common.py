@@ -36,6 +36,16 @@ def normalize(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9$.\-]+", text.lower().replace(",", "")))
 
 
+def answer_feedback(expected: str, output: object):
+    """The recipes' guide for short factual answers: a score and a written critique."""
+    from opto_adapters import Feedback
+
+    if isinstance(output, BaseException):
+        return Feedback(score=0.0, text=f"the app failed: {type(output).__name__}: {output}")
+    score, critique = answer_score(expected, str(output))
+    return Feedback(score=score, text=critique)
+
+
 def answer_score(expected: str, answer: str) -> tuple[float, str]:
     """1.0 when the answer contains the reference and is short; less when long or wrong,
     with a critique saying what to change."""

@@ -10,9 +10,7 @@ trainable: the system prompt and the human message that carries the answer forma
 
 from __future__ import annotations
 
-from common import answer_score, load_json
-
-from opto_adapters import Feedback
+from common import answer_feedback, load_json
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 HUMAN_TEMPLATE = "{question}\n\nPlease explain your answer."
@@ -53,10 +51,7 @@ def build_app(dry_run: bool = False):
 
 
 def guide(example, output):
-    if isinstance(output, BaseException):
-        return Feedback(score=0.0, text=f"the chain failed: {type(output).__name__}: {output}")
-    score, critique = answer_score(example["answer"], str(output))
-    return Feedback(score=score, text=critique)
+    return answer_feedback(example["answer"], output)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@ rewrites the templates.
 
 from __future__ import annotations
 
-from common import answer_score, keyword_vector, load_json
-
-from opto_adapters import Feedback
+from common import answer_feedback, keyword_vector, load_json
 
 QA_TEMPLATE = (
     "Context information is below.\n---------------------\n{context_str}\n---------------------\n"
@@ -80,10 +78,7 @@ def build_app(dry_run: bool = False):
 
 
 def guide(example, output):
-    if isinstance(output, BaseException):
-        return Feedback(score=0.0, text=f"the query failed: {type(output).__name__}: {output}")
-    score, critique = answer_score(example["answer"], str(output))
-    return Feedback(score=score, text=critique)
+    return answer_feedback(example["answer"], output)
 
 
 if __name__ == "__main__":
