@@ -173,25 +173,48 @@ def graph_svg(data: dict[str, Any], *, max_nodes: int = 150) -> str:
             members.sort(key=lambda i: sum(row[p] for p in parents[i]) / len(parents[i]))
         for r, i in enumerate(members):
             row[i] = r
-    w, h, gx, gy, margin = 190, 54, 70, 18, 10
+    w, h, gx, gy, margin = 190, 54, 90, 22, 10
     pos = {i: (margin + layer[i] * (w + gx), margin + row[i] * (h + gy)) for i in range(len(nodes))}
     width = margin * 2 + (max(layer) + 1) * (w + gx) - gx
-    height = margin * 2 + max(len(m) for m in columns.values()) * (h + gy) - gy
+    bottom = margin + max(len(m) for m in columns.values()) * (h + gy) - gy
+    # each edge leaves and enters at its own height, so edges into one node do not meet in
+    # one point; an edge that skips columns runs in a lane of its own below the nodes
+    outgoing: dict[int, list[int]] = {}
+    incoming: dict[int, list[int]] = {}
+    for k, (src, _, dst) in enumerate(edges):
+        outgoing.setdefault(src, []).append(k)
+        incoming.setdefault(dst, []).append(k)
+
+    def port(i: int, k: int, table: dict[int, list[int]]) -> float:
+        slot = table[i].index(k)
+        return pos[i][1] + h * (slot + 1) / (len(table[i]) + 1)
+
+    lanes = 0
+    paths: list[str] = []
+    for k, (src, arg, dst) in enumerate(edges):
+        ax, ay = pos[src][0] + w, port(src, k, outgoing)
+        bx, by = pos[dst][0], port(dst, k, incoming)
+        if layer[dst] - layer[src] > 1:
+            lanes += 1
+            lane = bottom + 14 * lanes
+            d = (f"M{ax},{ay:.1f} C{ax + 40},{ay:.1f} {ax + 20},{lane} {ax + 60},{lane} "
+                 f"L{bx - 60},{lane} C{bx - 20},{lane} {bx - 40},{by:.1f} {bx},{by:.1f}")
+        else:
+            mid = (ax + bx) / 2
+            d = f"M{ax},{ay:.1f} C{mid},{ay:.1f} {mid},{by:.1f} {bx},{by:.1f}"
+        paths.append(
+            f'<path d="{d}" fill="none" stroke="#888" marker-end="url(#arrow)"/>'
+            f'<text x="{bx - 6}" y="{by - 3:.1f}" font-size="10" fill="#555" '
+            f'text-anchor="end">{_esc(short_repr(arg, 14))}</text>'
+        )
+    height = bottom + margin + 14 * lanes
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="traced run graph">',
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
         'markerHeight="7" orient="auto"><path d="M0,0L10,5L0,10z" fill="#888"/></marker></defs>',
+        *paths,
     ]
-    for src, arg, dst in edges:
-        (x1, y1), (x2, y2) = pos[src], pos[dst]
-        ax, ay, bx, by = x1 + w, y1 + h / 2, x2, y2 + h / 2
-        mid = (ax + bx) / 2
-        parts.append(
-            f'<path d="M{ax},{ay} C{mid},{ay} {mid},{by} {bx},{by}" fill="none" stroke="#888" '
-            f'marker-end="url(#arrow)"/><text x="{mid:.0f}" y="{(ay + by) / 2 - 3:.0f}" '
-            f'font-size="10" fill="#555" text-anchor="middle">{_esc(short_repr(arg, 14))}</text>'
-        )
     output = data.get("output")
     for i, node in enumerate(nodes):
         x, y = pos[i]
