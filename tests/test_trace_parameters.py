@@ -269,3 +269,35 @@ def test_saved_file_is_readable_like_any_other(tmp_path):
     path.chmod(0o600)
     save_parameters([Parameter("2", name="a")], path)
     assert path.stat().st_mode & 0o777 == 0o600  # an existing file keeps its mode
+
+
+def test_safe_name_makes_any_text_a_valid_name():
+    from opto_adapters.trace import safe_name
+
+    assert safe_name("My Tool (v2)!") == "My_Tool_v2"
+    assert safe_name("2nd step") == "_2nd_step"
+    assert safe_name("") == "value" and safe_name("???", default="step") == "step"
+    long = safe_name("n" * 300)
+    assert len(long) == 100
+    for text in ["n" * 300, "é ü", "<lambda>", "a.b:c/d[0]"]:
+        node("x", name=safe_name(text))  # always accepted
+
+
+def test_feedback_scores_must_be_finite():
+    from opto_adapters.trace import Feedback
+
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            Feedback(score=bad)
+        with pytest.raises(ValueError, match="finite"):
+            Feedback.of(bad)
+
+
+def test_parameter_file_errors_name_the_file_and_the_fix(tmp_path):
+    a = Parameter("a0", name="a")
+    with pytest.raises(FileNotFoundError, match="folder .*nodir does not exist; create it first"):
+        save_parameters([a], tmp_path / "nodir" / "p.json")
+    bad = tmp_path / "v.json"
+    bad.write_text(json.dumps({"format": "opto_adapters.parameters", "version": "1", "parameters": {}}))
+    with pytest.raises(ValueError, match="invalid format version '1'"):
+        load_parameters([a], bad)

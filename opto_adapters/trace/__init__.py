@@ -17,6 +17,7 @@ from .nodes import (
     ValidationError,
     apply_updates,
     node,
+    safe_name,
     template_variables,
 )
 from .render import ProblemInstance, format_value, render
@@ -49,6 +50,7 @@ __all__ = [
     "node",
     "parameter_values",
     "render",
+    "safe_name",
     "save_parameters",
     "select_parameters",
     "template_variables",

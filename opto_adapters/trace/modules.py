@@ -109,6 +109,8 @@ def save_parameters(parameters: Iterable[Parameter], path: str | os.PathLike[str
     target = Path(path)
     if target.is_dir():
         raise IsADirectoryError(f"{target} is a directory: give a file path such as {target / 'params.json'}")
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {target}: the folder {target.parent} does not exist; create it first")
     fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -133,7 +135,10 @@ def read_parameter_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{target} is not a parameter file (invalid JSON: {exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("parameters"), dict):
         raise ValueError(f"{target} is not a parameter file written by save_parameters (format {FORMAT!r})")
-    if doc.get("version", 0) > VERSION:
+    version = doc.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"{target} has an invalid format version {version!r}; expected an integer")
+    if version > VERSION:
         raise ValueError(f"{target} has format version {doc['version']}; this opto_adapters reads up to {VERSION}: upgrade it")
     values = {}
     for name, entry in doc["parameters"].items():

@@ -26,12 +26,14 @@ __all__ = [
     "ValidationError",
     "apply_updates",
     "node",
+    "safe_name",
     "template_variables",
 ]
 
 KINDS = ("text", "prompt", "tool_description", "code", "number", "json")
 _TEXT_KINDS = frozenset({"text", "prompt", "tool_description", "code"})
 _NAME_RE = re.compile(r"^[A-Za-z_][\w.\-:/\[\]]{0,127}$")
+_NAME_BAD = re.compile(r"[^\w.\-:/\[\]]+")
 _MISSING: Any = object()
 
 
@@ -43,6 +45,17 @@ def check_name(name: object) -> str:
             "'_', then letters, digits or any of '_.-:/[]' (no spaces), e.g. 'system_prompt'"
         )
     return name
+
+
+def safe_name(text: object, *, default: str = "value", max_length: int = 100) -> str:
+    """A valid node name made from any text (a run name, a tool name, a key): other characters
+    become ``_``, a leading digit gets a ``_``, and the result is cut to ``max_length``."""
+    if not 1 <= max_length <= 128:
+        raise ValueError(f"max_length must be between 1 and 128, got {max_length}")
+    name = _NAME_BAD.sub("_", str(text)).strip("_") or default
+    if not re.match(r"[A-Za-z_]", name):
+        name = "_" + name
+    return name[:max_length]
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,8 @@ class Feedback:
             isinstance(self.score, bool) or not isinstance(self.score, (int, float))
         ):
             raise TypeError(f"Feedback.score must be a number or None, got {self.score!r}")
+        if self.score is not None and not math.isfinite(self.score):
+            raise ValueError(f"Feedback.score must be a finite number, got {self.score}")
         if not isinstance(self.text, str):
             raise TypeError(f"Feedback.text must be a str, got {type(self.text).__name__}")
         if self.score is None and not self.text.strip():
@@ -78,8 +93,6 @@ class Feedback:
         if isinstance(feedback, str):
             return cls(text=feedback)
         if isinstance(feedback, (int, float)) and not isinstance(feedback, bool):
-            if math.isnan(feedback):
-                raise ValueError("feedback score is NaN: give a finite number")
             return cls(score=float(feedback))
         raise TypeError(
             f"feedback must be a str, a number or Feedback(score=..., text=...), "
