@@ -268,3 +268,16 @@ def test_memory_keeps_one_entry_for_several_candidates_of_a_step(scripted_llm):
     assert len(opt.memory) == 1
     assert opt.llm_if_created is not None
     assert OptoPrime([template], llm=None).llm_if_created is None
+
+
+def test_opro_history_is_bounded_by_memory_size(scripted_llm):
+    template, max_words, tags, run = make_program()
+    opt = OPRO([max_words], llm_for(scripted_llm), memory_size=2)
+    scripted_llm.set_default(reply({}))
+    for i in range(5):
+        opt.zero_feedback()
+        opt.backward(run("q"), Feedback(score=float(i)))
+        opt.step()
+    assert len(opt.history) == 2
+    last = scripted_llm.prompts()[-1].split("#History", 1)[1]
+    assert last.count("[score:") == 3  # two remembered steps and the current values

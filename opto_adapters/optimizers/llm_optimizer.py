@@ -69,9 +69,10 @@ class LLMOptimizer(Optimizer):
     @property
     def llm(self) -> LLM:
         """The LLM client (created from the environment on first use if none was given)."""
-        if self._llm is None:
-            self._llm = LLM()
-        return self._llm
+        with self._memory_lock:  # one client, even when first used from several threads
+            if self._llm is None:
+                self._llm = LLM()
+            return self._llm
 
     @property
     def llm_if_created(self) -> LLM | None:

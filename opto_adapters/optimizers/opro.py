@@ -6,6 +6,7 @@ Optimizers", 2023).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from statistics import fmean
 from typing import Any
@@ -43,7 +44,7 @@ class OPRO(LLMOptimizer):
             parameters, llm, objective=objective, memory_size=memory_size, value_budget=value_budget
         )
         self.system_prompt = system_prompt
-        self.history: list[tuple[dict[str, Any], float | None, str]] = []
+        self.history: deque[tuple[dict[str, Any], float | None, str]] = deque(maxlen=memory_size)
 
     def score_now(self) -> tuple[float | None, str]:
         """Mean feedback score of the accumulated runs (or None), and their feedback text."""
@@ -53,7 +54,8 @@ class OPRO(LLMOptimizer):
 
     def messages(self) -> list[dict[str, str]]:
         score, text = self.score_now()
-        entries = [*self.history[-self.memory_size :], (self.current_values(), score, text)]
+        with self._memory_lock:
+            entries = [*self.history, (self.current_values(), score, text)]
         entries.sort(key=lambda e: float("-inf") if e[1] is None else e[1])
         blocks = []
         for values, s, fb in entries:
@@ -75,5 +77,6 @@ class OPRO(LLMOptimizer):
     def _propose(self) -> Proposal:
         messages = self.messages()
         score, text = self.score_now()
-        self.history.append((self.current_values(), score, text))
+        with self._memory_lock:
+            self.history.append((self.current_values(), score, text))
         return self.ask(messages)

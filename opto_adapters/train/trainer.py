@@ -435,7 +435,9 @@ class Trainer:
             raise
         finally:
             if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
+                # wait for the (at most max_concurrency) runs in flight, so none of them reads
+                # parameters while they are restored; after Ctrl-C, do not make the user wait
+                self._executor.shutdown(wait=status != "interrupted", cancel_futures=True)
                 self._executor = None
             if self._steps_bar is not None:
                 self._steps_bar.close()
