@@ -50,6 +50,7 @@ def assert_pruned(tracer: OptoTracer) -> None:
     assert tracer.run_map == {}
     assert tracer.order_map == {}
     assert tracer._external_run_ids == {}
+    assert tracer._late == {}
 
 
 def test_batch_gives_one_graph_per_input():
@@ -257,6 +258,102 @@ def test_long_lived_tracer_keeps_no_per_run_state():
     assert_pruned(tracer)
     assert len(tracer.graphs) == 10
     assert sum(isinstance(g.output, ExceptionNode) for g in tracer.graphs) >= 1
+
+
+def test_a_stream_closed_early_logs_no_error_and_records_no_graph(caplog):
+    """The consumer stops a stream: the root ends while its steps still stream. Their late
+    ends used to raise TracerException (logged at ERROR) and a graph whose output was {} and
+    that had no parameters was recorded."""
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+    with caplog.at_level(logging.DEBUG):
+        for _ in chain.stream({"question": "broken off"}, config={"callbacks": [tracer]}):
+            break
+        stream = chain.stream({"question": "closed"}, config={"callbacks": [tracer]})
+        next(stream)
+        stream.close()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "stopped early" in caplog.text
+    assert tracer.graphs == []
+    assert_pruned(tracer)
+    # the tracer is fine afterwards: a stream read to the end gives its graph
+    assert "".join(chain.stream({"question": "full"}, config={"callbacks": [tracer]}))
+    assert_one_consistent_graph_per_run(tracer, ["full"])
+    assert_pruned(tracer)
+
+
+def test_roots_waiting_for_their_steps_are_bounded(monkeypatch, caplog):
+    from opto_adapters.langchain import tracer as tracer_module
+
+    monkeypatch.setattr(tracer_module, "_MAX_LATE", 1)
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+    waiting = []
+
+    async def consume() -> None:
+        for i in range(3):
+            stream = chain.astream({"question": f"q{i}"}, config={"callbacks": [tracer]})
+            await anext(stream)
+            await stream.aclose()
+            await asyncio.sleep(0.01)
+            waiting.append(len(tracer._late))
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(consume())  # the models' streams end when the loop shuts down
+    assert waiting == [1, 1, 1]
+    assert caplog.text.count("no longer waiting") == 2
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert tracer.graphs == []
+    assert_pruned(tracer)
+
+
+def test_an_async_stream_closed_early_logs_no_error_and_records_no_graph(caplog):
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+
+    async def consume() -> None:
+        stream = chain.astream({"question": "closed"}, config={"callbacks": [tracer]})
+        await anext(stream)
+        await stream.aclose()
+
+    with caplog.at_level(logging.DEBUG):
+        # the model's stream only ends when the event loop shuts its generators down
+        asyncio.run(consume())
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "stopped early" in caplog.text
+    assert tracer.graphs == []
+    assert_pruned(tracer)
+
+
+async def test_a_failed_async_parallel_is_recorded_when_its_other_branches_end(caplog):
+    """``RunnableParallel.ainvoke`` fails as soon as one branch fails, while the others still
+    run: the graph is recorded once they have ended, with the failure as its output."""
+    finished = asyncio.Event()
+
+    async def slow(text: str) -> str:
+        await asyncio.sleep(0.05)
+        finished.set()
+        return text
+
+    def fail(inputs: dict) -> str:
+        raise ValueError("bad branch")
+
+    chain = RunnableParallel(answer=make_chain() | RunnableLambda(slow), check=RunnableLambda(fail))
+    tracer = OptoTracer(chain)
+    with caplog.at_level(logging.DEBUG):
+        traced = await tracer.arun({"question": "why?"})
+        assert isinstance(traced.error, ValueError) and traced.graph is None
+        assert "it failed: its graph is recorded when they end" in caplog.text
+        await asyncio.wait_for(finished.wait(), 5)
+        for _ in range(500):  # the branch's end callbacks follow
+            if tracer.graphs:
+                break
+            await asyncio.sleep(0.01)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    graph = tracer.last_graph
+    assert graph is not None and isinstance(graph.output, ExceptionNode)
+    assert str(graph.output.exception) == "bad branch"
+    assert_pruned(tracer)
 
 
 def test_a_failing_graph_builder_never_breaks_the_chain(monkeypatch, caplog):
