@@ -220,16 +220,68 @@ async def test_async_global_form():
     assert_one_consistent_graph_per_run(tracer, ["a", "b"])
 
 
-def test_nested_tracers_inner_one_wins_then_outer_resumes():
-    chain = make_chain()
-    outer, inner = OptoTracer(chain), OptoTracer(chain)
+def test_nested_global_tracers_each_trace_as_if_alone():
+    """``with t1: with t2:`` used to leave t1 tracing nothing inside t2's block."""
+    chain1, chain2 = make_chain(), make_chain()
+    outer, inner = OptoTracer(chain1), OptoTracer(chain2)
     with outer:
-        chain.invoke({"question": "1"})
+        chain1.invoke({"question": "1"})
         with inner:
-            chain.invoke({"question": "2"})
-        chain.invoke({"question": "3"})
-    assert [values(g)["input.question"] for g in outer.graphs] == ["1", "3"]
-    assert [values(g)["input.question"] for g in inner.graphs] == ["2"]
+            chain1.invoke({"question": "2"})
+            chain2.batch([{"question": "3"}, {"question": "4"}])  # pool threads
+            chain2.invoke({"question": "5"}, config={"callbacks": [inner]})  # not twice
+        chain2.invoke({"question": "6"})
+    chain1.invoke({"question": "7"})
+
+    def questions(tracer):
+        return sorted(values(g)["input.question"] for g in tracer.graphs)
+
+    # the global form traces every run in its block, whichever chain
+    assert questions(outer) == ["1", "2", "3", "4", "5", "6"]
+    assert questions(inner) == ["2", "3", "4", "5"]
+    for tracer, own in ((outer, chain1), (inner, chain2)):
+        for graph in tracer.graphs:
+            question = values(graph)["input.question"]
+            assert graph.output.value == f"answer to: {question}"
+            # a graph holds its tracer's parameters when the run is of the tracer's own chain
+            of_own_chain = (question in ("1", "2")) == (own is chain1)
+            assert graph.parameters == (tracer.parameters if of_own_chain else [])
+        assert_pruned(tracer)
+
+
+def test_global_tracers_closed_in_any_order():
+    chain = make_chain()
+    first, second, third = OptoTracer(chain), OptoTracer(chain), OptoTracer(chain)
+
+    def scenario() -> None:
+        first.__enter__()
+        second.__enter__()
+        first.close()  # the first one leaves; the second one stays
+        chain.invoke({"question": "a"})
+        with third:  # takes the free place of the first
+            chain.invoke({"question": "b"})
+        with first, first:  # the same tracer twice: still once per run
+            chain.invoke({"question": "c"})
+        second.__exit__(None, None, None)
+        chain.invoke({"question": "d"})
+
+    contextvars.copy_context().run(scenario)  # whatever happens, no tracer stays active here
+    assert [values(g)["input.question"] for g in first.graphs] == ["c"]
+    assert [values(g)["input.question"] for g in second.graphs] == ["a", "b", "c"]
+    assert [values(g)["input.question"] for g in third.graphs] == ["b"]
+
+
+async def test_nested_async_global_tracers():
+    chain1, chain2 = make_chain(), make_chain()
+    outer, inner = OptoTracer(chain1), OptoTracer(chain2)
+    async with outer:
+        async with inner:
+            await asyncio.gather(
+                chain1.ainvoke({"question": "a"}), chain2.ainvoke({"question": "b"})
+            )
+        await chain1.ainvoke({"question": "c"})
+    assert sorted(values(g)["input.question"] for g in outer.graphs) == ["a", "b", "c"]
+    assert sorted(values(g)["input.question"] for g in inner.graphs) == ["a", "b"]
 
 
 # -- memory and robustness --------------------------------------------------------------------

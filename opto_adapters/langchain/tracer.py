@@ -1,7 +1,8 @@
 """``OptoTracer``: a LangChain callback that turns every finished root run into an OPTO graph.
 
 Attach it like any callback (``config={"callbacks": [tracer]}``, ``with_config``), or trace
-every LangChain run in a scope with ``with tracer:``. Each root run becomes one ``Graph``
+every LangChain run in a scope with ``with tracer:`` (tracers nest: inside ``with t1: with
+t2:`` each traces every run, as it would alone). Each root run becomes one ``Graph``
 (``tracer.last_graph``, ``tracer.graph(run_id)``, ``tracer.graphs``); the parameters it
 discovered are bound to the live prompts, tools and system prompts, so an optimizer step
 changes what the next run sends to the model.
@@ -41,18 +42,26 @@ logger = logging.getLogger("opto_adapters.langchain")
 
 _MAX_LATE = 1000  # roots waiting for their last steps to end (see the module docstring)
 
-_ACTIVE: ContextVar[OptoTracer | None] = ContextVar("opto_adapters_langchain_tracer", default=None)
-_HOOK_LOCK = threading.Lock()
-_hook_installed = False
+# The global form. LangChain's configure hook adds the handler held in a context variable to
+# every run it configures (unless that very handler is there already). One variable holds one
+# tracer, so tracers active at the same time (``with t1: with t2:``) each get a slot of their
+# own: each is then an ordinary handler of every run, with its own per-run state, exactly as
+# if it were active alone. Slots are registered on first use and reused; a slot is free in a
+# context when it holds no tracer there.
+_SLOTS: list[ContextVar[OptoTracer | None]] = []
+_SLOTS_LOCK = threading.Lock()
 
 
-def _install_hook() -> None:
-    """Let LangChain add the tracer in ``_ACTIVE`` to every run it configures (once)."""
-    global _hook_installed
-    with _HOOK_LOCK:
-        if not _hook_installed:
-            register_configure_hook(_ACTIVE, inheritable=True)
-            _hook_installed = True
+def _free_slot() -> ContextVar[OptoTracer | None]:
+    """A slot holding no tracer in this context (registering a new one if all are taken)."""
+    with _SLOTS_LOCK:
+        for var in _SLOTS:
+            if var.get() is None:
+                return var
+        var = ContextVar(f"opto_adapters_langchain_tracer_{len(_SLOTS)}", default=None)
+        register_configure_hook(var, inheritable=True)
+        _SLOTS.append(var)
+        return var
 
 
 class OptoTracer(TracerBase, BaseTracer):
@@ -203,17 +212,21 @@ class OptoTracer(TracerBase, BaseTracer):
     # -- the global form --------------------------------------------------------------------
 
     def __enter__(self) -> OptoTracer:
-        """Trace every LangChain run started in this context (threads need ``copy_context``)."""
-        _install_hook()
-        token = _ACTIVE.set(self)
-        self._tokens.set((*self._tokens.get(), token))
+        """Trace every LangChain run started in this context (threads need ``copy_context``).
+
+        Tracers nest: inside ``with t1: with t2:`` both trace every run, each as if alone.
+        """
+        var = _free_slot()
+        token = var.set(self)
+        self._tokens.set((*self._tokens.get(), (var, token)))
         return self
 
     def __exit__(self, *exc: object) -> None:
         tokens = self._tokens.get()
         if tokens:
             self._tokens.set(tokens[:-1])
-            _ACTIVE.reset(tokens[-1])
+            var, token = tokens[-1]
+            var.reset(token)
 
     async def __aenter__(self) -> OptoTracer:
         return self.__enter__()
@@ -225,9 +238,9 @@ class OptoTracer(TracerBase, BaseTracer):
         """Stop the global form in this context (what ``with`` does on exit). Idempotent."""
         tokens = self._tokens.get()
         self._tokens.set(())
-        for token in reversed(tokens):
+        for var, token in reversed(tokens):
             try:
-                _ACTIVE.reset(token)
+                var.reset(token)
             except ValueError:  # set in another context; it ends with that context
                 logger.debug("token from another context not reset", exc_info=True)
 
