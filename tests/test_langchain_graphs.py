@@ -428,3 +428,80 @@ def test_graph_metadata_carries_the_run_config():
     meta = traced.graph.metadata
     assert meta["metadata"] == {"example_id": 7} and meta["tags"] == ["eval"]
     assert meta["run_id"] and meta["name"] == "RunnableSequence"
+
+
+def test_long_framework_names_still_give_a_graph_with_valid_names():
+    """Run, prompt, tool, key and function names longer than a node name may be (128) are cut,
+    so the graph is still recorded (a too-long name used to make Node() raise and drop it)."""
+    from langchain_core.tools import StructuredTool
+
+    from opto_adapters.trace.nodes import check_name
+
+    long_tool = StructuredTool.from_function(
+        lambda city: f"sunny in {city}", name="t" * 200, description="Weather for a city."
+    )
+    prompt = qa_prompt().with_config(run_name="p" * 200)
+    prompt.bound.name = "q" * 200  # the prompt's own name labels its node and parameters
+    model = RecordingChatModel(responses=[tool_call("t" * 200, city="Paris")])
+
+    def run_tools(message):
+        return [long_tool.invoke(call) for call in message.tool_calls]
+
+    chain = (
+        prompt
+        | model.bind_tools([long_tool])
+        | RunnableLambda(run_tools)
+        | RunnableLambda(lambda out: out[0].content.upper()).with_config(run_name="n" * 200)
+    )
+    # a second prompt with the same long label: the names get the (cut) keys as prefixes,
+    # are cut to 100 characters, and the ones that became equal are numbered
+    other = qa_prompt()
+    other.name = "q" * 200
+    app = RunnableParallel(
+        {"k" * 150 + "a": chain, "j" * 150: other | RecordingChatModel(), "plain": qa_prompt()}
+    ).with_config(run_name="r" * 200)
+    tracer = OptoTracer(app)
+    names = [p.name for p in tracer.parameters]
+    k, j, q = "k" * 64, "j" * 64, "q" * 35
+    assert names == [
+        f"{k}.{q}",
+        f"{k}.{q}_2",
+        "tool." + "t" * 64,
+        f"{j}.{q}",
+        f"{j}.{q}_2",
+        "prompt.system",
+        "prompt.human",
+    ]
+    assert all(check_name(n) for n in names)
+
+    traced = tracer.run({"topic": "weather", "question": "Paris?"})
+    assert traced.error is None and traced.output[("k" * 150) + "a"] == "SUNNY IN PARIS"
+    graph = traced.graph
+    assert graph is not None
+    node_names = [n.name for n in graph.nodes]
+    assert all(check_name(n) for n in node_names)
+    assert "n" * 100 in node_names and "t" * 100 in node_names and "q" * 64 in node_names
+    assert graph.output.name == "r" * 100  # the root (its output is made of three branches)
+    assert len(graph.parameters) == 7
+
+
+def test_long_names_of_a_function_step_and_of_its_error():
+    inner = PromptTemplate.from_template("Summarize: {text}") | FakeListLLM(responses=["short"])
+
+    def summarize(text: str) -> str:
+        return inner.invoke({"text": text}).upper()
+
+    def check(text: str) -> str:
+        inner.invoke({"text": text})
+        raise ValueError("too short")
+
+    ok = RunnableLambda(summarize).with_config(run_name="s" * 200)
+    traced = OptoTracer(ok).run("a long text")
+    assert traced.output == "SHORT"
+    assert traced.graph.output.name == "s" * 100 and traced.graph.output.op.name == "s" * 200
+
+    failing = RunnableLambda(check).with_config(run_name="e" * 200)
+    traced = OptoTracer(failing).run("a long text")
+    assert isinstance(traced.error, ValueError)
+    assert isinstance(traced.graph.output, ExceptionNode)
+    assert traced.graph.output.name == "e" * 100

@@ -50,6 +50,7 @@ def assert_pruned(tracer: OptoTracer) -> None:
     assert tracer.run_map == {}
     assert tracer.order_map == {}
     assert tracer._external_run_ids == {}
+    assert tracer._late == {}
 
 
 def test_batch_gives_one_graph_per_input():
@@ -219,16 +220,68 @@ async def test_async_global_form():
     assert_one_consistent_graph_per_run(tracer, ["a", "b"])
 
 
-def test_nested_tracers_inner_one_wins_then_outer_resumes():
-    chain = make_chain()
-    outer, inner = OptoTracer(chain), OptoTracer(chain)
+def test_nested_global_tracers_each_trace_as_if_alone():
+    """``with t1: with t2:`` used to leave t1 tracing nothing inside t2's block."""
+    chain1, chain2 = make_chain(), make_chain()
+    outer, inner = OptoTracer(chain1), OptoTracer(chain2)
     with outer:
-        chain.invoke({"question": "1"})
+        chain1.invoke({"question": "1"})
         with inner:
-            chain.invoke({"question": "2"})
-        chain.invoke({"question": "3"})
-    assert [values(g)["input.question"] for g in outer.graphs] == ["1", "3"]
-    assert [values(g)["input.question"] for g in inner.graphs] == ["2"]
+            chain1.invoke({"question": "2"})
+            chain2.batch([{"question": "3"}, {"question": "4"}])  # pool threads
+            chain2.invoke({"question": "5"}, config={"callbacks": [inner]})  # not twice
+        chain2.invoke({"question": "6"})
+    chain1.invoke({"question": "7"})
+
+    def questions(tracer):
+        return sorted(values(g)["input.question"] for g in tracer.graphs)
+
+    # the global form traces every run in its block, whichever chain
+    assert questions(outer) == ["1", "2", "3", "4", "5", "6"]
+    assert questions(inner) == ["2", "3", "4", "5"]
+    for tracer, own in ((outer, chain1), (inner, chain2)):
+        for graph in tracer.graphs:
+            question = values(graph)["input.question"]
+            assert graph.output.value == f"answer to: {question}"
+            # a graph holds its tracer's parameters when the run is of the tracer's own chain
+            of_own_chain = (question in ("1", "2")) == (own is chain1)
+            assert graph.parameters == (tracer.parameters if of_own_chain else [])
+        assert_pruned(tracer)
+
+
+def test_global_tracers_closed_in_any_order():
+    chain = make_chain()
+    first, second, third = OptoTracer(chain), OptoTracer(chain), OptoTracer(chain)
+
+    def scenario() -> None:
+        first.__enter__()
+        second.__enter__()
+        first.close()  # the first one leaves; the second one stays
+        chain.invoke({"question": "a"})
+        with third:  # takes the free place of the first
+            chain.invoke({"question": "b"})
+        with first, first:  # the same tracer twice: still once per run
+            chain.invoke({"question": "c"})
+        second.__exit__(None, None, None)
+        chain.invoke({"question": "d"})
+
+    contextvars.copy_context().run(scenario)  # whatever happens, no tracer stays active here
+    assert [values(g)["input.question"] for g in first.graphs] == ["c"]
+    assert [values(g)["input.question"] for g in second.graphs] == ["a", "b", "c"]
+    assert [values(g)["input.question"] for g in third.graphs] == ["b"]
+
+
+async def test_nested_async_global_tracers():
+    chain1, chain2 = make_chain(), make_chain()
+    outer, inner = OptoTracer(chain1), OptoTracer(chain2)
+    async with outer:
+        async with inner:
+            await asyncio.gather(
+                chain1.ainvoke({"question": "a"}), chain2.ainvoke({"question": "b"})
+            )
+        await chain1.ainvoke({"question": "c"})
+    assert sorted(values(g)["input.question"] for g in outer.graphs) == ["a", "b", "c"]
+    assert sorted(values(g)["input.question"] for g in inner.graphs) == ["a", "b"]
 
 
 # -- memory and robustness --------------------------------------------------------------------
@@ -257,6 +310,102 @@ def test_long_lived_tracer_keeps_no_per_run_state():
     assert_pruned(tracer)
     assert len(tracer.graphs) == 10
     assert sum(isinstance(g.output, ExceptionNode) for g in tracer.graphs) >= 1
+
+
+def test_a_stream_closed_early_logs_no_error_and_records_no_graph(caplog):
+    """The consumer stops a stream: the root ends while its steps still stream. Their late
+    ends used to raise TracerException (logged at ERROR) and a graph whose output was {} and
+    that had no parameters was recorded."""
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+    with caplog.at_level(logging.DEBUG):
+        for _ in chain.stream({"question": "broken off"}, config={"callbacks": [tracer]}):
+            break
+        stream = chain.stream({"question": "closed"}, config={"callbacks": [tracer]})
+        next(stream)
+        stream.close()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "stopped early" in caplog.text
+    assert tracer.graphs == []
+    assert_pruned(tracer)
+    # the tracer is fine afterwards: a stream read to the end gives its graph
+    assert "".join(chain.stream({"question": "full"}, config={"callbacks": [tracer]}))
+    assert_one_consistent_graph_per_run(tracer, ["full"])
+    assert_pruned(tracer)
+
+
+def test_roots_waiting_for_their_steps_are_bounded(monkeypatch, caplog):
+    from opto_adapters.langchain import tracer as tracer_module
+
+    monkeypatch.setattr(tracer_module, "_MAX_LATE", 1)
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+    waiting = []
+
+    async def consume() -> None:
+        for i in range(3):
+            stream = chain.astream({"question": f"q{i}"}, config={"callbacks": [tracer]})
+            await anext(stream)
+            await stream.aclose()
+            await asyncio.sleep(0.01)
+            waiting.append(len(tracer._late))
+
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(consume())  # the models' streams end when the loop shuts down
+    assert waiting == [1, 1, 1]
+    assert caplog.text.count("no longer waiting") == 2
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert tracer.graphs == []
+    assert_pruned(tracer)
+
+
+def test_an_async_stream_closed_early_logs_no_error_and_records_no_graph(caplog):
+    chain = make_chain()
+    tracer = OptoTracer(chain)
+
+    async def consume() -> None:
+        stream = chain.astream({"question": "closed"}, config={"callbacks": [tracer]})
+        await anext(stream)
+        await stream.aclose()
+
+    with caplog.at_level(logging.DEBUG):
+        # the model's stream only ends when the event loop shuts its generators down
+        asyncio.run(consume())
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "stopped early" in caplog.text
+    assert tracer.graphs == []
+    assert_pruned(tracer)
+
+
+async def test_a_failed_async_parallel_is_recorded_when_its_other_branches_end(caplog):
+    """``RunnableParallel.ainvoke`` fails as soon as one branch fails, while the others still
+    run: the graph is recorded once they have ended, with the failure as its output."""
+    finished = asyncio.Event()
+
+    async def slow(text: str) -> str:
+        await asyncio.sleep(0.05)
+        finished.set()
+        return text
+
+    def fail(inputs: dict) -> str:
+        raise ValueError("bad branch")
+
+    chain = RunnableParallel(answer=make_chain() | RunnableLambda(slow), check=RunnableLambda(fail))
+    tracer = OptoTracer(chain)
+    with caplog.at_level(logging.DEBUG):
+        traced = await tracer.arun({"question": "why?"})
+        assert isinstance(traced.error, ValueError) and traced.graph is None
+        assert "it failed: its graph is recorded when they end" in caplog.text
+        await asyncio.wait_for(finished.wait(), 5)
+        for _ in range(500):  # the branch's end callbacks follow
+            if tracer.graphs:
+                break
+            await asyncio.sleep(0.01)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    graph = tracer.last_graph
+    assert graph is not None and isinstance(graph.output, ExceptionNode)
+    assert str(graph.output.exception) == "bad branch"
+    assert_pruned(tracer)
 
 
 def test_a_failing_graph_builder_never_breaks_the_chain(monkeypatch, caplog):

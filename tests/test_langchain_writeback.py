@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from langchain_core.messages import SystemMessage
@@ -339,6 +340,72 @@ def test_tool_description_limits():
     with pytest.raises(ValidationError, match="empty"):
         param.set("  ")
     assert param.value == "Get the weather for a city."
+
+
+def test_a_tool_description_already_too_long_is_kept_and_may_only_shrink(caplog):
+    """A description longer than 1024 characters used to be dropped at discovery with only a
+    warning: the tool then had no parameter at all."""
+    from langchain_core.tools import StructuredTool
+
+    long_text = ("Look up the weather. " * 60).strip()  # 1259 characters
+    lookup = StructuredTool.from_function(
+        lambda city: f"sunny in {city}", name="lookup", description=long_text
+    )
+    model = RecordingChatModel()
+    chain = qa_prompt() | model.bind_tools([lookup])
+    with caplog.at_level(logging.WARNING, logger="opto_adapters.langchain"):
+        tracer = OptoTracer(chain)
+    assert caplog.records == []
+    param = tracer.parameter("tool.lookup")
+    assert param.trainable and param.value == long_text
+    assert f"at most {len(long_text)} characters" in param.constraint
+    with pytest.raises(ValidationError, match=f"must be at most {len(long_text)}"):
+        param.set(long_text + "x")  # never grows past its first length
+    param.set("y" * len(long_text))  # as long as it was: fine
+    param.set("Weather for a city.")  # shorter: fine, and written to the bound copy too
+    chain.invoke(QUESTION)
+    assert model.calls[-1].tool_description("lookup") == "Weather for a city."
+    with pytest.raises(ValidationError, match="empty"):
+        param.set(" ")
+
+
+def test_an_empty_prompt_is_kept_as_a_parameter(caplog):
+    """An empty template or system message is valid: it used to be dropped at discovery
+    with only a warning, so the optimizer could never write one."""
+    model = RecordingChatModel()
+    chat = ChatPromptTemplate.from_messages(
+        [("system", ""), SystemMessage(""), ("human", "{question}")]
+    )
+    completion, llm = PromptTemplate.from_template(""), RecordingLLM(responses=["ok"])
+    with caplog.at_level(logging.WARNING, logger="opto_adapters.langchain"):
+        tracer = OptoTracer(chat | model)
+        completion_tracer = OptoTracer(completion | llm)
+    assert caplog.records == []
+    assert [p.name for p in tracer.parameters] == [
+        "prompt.system[0]",
+        "prompt.system[1]",
+        "prompt.human",
+    ]
+    template, literal = tracer.parameter("prompt.system[0]"), tracer.parameter("prompt.system[1]")
+    assert template.value == "" and literal.value == "" and template.variables == frozenset()
+    completion_tracer.parameter("prompt.template").set("Say hello.")
+    completion_tracer.run({})
+    assert llm.prompts == ["Say hello."]
+
+    apply_updates({template: "Answer in one word.", literal: "Be polite."})
+    graph = tracer.run({"question": "Capital of France?"}).graph
+    assert [m.content for m in model.calls[-1].messages] == [
+        "Answer in one word.",
+        "Be polite.",
+        "Capital of France?",
+    ]
+    assert ("prompt.system[0]", "system[0]", "prompt") in graph.edges()
+    template.set("")  # empty to begin with: may be empty again (that is how the app started)
+    assert template.value == ""
+    # a text that was not empty may not become empty
+    brief = OptoTracer(ChatPromptTemplate.from_messages([("system", "Be brief.")]))
+    with pytest.raises(ValidationError, match="empty"):
+        brief.parameter("prompt.system").set(" ")
 
 
 # -- save / load ------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -47,7 +46,7 @@ from langchain_core.runnables import (
 from langchain_core.runnables.passthrough import RunnableAssign
 from langchain_core.tools import BaseTool
 
-from ..trace import Parameter
+from ..trace import Parameter, safe_name
 from .writeback import (
     ToolSchemas,
     message_parameter,
@@ -69,7 +68,8 @@ _ROLES = (
     (HumanMessagePromptTemplate, "human"),
     (AIMessagePromptTemplate, "ai"),
 )
-_SEGMENT = re.compile(r"[^\w\-:/\[\]]+")
+_SEGMENT_LENGTH = 64  # one part of a name (a key, a tool name...)
+_NAME_LENGTH = 100  # a whole name; room is left for a ``_2`` suffix
 _LIBRARY_PREFIXES = ("langchain", "langgraph", "langsmith", "pydantic", "opto_adapters", "openai")
 _MAX_FUNCTION_DEPTH = 3
 _SYSTEM_VARS = {"system_message", "system_prompt", "system", "prompt"}
@@ -111,8 +111,14 @@ def object_stamp(obj: Any) -> str | None:
 
 
 def _segment(text: Any) -> str:
-    seg = _SEGMENT.sub("_", str(text)).strip("_") or "x"
-    return seg if re.match(r"[A-Za-z_]", seg) else "_" + seg
+    """One part of a parameter name from framework text (a key, a tool, node or variable
+    name): valid and short. Dots become ``_``: in a name they separate the parts."""
+    return safe_name(str(text).replace(".", "_"), default="x", max_length=_SEGMENT_LENGTH)
+
+
+def _cap(name: str) -> str:
+    """A joined name (``step1.prompt.system``), cut to ``_NAME_LENGTH`` characters."""
+    return safe_name(name, default="x", max_length=_NAME_LENGTH).rstrip(".") or "x"
 
 
 @dataclass
@@ -395,7 +401,8 @@ def unique_names(items: list[tuple[tuple[str, ...], tuple[str, ...], int]]) -> l
     """For each ``(label, path, group)``: the label, prefixed by the path segments that tell it
     apart from same-labelled ones (``prompt.system``, ``step2.prompt.system``,
     ``brief.prompt.system``); segments all colliders share are skipped. Parameters of one
-    object (one ``group``) get the same prefix; names still equal are numbered."""
+    object (one ``group``) get the same prefix. Names are cut to 100 characters; names still
+    equal are numbered (``_2``)."""
     chosen: list[set[int]] = [set() for _ in items]  # positions from the end of the path
 
     def name(i: int) -> str:
@@ -430,13 +437,21 @@ def unique_names(items: list[tuple[tuple[str, ...], tuple[str, ...], int]]) -> l
                 grew = True
         if not grew:
             break
+    # cut long names, then number the ones still equal (cutting can make two equal); a
+    # number never takes a name another parameter already has
+    capped = [_cap(name(i)) for i in range(len(items))]
+    taken = set(capped)
+    used: set[str] = set()
     out = []
-    seen: dict[str, int] = {}
-    for i in range(len(items)):
-        n = name(i)
-        count = seen.get(n, 0)
-        seen[n] = count + 1
-        out.append((n if count == 0 else f"{n}_{count + 1}")[:128])
+    for n in capped:
+        if n in used:
+            k = 2
+            while f"{n}_{k}" in taken:
+                k += 1
+            n = f"{n}_{k}"
+            taken.add(n)
+        used.add(n)
+        out.append(n)
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from langchain_core.tracers.schemas import Run
 
-from ..trace import ExceptionNode, Graph, Node, Op, Parameter
+from ..trace import ExceptionNode, Graph, Node, Op, Parameter, safe_name
 from .discovery import STAMP_KEY, Discovered
 from .values import atoms, message_role, message_text, readable, strong
 from .writeback import schema_holder
@@ -34,7 +34,6 @@ ERROR_KEY = "__opto_adapters_error"
 
 _STEP = re.compile(r"^seq:step:(\d+)$")
 _ROLE_ARG = {"human": "human", "ai": "ai", "system": "system", "tool": "tool"}
-_NAME_CHARS = re.compile(r"[^\w\-:/\[\]]+")
 
 _OPS: dict[tuple[str, str], Op] = {}
 _OPS_LOCK = threading.Lock()
@@ -57,11 +56,17 @@ def _op_name(run: Run) -> str:
     return str(name).split("<", 1)[0] or "step"
 
 
+def _part(text: Any, default: str) -> str:
+    """A valid node name (at most 100 characters) from framework text: a run, tool or function
+    name, a key. Dots become ``_``: in a name they separate parts (``input.question``)."""
+    return safe_name(str(text).replace(".", "_"), default=default)
+
+
 @functools.lru_cache(maxsize=1024)
 def _snake(name: str) -> str:
+    """A run's name as a node name: ``StrOutputParser`` -> ``str_output_parser``."""
     text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.split("<", 1)[0])
-    text = _NAME_CHARS.sub("_", text).strip("_").lower() or "step"
-    return text if re.match(r"[A-Za-z_]", text) else "_" + text
+    return _part(text.lower(), "step")
 
 
 def _doc(run: Run, name: str) -> str:
@@ -475,12 +480,12 @@ class _Builder:
         elif isinstance(data, dict) and set(data) == {"input"}:
             items = {"input": data["input"]}
         elif isinstance(data, dict) and data:
-            items = {f"input.{_NAME_CHARS.sub('_', str(k)) or 'value'}": v for k, v in data.items()}
+            items = {f"input.{_part(k, 'value')}": v for k, v in data.items()}
         else:
             items = {"input": data}
         leaves = []
         for name, raw in items.items():
-            leaf = Node(readable(raw), name=name[:128], description="an input of the run")
+            leaf = Node(readable(raw), name=safe_name(name), description="an input of the run")
             leaves.append(self.produce(leaf, raw, "input"))
         return leaves
 

@@ -1,10 +1,19 @@
 """``OptoTracer``: a LangChain callback that turns every finished root run into an OPTO graph.
 
 Attach it like any callback (``config={"callbacks": [tracer]}``, ``with_config``), or trace
-every LangChain run in a scope with ``with tracer:``. Each root run becomes one ``Graph``
+every LangChain run in a scope with ``with tracer:`` (tracers nest: inside ``with t1: with
+t2:`` each traces every run, as it would alone). Each root run becomes one ``Graph``
 (``tracer.last_graph``, ``tracer.graph(run_id)``, ``tracer.graphs``); the parameters it
 discovered are bound to the live prompts, tools and system prompts, so an optimizer step
 changes what the next run sends to the model.
+
+A root run can end before some of its steps: a stream the consumer stopped early (``break``,
+``close()``) ends the root while the steps still stream, and an async ``RunnableParallel``
+whose branch failed ends with the other branches still running. The graph of a run stopped
+early is not recorded: its steps report no output, so it would show the app producing
+nothing. The graph of a run that failed (with an ``Exception``) is recorded once its last
+step has ended: it is then complete, and its output is the error. Either way the steps that
+end late are handled quietly and leave no state behind.
 """
 
 from __future__ import annotations
@@ -31,18 +40,28 @@ __all__ = ["OptoTracer"]
 
 logger = logging.getLogger("opto_adapters.langchain")
 
-_ACTIVE: ContextVar[OptoTracer | None] = ContextVar("opto_adapters_langchain_tracer", default=None)
-_HOOK_LOCK = threading.Lock()
-_hook_installed = False
+_MAX_LATE = 1000  # roots waiting for their last steps to end (see the module docstring)
+
+# The global form. LangChain's configure hook adds the handler held in a context variable to
+# every run it configures (unless that very handler is there already). One variable holds one
+# tracer, so tracers active at the same time (``with t1: with t2:``) each get a slot of their
+# own: each is then an ordinary handler of every run, with its own per-run state, exactly as
+# if it were active alone. Slots are registered on first use and reused; a slot is free in a
+# context when it holds no tracer there.
+_SLOTS: list[ContextVar[OptoTracer | None]] = []
+_SLOTS_LOCK = threading.Lock()
 
 
-def _install_hook() -> None:
-    """Let LangChain add the tracer in ``_ACTIVE`` to every run it configures (once)."""
-    global _hook_installed
-    with _HOOK_LOCK:
-        if not _hook_installed:
-            register_configure_hook(_ACTIVE, inheritable=True)
-            _hook_installed = True
+def _free_slot() -> ContextVar[OptoTracer | None]:
+    """A slot holding no tracer in this context (registering a new one if all are taken)."""
+    with _SLOTS_LOCK:
+        for var in _SLOTS:
+            if var.get() is None:
+                return var
+        var = ContextVar(f"opto_adapters_langchain_tracer_{len(_SLOTS)}", default=None)
+        register_configure_hook(var, inheritable=True)
+        _SLOTS.append(var)
+        return var
 
 
 class OptoTracer(TracerBase, BaseTracer):
@@ -81,6 +100,9 @@ class OptoTracer(TracerBase, BaseTracer):
         self._tokens: ContextVar[tuple[Any, ...]] = ContextVar(
             f"opto_adapters_tokens_{id(self)}", default=()
         )
+        # roots that ended before some of their steps -> (root, record its graph when they end)
+        self._late: dict[uuid.UUID, tuple[Run, bool]] = {}
+        self._late_lock = threading.Lock()
 
     def __repr__(self) -> str:
         names = [p.name for p in self.parameters]
@@ -172,23 +194,39 @@ class OptoTracer(TracerBase, BaseTracer):
         try:
             return self.graph(run_id)
         except KeyError:
-            logger.warning("no graph was recorded for run %s (see the errors logged above)", run_id)
+            with self._late_lock:
+                waiting = run_id in self._late
+            if waiting:
+                logger.warning(
+                    "run %s ended before some of its steps (e.g. the other branches of a "
+                    "failed parallel step); its graph is recorded when they end: "
+                    "tracer.graph(run_id)",
+                    run_id,
+                )
+            else:
+                logger.warning(
+                    "no graph was recorded for run %s (see the errors logged above)", run_id
+                )
             return None
 
     # -- the global form --------------------------------------------------------------------
 
     def __enter__(self) -> OptoTracer:
-        """Trace every LangChain run started in this context (threads need ``copy_context``)."""
-        _install_hook()
-        token = _ACTIVE.set(self)
-        self._tokens.set((*self._tokens.get(), token))
+        """Trace every LangChain run started in this context (threads need ``copy_context``).
+
+        Tracers nest: inside ``with t1: with t2:`` both trace every run, each as if alone.
+        """
+        var = _free_slot()
+        token = var.set(self)
+        self._tokens.set((*self._tokens.get(), (var, token)))
         return self
 
     def __exit__(self, *exc: object) -> None:
         tokens = self._tokens.get()
         if tokens:
             self._tokens.set(tokens[:-1])
-            _ACTIVE.reset(tokens[-1])
+            var, token = tokens[-1]
+            var.reset(token)
 
     async def __aenter__(self) -> OptoTracer:
         return self.__enter__()
@@ -200,9 +238,9 @@ class OptoTracer(TracerBase, BaseTracer):
         """Stop the global form in this context (what ``with`` does on exit). Idempotent."""
         tokens = self._tokens.get()
         self._tokens.set(())
-        for token in reversed(tokens):
+        for var, token in reversed(tokens):
             try:
-                _ACTIVE.reset(token)
+                var.reset(token)
             except ValueError:  # set in another context; it ends with that context
                 logger.debug("token from another context not reset", exc_info=True)
 
@@ -210,29 +248,84 @@ class OptoTracer(TracerBase, BaseTracer):
 
     def _persist_run(self, run: Run) -> None:
         """Called once per finished root run, with the whole tree."""
+        # the app failed (recorded once the steps end), or was stopped (a stream closed
+        # early ends the root normally, or with GeneratorExit when async: nothing recorded)
+        failed = isinstance((run.extra or {}).get(graph_builder.ERROR_KEY), Exception)
+        with self._late_lock:  # a step ending now in another thread checks ``_late`` after
+            waiting = _unfinished(run)
+            if waiting:
+                self._late[run.id] = (run, failed)
+                if len(self._late) > _MAX_LATE:
+                    self._evict(next(iter(self._late)))
+        if waiting:
+            logger.debug(
+                "run %s (%s) ended before its steps %s; %s",
+                run.id,
+                run.name,
+                ", ".join(str(r.name) for r in waiting),
+                "it failed: its graph is recorded when they end"
+                if failed
+                else "it was stopped early (a stream closed by its consumer?): no graph is recorded",
+            )
+            self._forget(run)
+            return
+        self._finish(run)
+
+    def _finish(self, root: Run) -> None:
+        """Record the graph of a root whose steps have all ended, and forget the run."""
         try:
-            graph = self._build_graph(run)
-            self._record(str(run.id), graph)
+            graph = self._build_graph(root)
+            self._record(str(root.id), graph)
         except Exception:
             logger.exception(
                 "opto_adapters could not build the graph of run %s (%s); the app is not affected",
-                run.id,
-                run.name,
+                root.id,
+                root.name,
             )
         finally:
-            self._forget(run)
+            self._forget(root)
 
     def _build_graph(self, run: Run) -> Graph:
         return graph_builder.build_graph(run, self._found, self._by_run_name)
 
     def _forget(self, root: Run) -> None:
-        """Drop the per-run state BaseTracer keeps (it never prunes ``order_map``)."""
+        """Drop the ``order_map`` entries (BaseTracer never prunes them) of the runs of this
+        tree that have ended. A step still running keeps its entries: its end callback still
+        needs them (and ``_late_end`` prunes them then). BaseTracer itself drops each ended
+        run from ``run_map``."""
+        stack = [root]
+        while stack:
+            run = stack.pop()
+            if run.end_time is not None:
+                self.order_map.pop(run.id, None)
+            stack.extend(run.child_runs)
+
+    def _late_end(self, run: Run) -> None:
+        """A step of a root that has already ended has ended: prune it and, once it was the
+        last one, finish the root (record its graph if it failed, see the module docstring)."""
+        with self._late_lock:
+            item = self._late.get(run.trace_id)
+            if item is None:
+                return
+            self.order_map.pop(run.id, None)
+            root, record = item
+            if _unfinished(root):
+                return
+            del self._late[root.id]
+        logger.debug("the last step of run %s (%s) has ended", root.id, root.name)
+        if record:
+            self._finish(root)
+        else:
+            self._forget(root)
+
+    def _evict(self, root_id: uuid.UUID) -> None:
+        """Give up on a root whose steps never ended (bounds ``_late``; under the lock)."""
+        root, _ = self._late.pop(root_id)
+        logger.debug("run %s still has unfinished steps; no longer waiting for them", root_id)
         stack = [root]
         while stack:
             run = stack.pop()
             self.order_map.pop(run.id, None)
-            if run is not root:  # BaseTracer pops the root itself right after this
-                self.run_map.pop(str(run.id), None)
             stack.extend(run.child_runs)
 
     def _create_chat_model_run(
@@ -305,13 +398,32 @@ _CALLBACKS = (
 )
 
 
+def _unfinished(root: Run) -> list[Run]:
+    """The runs under ``root`` that have not ended."""
+    found = []
+    stack = list(root.child_runs)
+    while stack:
+        run = stack.pop()
+        if run.end_time is None:
+            found.append(run)
+        stack.extend(run.child_runs)
+    return found
+
+
 def _guarded(name: str) -> Any:
     base = getattr(BaseTracer, name)
+    ends = name.endswith(("_end", "_error"))
 
     @functools.wraps(base)
     def method(self: OptoTracer, *args: Any, **kwargs: Any) -> Any:
+        run = None
         try:
-            return base(self, *args, **kwargs)
+            if ends:
+                run = self.run_map.get(str(kwargs.get("run_id")))
+            result = base(self, *args, **kwargs)
+            if run is not None and run.trace_id != run.id:
+                self._late_end(run)  # a step: did it end after its root?
+            return result
         except Exception:
             logger.exception("opto_adapters tracer failed in %s; the app is not affected", name)
             return None

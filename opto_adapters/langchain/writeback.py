@@ -37,6 +37,14 @@ def _not_empty(value: Any) -> str | None:
     return None
 
 
+def _emptiness_rule(initial: Any) -> Callable[[Any], str | None] | None:
+    """Suggestions may not be empty, unless the text was empty to begin with (an empty
+    template or system message is valid, and the optimizer may fill it in)."""
+    if isinstance(initial, str) and not initial.strip():
+        return None
+    return _not_empty
+
+
 def template_variable_parser(
     template_format: str, partials: frozenset[str] = frozenset()
 ) -> Callable[[str], frozenset[str]]:
@@ -112,7 +120,7 @@ def template_parameter(
         kind="prompt",
         description=description,
         constraint=constraint,
-        validator=_not_empty,
+        validator=_emptiness_rule(get()),
         binding=Binding(get, set_),
         variable_parser=parser,
     )
@@ -141,7 +149,7 @@ def message_parameter(
         kind="prompt",
         description=description,
         constraint="literal text (not a template): braces are kept as written",
-        validator=_not_empty,
+        validator=_emptiness_rule(get()),
         binding=Binding(get, set_),
         variables=frozenset(),
         variable_parser=lambda _text: frozenset(),
@@ -191,21 +199,35 @@ def schema_holder(schema: Any) -> tuple[str, dict] | None:
 
 
 def tool_parameter(schemas: ToolSchemas, *, name: str, description: str) -> Parameter:
-    """A ``tool_description`` Parameter that writes every copy of the tool's description."""
+    """A ``tool_description`` Parameter that writes every copy of the tool's description.
+
+    Suggestions are at most ``TOOL_DESCRIPTION_LIMIT`` characters, or as long as the
+    description was to begin with if it was longer (it may shrink, never grow past that).
+    """
+    initial = schemas.get()
+    limit = max(TOOL_DESCRIPTION_LIMIT, len(initial) if isinstance(initial, str) else 0)
+    empty_rule = _emptiness_rule(initial)
 
     def too_long(value: Any) -> str | None:
-        empty = _not_empty(value)
+        empty = empty_rule(value) if empty_rule else None
         if empty:
             return empty
-        if isinstance(value, str) and len(value) > TOOL_DESCRIPTION_LIMIT:
-            return f"{len(value)} characters; tool descriptions must be at most {TOOL_DESCRIPTION_LIMIT}"
+        if isinstance(value, str) and len(value) > limit:
+            return f"{len(value)} characters; this tool's description must be at most {limit}"
         return None
 
+    if limit > TOOL_DESCRIPTION_LIMIT:
+        constraint = (
+            f"at most {limit} characters (the length it started with; providers such as OpenAI "
+            f"accept {TOOL_DESCRIPTION_LIMIT}, so shorter is better)"
+        )
+    else:
+        constraint = f"at most {limit} characters"
     return Parameter(
         name=name,
         kind="tool_description",
         description=description,
-        constraint=f"at most {TOOL_DESCRIPTION_LIMIT} characters; the tool's name and arguments stay the same",
+        constraint=f"{constraint}; the tool's name and arguments stay the same",
         validator=too_long,
         binding=Binding(schemas.get, schemas.set),
     )
