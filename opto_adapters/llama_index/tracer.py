@@ -29,6 +29,7 @@ import asyncio
 import logging
 import threading
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -65,6 +66,29 @@ class _Capture:
 _CAPTURE: ContextVar[_Capture | None] = ContextVar(
     "opto_adapters_llama_index_capture", default=None
 )
+
+
+# The dispatcher's handler lists are plain lists shared by every thread: every add and remove
+# by any tracer goes through this one lock. A tracer's finalizer may be run by the garbage
+# collector in a thread that is already inside an update: that removal is deferred to the end
+# of the update instead of deadlocking on (or interleaving with) it.
+_HANDLERS_LOCK = threading.Lock()
+_UPDATING = threading.local()
+_DEFERRED: deque[Callable[[], None]] = deque()
+
+
+def _update_handlers(change: Callable[[], None]) -> None:
+    if getattr(_UPDATING, "active", False):  # re-entered from a finalizer in this thread
+        _DEFERRED.append(change)
+        return
+    _UPDATING.active = True  # before taking the lock: no window for a re-entrant deadlock
+    try:
+        with _HANDLERS_LOCK:
+            change()
+            while _DEFERRED:
+                _DEFERRED.popleft()()
+    finally:
+        _UPDATING.active = False
 
 
 class OptoTracer(TracerBase):
@@ -135,12 +159,17 @@ class OptoTracer(TracerBase):
         with self._state_lock:
             if self.attached:
                 return
-            dispatcher = get_dispatcher()
-            dispatcher.add_span_handler(self._span_handler)
-            dispatcher.add_event_handler(self._event_handler)
+            span_handler, event_handler = self._span_handler, self._event_handler
+
+            def add() -> None:
+                dispatcher = get_dispatcher()
+                dispatcher.add_span_handler(span_handler)
+                dispatcher.add_event_handler(event_handler)
+
+            _update_handlers(add)
             # detach even if the user never calls close(): the dispatcher is global
             self._finalizer = weakref.finalize(
-                self, _detach, self._span_handler, self._event_handler, self._recorder
+                self, _detach, span_handler, event_handler, self._recorder
             )
 
     def close(self) -> None:
@@ -301,10 +330,23 @@ def _call(ref: weakref.ref[OptoTracer], method: str, default: Any, *args: Any) -
 
 def _detach(span_handler: SpanHandler, event_handler: EventHandler, recorder: Recorder) -> None:
     """Remove exactly these handlers (by identity: pydantic handlers compare by fields)."""
-    dispatcher = get_dispatcher()
-    dispatcher.span_handlers = [h for h in dispatcher.span_handlers if h is not span_handler]
-    dispatcher.event_handlers = [h for h in dispatcher.event_handlers if h is not event_handler]
+
+    def remove() -> None:
+        dispatcher = get_dispatcher()
+        _remove(dispatcher, "span_handlers", span_handler)
+        _remove(dispatcher, "event_handlers", event_handler)
+
+    _update_handlers(remove)
     recorder.clear()
+
+
+def _remove(dispatcher: Any, attr: str, handler: Any) -> None:
+    """Replace the list rather than edit it: a thread dispatching a span or event iterates
+    the list by index, and an in-place removal would shift it and skip the next handler
+    (another tracer's, or another library's) for that span."""
+    handlers = getattr(dispatcher, attr)
+    if any(h is handler for h in handlers):
+        setattr(dispatcher, attr, [h for h in handlers if h is not handler])
 
 
 def _is_workflow(obj: Any) -> bool:
