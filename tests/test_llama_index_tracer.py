@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,90 @@ def test_run_reattaches_a_closed_tracer_only_for_its_run(index):
     run = tracer.run("What color is the sky?")
     assert run.graph is not None and run.graph.output.value == "A: What color is the sky?"
     assert handlers() == before and not tracer.attached
+
+
+def slow_echo_llm(delay: float = 0.01) -> RecordingLLM:
+    """``echo_llm`` that takes ``delay`` seconds per call, so concurrent runs overlap."""
+    llm = echo_llm()
+    llm.delay = delay
+    return llm
+
+
+def test_concurrent_runs_on_a_closed_tracer_each_get_their_graph(index):
+    # The trainer calls tracer.run from several threads on a tracer closed by `with`: each
+    # run attaches it for its own duration, and the first to finish must not detach the
+    # handlers under the others.
+    before = handlers()
+    engine = index.as_query_engine(llm=slow_echo_llm(), similarity_top_k=1)
+    tracer = OptoTracer(engine, max_graphs=100)
+    with tracer:
+        engine.query("warmup")
+    assert not tracer.attached
+    questions = [f"thread question {i}" for i in range(32)]
+    with ThreadPoolExecutor(8) as pool:
+        runs = list(pool.map(tracer.run, questions))
+    missing = [q for q, r in zip(questions, runs, strict=True) if r.graph is None]
+    assert missing == []
+    for question, run in zip(questions, runs, strict=True):
+        assert run.graph.output.value == f"A: {question}"
+    assert not tracer.attached and handlers() == before
+
+
+async def test_concurrent_aruns_on_a_closed_tracer_each_get_their_graph(index):
+    before = handlers()
+    engine = index.as_query_engine(llm=slow_echo_llm(), similarity_top_k=1)
+    tracer = OptoTracer(engine, max_graphs=100)
+    tracer.close()
+    questions = [f"async question {i}" for i in range(16)]
+    runs = await asyncio.gather(*(tracer.arun(q) for q in questions))
+    missing = [q for q, r in zip(questions, runs, strict=True) if r.graph is None]
+    assert missing == []
+    for question, run in zip(questions, runs, strict=True):
+        assert run.graph.output.value == f"A: {question}"
+    assert not tracer.attached and handlers() == before
+
+
+def _run_in_thread_while(tracer, question, action):
+    """Start ``tracer.run(question)`` in a thread, call ``action()`` while its LLM call is
+    in flight, let the run finish and return it."""
+    entered, release = threading.Event(), threading.Event()
+    llm = tracer.target._response_synthesizer._llm
+
+    def reply(prompt):
+        entered.set()
+        assert release.wait(5)
+        return "A: done"
+
+    llm._reply = reply
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(tracer.run, question)
+        assert entered.wait(5)
+        action()
+        release.set()
+        return future.result(5)
+
+
+def test_a_run_never_detaches_a_tracer_the_user_attached_meanwhile(index):
+    engine = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    tracer = OptoTracer(engine)
+    tracer.close()
+    run = _run_in_thread_while(tracer, "What is green?", tracer.attach)
+    assert run.graph is not None
+    assert tracer.attached  # the user's attach() outlives the run's temporary one
+    engine.query("traced after the run")
+    assert tracer.last_graph.output.value == "A: done"
+    assert len(tracer.graphs) == 2
+    tracer.close()
+    assert not tracer.attached
+
+
+def test_close_during_a_run_detaches_when_the_run_ends(index):
+    before = handlers()
+    engine = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
+    tracer = OptoTracer(engine)
+    run = _run_in_thread_while(tracer, "What is green?", tracer.close)
+    assert run.graph is not None and run.graph.output.value == "A: done"
+    assert not tracer.attached and handlers() == before
 
 
 async def test_concurrent_aquery_calls_get_separate_correct_graphs(index):

@@ -14,8 +14,10 @@ them on ``close()``. While attached it builds a graph for
 
 LLMs and embedding models are not components: they are usually shared, so a direct
 ``llm.complete(...)`` is traced only inside ``with tracer:``. Leaving the ``with`` block
-closes the tracer; ``run``/``arun`` re-attach for the duration of their run if needed, and
-``attach()`` re-opens it.
+closes the tracer; ``attach()`` re-opens it. ``run``/``arun`` keep the tracer attached for
+the duration of their run, also when it was closed and when several run at once (threads,
+``asyncio.gather``): the handlers come off when the user has closed the tracer and the last
+run in flight has ended.
 
 A graph is built when its run's root span ends. With ``streaming=True`` the LLM is called
 while the caller consumes the stream, after the query returned: those calls are not in the
@@ -66,7 +68,6 @@ class _Capture:
 _CAPTURE: ContextVar[_Capture | None] = ContextVar(
     "opto_adapters_llama_index_capture", default=None
 )
-
 
 # The dispatcher's handler lists are plain lists shared by every thread: every add and remove
 # by any tracer goes through this one lock. A tracer's finalizer may be run by the garbage
@@ -142,6 +143,8 @@ class OptoTracer(TracerBase):
         self._state_lock = threading.RLock()
         self._finalizer: weakref.finalize | None = None
         self._depth = 0
+        self._user_attached = False  # attach() / close() and the with block
+        self._runs_in_flight = 0  # run() / arun() calls not finished yet
         self.attach()
 
     # -- attach / detach -------------------------------------------------------------------
@@ -157,29 +160,53 @@ class OptoTracer(TracerBase):
         A new tracer is attached already; this re-opens one that was closed.
         """
         with self._state_lock:
-            if self.attached:
-                return
-            span_handler, event_handler = self._span_handler, self._event_handler
-
-            def add() -> None:
-                dispatcher = get_dispatcher()
-                dispatcher.add_span_handler(span_handler)
-                dispatcher.add_event_handler(event_handler)
-
-            _update_handlers(add)
-            # detach even if the user never calls close(): the dispatcher is global
-            self._finalizer = weakref.finalize(
-                self, _detach, span_handler, event_handler, self._recorder
-            )
+            self._user_attached = True
+            self._add_handlers()
 
     def close(self) -> None:
         """Remove the handlers from LlamaIndex's dispatcher and forget unfinished runs.
 
-        Idempotent. Recorded graphs and the parameters stay usable.
+        Idempotent. Recorded graphs and the parameters stay usable. While ``run``/``arun``
+        calls are in flight (in other threads or tasks) the handlers stay until the last of
+        them ends, so each still gets its graph.
         """
         with self._state_lock:
-            if self._finalizer is not None:
-                self._finalizer()
+            self._user_attached = False
+            if self._runs_in_flight == 0:
+                self._remove_handlers()
+
+    def _add_handlers(self) -> None:
+        """Attach unless attached; call with ``_state_lock`` held."""
+        if self.attached:
+            return
+        span_handler, event_handler = self._span_handler, self._event_handler
+
+        def add() -> None:
+            dispatcher = get_dispatcher()
+            dispatcher.add_span_handler(span_handler)
+            dispatcher.add_event_handler(event_handler)
+
+        _update_handlers(add)
+        # detach even if the user never calls close(): the dispatcher is global
+        self._finalizer = weakref.finalize(
+            self, _detach, span_handler, event_handler, self._recorder
+        )
+
+    def _remove_handlers(self) -> None:
+        """Detach if attached; call with ``_state_lock`` held."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def _begin_run(self) -> None:
+        with self._state_lock:
+            self._runs_in_flight += 1
+            self._add_handlers()
+
+    def _end_run(self) -> None:
+        with self._state_lock:
+            self._runs_in_flight -= 1
+            if self._runs_in_flight == 0 and not self._user_attached:
+                self._remove_handlers()
 
     def __enter__(self) -> OptoTracer:
         self.attach()
@@ -226,7 +253,7 @@ class OptoTracer(TracerBase):
                 "use `await tracer.arun(...)`"
             )
         call = self._method(sync=True)
-        temporary = self._attach_for_run()
+        self._begin_run()
         capture = _Capture(self)
         token = _CAPTURE.set(capture)
         try:
@@ -236,13 +263,12 @@ class OptoTracer(TracerBase):
                 output, error = None, exc
         finally:
             _CAPTURE.reset(token)
-            if temporary:
-                self.close()
+            self._end_run()
         return TracedRun(output, self._graph_of(capture), error)
 
     async def arun(self, input: Any, **kwargs: Any) -> TracedRun:
         """Async ``run``: ``aquery``/``aretrieve``/``achat``, or ``await agent.run(...)``."""
-        temporary = self._attach_for_run()
+        self._begin_run()
         capture = _Capture(self)
         token = _CAPTURE.set(capture)
         try:
@@ -260,15 +286,8 @@ class OptoTracer(TracerBase):
                 await asyncio.sleep(0)
         finally:
             _CAPTURE.reset(token)
-            if temporary:
-                self.close()
+            self._end_run()
         return TracedRun(output, self._graph_of(capture), error)
-
-    def _attach_for_run(self) -> bool:
-        if self.attached:
-            return False
-        self.attach()
-        return True
 
     def _method(self, *, sync: bool) -> Callable[..., Any] | Callable[..., Awaitable[Any]]:
         t = self.target
