@@ -27,6 +27,7 @@ from llama_index.core.prompts.mixin import PromptMixin
 from llama_index.core.tools.types import BaseTool
 
 from ..trace import Binding, Parameter, template_variables
+from .recorder import is_workflow
 from .templates import (
     STAMP_KEY,
     Path,
@@ -428,11 +429,11 @@ class _Walker:
 
     def agent(self, obj: Any, prefix: str, chain: tuple[int, ...]) -> None:
         agents = _probe(obj, "agents")
-        if isinstance(agents, Mapping) and _is_workflow(obj):  # AgentWorkflow
+        if isinstance(agents, Mapping) and is_workflow(obj):  # AgentWorkflow
             for name, agent in agents.items():
                 self.visit(agent, f"{prefix}{_clean(str(name))}.", chain)
             return
-        if not _is_workflow(obj):
+        if not is_workflow(obj):
             return
         system_prompt = _probe(obj, "system_prompt")
         if isinstance(system_prompt, str):
@@ -674,11 +675,3 @@ def _probe(obj: Any, attr: str) -> Any:
     except Exception:
         logger.debug("reading %s.%s raised; skipped", type(obj).__name__, attr, exc_info=True)
         return None
-
-
-def _is_workflow(obj: Any) -> bool:
-    try:
-        from workflows import Workflow
-    except ImportError:  # pragma: no cover - llama-index-core depends on llama-index-workflows
-        return False
-    return isinstance(obj, Workflow)

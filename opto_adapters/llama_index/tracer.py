@@ -44,7 +44,7 @@ from llama_index.core.instrumentation import get_dispatcher
 from ..trace import Graph, TracedRun, TracerBase, select_parameters
 from .build import GraphBuilder
 from .discovery import Discovery, discover
-from .recorder import EventHandler, Recorder, RunRecord, SpanHandler
+from .recorder import EventHandler, Recorder, RunRecord, SpanHandler, is_workflow
 
 __all__ = ["OptoTracer"]
 
@@ -243,7 +243,7 @@ class OptoTracer(TracerBase):
         ``ExceptionNode``. Agents and workflows are async: from inside an event loop use
         ``await tracer.arun(...)``.
         """
-        if _is_workflow(self.target):
+        if is_workflow(self.target):
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
@@ -273,7 +273,7 @@ class OptoTracer(TracerBase):
         token = _CAPTURE.set(capture)
         try:
             try:
-                if _is_workflow(self.target):
+                if is_workflow(self.target):
                     output = await self.target.run(user_msg=input, **kwargs)
                 else:
                     output = await self._method(sync=False)(input, **kwargs)
@@ -366,11 +366,3 @@ def _remove(dispatcher: Any, attr: str, handler: Any) -> None:
     handlers = getattr(dispatcher, attr)
     if any(h is handler for h in handlers):
         setattr(dispatcher, attr, [h for h in handlers if h is not handler])
-
-
-def _is_workflow(obj: Any) -> bool:
-    try:
-        from workflows import Workflow
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, Workflow)
