@@ -7,11 +7,13 @@ from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ReActA
 from llama_index.core.tools import FunctionTool
 
 from opto_adapters.llama_index import OptoTracer
+from opto_adapters.llama_index.templates import literal_chunks
 from opto_adapters.trace import (
     ExceptionNode,
     ValidationError,
     apply_updates,
     safe_name,
+    template_variables,
 )
 from opto_adapters.trace.nodes import check_name
 
@@ -249,3 +251,37 @@ def test_a_tool_name_is_made_a_name_the_same_way_in_parameters_and_graphs(llm):
     assert ("tools.Add_numbers_v2.description", "tool[Add_numbers_v2]", "llm") in edges
     assert ("llm", "call", "Add_numbers_v2") in edges
     assert graph.output.value == "3"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Tools: {tool_desc}\nNames: {tool_names}\nAnswer as {{'answer': ...}}",
+        "{obj.attr} then {items[0]} then {shown!r} then {padded:>10} then {obj.attr}",
+        "{first}{second}",
+        "ends with {last}",
+        "no variables, {{only braces}}",
+        "",
+    ],
+)
+def test_str_format_template_pieces_agree_with_the_core_variable_parser(text):
+    # ReAct's header is matched with literal_chunks(syntax="python") and validated with the
+    # core's template_variables: they must read the same variables from the same text.
+    literals, names = literal_chunks(text, "python")
+    assert frozenset(names) == template_variables(text)
+    assert len(literals) == len(names) + 1
+    if all(name.isidentifier() and "{" + name + "}" in text for name in names):
+        values = {name: f"<{name}>" for name in names}
+        filled = (
+            "".join(lit + values[n] for lit, n in zip(literals[:-1], names, strict=True))
+            + literals[-1]
+        )
+        assert filled == text.format(**values)
+
+
+@pytest.mark.parametrize("text", ["{unclosed", "stray } brace", "{a!}"])
+def test_malformed_str_format_templates_are_rejected_by_both_parsers(text):
+    with pytest.raises(ValueError):
+        literal_chunks(text, "python")
+    with pytest.raises(ValueError):
+        template_variables(text)
