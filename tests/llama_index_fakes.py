@@ -6,8 +6,10 @@ Every model here is passed explicitly (``llm=``, ``embed_model=``); nothing touc
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,11 +54,14 @@ class RecordingLLM(CustomLLM):
     """A completion (or, with ``chat_model=True``, chat) LLM that records every input.
 
     ``reply(text)`` makes the answer from the prompt text (default: ``"ok"``); a prompt
-    containing ``fail_on`` raises ``RuntimeError``.
+    containing ``fail_on`` raises ``RuntimeError``. ``delay`` seconds are spent in every
+    completion call (``time.sleep`` in ``complete``, ``asyncio.sleep`` in ``acomplete``, so
+    concurrent async runs really interleave).
     """
 
     chat_model: bool = False
     fail_on: str | None = None
+    delay: float = 0.0
     _reply: Callable[[str], str] = PrivateAttr()
     _prompts: list[str] = PrivateAttr(default_factory=list)
     _messages: list[list[tuple[str, str]]] = PrivateAttr(default_factory=list)
@@ -89,6 +94,15 @@ class RecordingLLM(CustomLLM):
 
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        if self.delay:
+            time.sleep(self.delay)
+        return CompletionResponse(text=self._answer(prompt))
+
+    @llm_completion_callback()
+    async def acomplete(
+        self, prompt: str, formatted: bool = False, **kwargs: Any
+    ) -> CompletionResponse:
+        await asyncio.sleep(self.delay)
         return CompletionResponse(text=self._answer(prompt))
 
     @llm_completion_callback()

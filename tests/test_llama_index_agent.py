@@ -7,7 +7,15 @@ from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ReActA
 from llama_index.core.tools import FunctionTool
 
 from opto_adapters.llama_index import OptoTracer
-from opto_adapters.trace import ExceptionNode, ValidationError, apply_updates
+from opto_adapters.llama_index.templates import literal_chunks
+from opto_adapters.trace import (
+    ExceptionNode,
+    ValidationError,
+    apply_updates,
+    safe_name,
+    template_variables,
+)
+from opto_adapters.trace.nodes import check_name
 
 from .llama_index_fakes import ScriptedToolLLM, tool_description
 
@@ -198,3 +206,82 @@ async def test_parallel_tool_calls_both_hang_off_the_call_that_asked_for_them(ll
     into_second_call = {src for src, _, dst in edges if dst == "llm_1"}
     assert {"add", "mul", "llm", "system_prompt", "user_msg"} <= into_second_call
     assert graph.output.value == "3 and 12."
+
+
+def test_long_agent_and_tool_names_give_valid_capped_parameter_names():
+    # Names are joined from several user-chosen parts; a node name may have 128 characters.
+    tool_name = "lookup_" + "x" * 150
+    tool = FunctionTool.from_defaults(add, name=tool_name)
+    agent_name = "agent " + "y" * 120
+    agent = FunctionAgent(
+        name=agent_name,
+        description="adds",
+        tools=[tool],
+        llm=ScriptedToolLLM([[(tool_name, {"a": 1, "b": 2})], "3"]),
+        system_prompt="You add.",
+    )
+    workflow = AgentWorkflow(agents=[agent], root_agent=agent_name)
+    with OptoTracer(workflow) as tracer:  # raised "invalid node name" before
+        names = [p.name for p in tracer.parameters]
+        for name in names:
+            assert check_name(name) == name and len(name) <= 128
+        assert len(set(names)) == len(names)
+        [description] = [n for n in names if n.endswith(".description")]
+        assert description.startswith("agent_yyy") and "..." in description
+        [system] = [n for n in names if n.endswith(".system_prompt")]
+        assert tracer.parameter(system).value == "You add."
+        graph = tracer.run("what is 1+2?").graph
+    assert graph.output.value == "3"
+    [tool_node] = [n for n in graph.nodes if n.op is not None and n.op.name.startswith("tool:")]
+    assert tool_node.name == safe_name(tool_name) and len(tool_node.name) <= 128
+    assert (description, f"tool[{tool_node.name}]", "llm") in set(graph.edges())
+
+
+def test_a_tool_name_is_made_a_name_the_same_way_in_parameters_and_graphs(llm):
+    tool = FunctionTool.from_defaults(add, name="Add numbers (v2)!")
+    agent = FunctionAgent(tools=[tool], llm=llm, system_prompt="You add.")
+    llm.load([[("Add numbers (v2)!", {"a": 1, "b": 2})], "3"])
+    with OptoTracer(agent) as tracer:
+        assert [p.name for p in tracer.parameters] == [
+            "system_prompt",
+            "tools.Add_numbers_v2.description",
+        ]
+        graph = tracer.run("1+2?").graph
+    edges = set(graph.edges())
+    assert ("tools.Add_numbers_v2.description", "tool[Add_numbers_v2]", "llm") in edges
+    assert ("llm", "call", "Add_numbers_v2") in edges
+    assert graph.output.value == "3"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Tools: {tool_desc}\nNames: {tool_names}\nAnswer as {{'answer': ...}}",
+        "{obj.attr} then {items[0]} then {shown!r} then {padded:>10} then {obj.attr}",
+        "{first}{second}",
+        "ends with {last}",
+        "no variables, {{only braces}}",
+        "",
+    ],
+)
+def test_str_format_template_pieces_agree_with_the_core_variable_parser(text):
+    # ReAct's header is matched with literal_chunks(syntax="python") and validated with the
+    # core's template_variables: they must read the same variables from the same text.
+    literals, names = literal_chunks(text, "python")
+    assert frozenset(names) == template_variables(text)
+    assert len(literals) == len(names) + 1
+    if all(name.isidentifier() and "{" + name + "}" in text for name in names):
+        values = {name: f"<{name}>" for name in names}
+        filled = (
+            "".join(lit + values[n] for lit, n in zip(literals[:-1], names, strict=True))
+            + literals[-1]
+        )
+        assert filled == text.format(**values)
+
+
+@pytest.mark.parametrize("text", ["{unclosed", "stray } brace", "{a!}"])
+def test_malformed_str_format_templates_are_rejected_by_both_parsers(text):
+    with pytest.raises(ValueError):
+        literal_chunks(text, "python")
+    with pytest.raises(ValueError):
+        template_variables(text)

@@ -20,7 +20,7 @@ from typing import Any
 
 from llama_index.core.prompts import ChatPromptTemplate, PromptTemplate, SelectorPromptTemplate
 
-from ..trace import ExceptionNode, Graph, Node, Op
+from ..trace import ExceptionNode, Graph, Node, Op, safe_name
 from .discovery import Discovery, Trainable
 from .recorder import RunRecord, SpanRecord
 from .templates import STAMP_KEY, RichPromptTemplate, match_template
@@ -41,16 +41,10 @@ _JOIN = Op(
     "Joins the texts of the retrieved nodes (with their metadata) into the context text the prompt variable is filled with.",
 )
 _NON_ROOT_NAME = {"query": "query_engine", "chat": "chat_engine", "agent": "agent"}
-_NAME_BAD = re.compile(r"[^\w.\-:/\[\]]")
 _PLACEHOLDER = re.compile(r"^\s*\{[A-Za-z_][\w.]*\}\s*$")
 _MIN_CONTAINS = 4
 _MAX_LINK_TEXTS = 50
 _TRACEBACK_LINES = 12
-
-
-def _name(text: str) -> str:
-    cleaned = _NAME_BAD.sub("_", text)[:100] or "_"
-    return cleaned if re.match(r"[A-Za-z_]", cleaned) else "_" + cleaned
 
 
 class GraphBuilder:
@@ -140,14 +134,14 @@ class _Build:
 
     def _node_name(self, rec: SpanRecord, root: bool) -> str:
         if rec.kind == "tool":
-            return _name(_tool_name(rec.instance) or "tool")
+            return _tool_node_name(rec.instance)
         if rec.kind in _NON_ROOT_NAME:
             return "response" if root else _NON_ROOT_NAME[rec.kind]
         return rec.kind
 
     def _child_arg(self, rec: SpanRecord) -> str:
         if rec.kind == "tool":
-            return _name(_tool_name(rec.instance) or "tool")
+            return _tool_node_name(rec.instance)
         return _NON_ROOT_NAME.get(rec.kind, rec.kind)
 
     def _op(self, rec: SpanRecord) -> Op:
@@ -184,14 +178,14 @@ class _Build:
             derived = self._derived(name, value)
             if derived is not None:
                 return derived
-        node = Node(value, name=_name(name))
+        node = Node(value, name=safe_name(name))
         self._register(node)
         return node
 
     def _derived(self, name: str, value: str) -> Node | None:
         for node, texts, _ in reversed(self.retrieved):
             if any(len(t) >= _MIN_CONTAINS and t in value for t in texts[:_MAX_LINK_TEXTS]):
-                out = Node(value, name=_name(name), inputs={"nodes": node}, op=_JOIN)
+                out = Node(value, name=safe_name(name), inputs={"nodes": node}, op=_JOIN)
                 self._register(out)
                 return out
         return None
@@ -316,9 +310,7 @@ class _Build:
         matches = self._matches(text, formatted=True)
         for trainable, variables in matches:
             arg = (
-                f"tool[{_name(_tool_name(trainable.holder) or 'tool')}]"
-                if trainable.match == "tool"
-                else role
+                f"tool[{_tool_node_name(trainable.holder)}]" if trainable.match == "tool" else role
             )
             inputs.add(arg, trainable.parameter)
             for var, value in (variables or {}).items():
@@ -343,7 +335,7 @@ class _Build:
                     (t for t in self.d.by_tool_name.get(name, ()) if id(t) in candidates), None
                 )
             if trainable is not None:
-                inputs.add(f"tool[{_name(name or 'tool')}]", trainable.parameter)
+                inputs.add(f"tool[{safe_name(name or '', default='tool')}]", trainable.parameter)
 
     def _candidate_list(self) -> list[Trainable]:
         """Parameters this run could have used (one of their owners ran in it)."""
@@ -521,6 +513,11 @@ def _node_text(node: Any) -> str:
         return node.get_content()
     except Exception:
         return str(getattr(node, "text", ""))
+
+
+def _tool_node_name(tool: Any) -> str:
+    """The node name of a tool: its name, made a valid node name (as in its parameter's)."""
+    return safe_name(_tool_name(tool) or "", default="tool")
 
 
 def _tool_name(tool: Any) -> str | None:

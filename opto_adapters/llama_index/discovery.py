@@ -13,7 +13,6 @@ mutable ``ToolMetadata`` for tools, plain attributes elsewhere.
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +25,8 @@ from llama_index.core.prompts.base import BasePromptTemplate
 from llama_index.core.prompts.mixin import PromptMixin
 from llama_index.core.tools.types import BaseTool
 
-from ..trace import Binding, Parameter, template_variables
+from ..trace import Binding, Parameter, safe_name, template_variables
+from .recorder import is_workflow
 from .templates import (
     STAMP_KEY,
     Path,
@@ -79,7 +79,9 @@ _CONSTRAINTS = {
 }
 # prompts their owner fills with str.format rather than LlamaIndex's own formatter
 _PYTHON_FORMAT = frozenset({"react_header"})
-_NAME_BAD = re.compile(r"[^\w.\-:/\[\]]")
+# longest parameter name before a "_2" de-duplication suffix: names stay within the 128
+# characters a node name may have
+_MAX_NAME = 120
 
 # attribute -> (parameter name, purpose key) for chat engines, which are not PromptMixins
 _CHAT_ENGINE_TEMPLATES = {
@@ -194,9 +196,17 @@ def _settings_spec(
     return {str(n): _KNOWN_BOUNDS.get(str(n), (None, None)) for n in spec}, True
 
 
-def _clean(segment: str) -> str:
-    cleaned = _NAME_BAD.sub("_", segment.strip()) or "_"
-    return cleaned if re.match(r"[A-Za-z_]", cleaned) else "_" + cleaned
+def _fit(name: str, limit: int = _MAX_NAME) -> str:
+    """``name`` cut to ``limit`` characters, keeping its start and its end (the part that says
+    what the parameter is, e.g. ``.description``): ``research_agent_wi...web_search.description``.
+
+    A cut valid name stays valid: same first character, only name characters after it.
+    """
+    if len(name) <= limit:
+        return name
+    head = limit // 3
+    tail = limit - head - 3
+    return f"{name[:head]}...{name[-tail:]}"
 
 
 class _Walker:
@@ -225,7 +235,7 @@ class _Walker:
                 logger.debug("cannot list prompt modules of %s", type(obj).__name__, exc_info=True)
                 modules = {}
             for name, module in modules.items():
-                self.visit(module, f"{prefix}{_clean(name)}.", chain)
+                self.visit(module, f"{prefix}{safe_name(name, default='module')}.", chain)
         self.chat_engine(obj, prefix, chain)
         self.agent(obj, prefix, chain)
         if isinstance(obj, BaseTool):
@@ -240,7 +250,9 @@ class _Walker:
     # -- naming ----------------------------------------------------------------------------
 
     def unique(self, name: str) -> str:
-        base, n = name[:120], 1
+        """``name`` made short enough and not yet used (``_2``, ``_3``... appended)."""
+        name = base = _fit(name)
+        n = 1
         while name in self.names:
             n += 1
             name = f"{base}_{n}"
@@ -274,7 +286,7 @@ class _Walker:
             self.template_params(
                 slot,
                 template,
-                prefix + ".".join(_clean(k) for k in key.split(":")),
+                prefix + ".".join(safe_name(k, default="prompt") for k in key.split(":")),
                 subkey,
                 module,
                 chain,
@@ -428,11 +440,11 @@ class _Walker:
 
     def agent(self, obj: Any, prefix: str, chain: tuple[int, ...]) -> None:
         agents = _probe(obj, "agents")
-        if isinstance(agents, Mapping) and _is_workflow(obj):  # AgentWorkflow
+        if isinstance(agents, Mapping) and is_workflow(obj):  # AgentWorkflow
             for name, agent in agents.items():
-                self.visit(agent, f"{prefix}{_clean(str(name))}.", chain)
+                self.visit(agent, f"{prefix}{safe_name(name, default='agent')}.", chain)
             return
-        if not _is_workflow(obj):
+        if not is_workflow(obj):
             return
         system_prompt = _probe(obj, "system_prompt")
         if isinstance(system_prompt, str):
@@ -454,7 +466,7 @@ class _Walker:
             return
         tool_name = metadata.name or type(tool).__name__
         param = Parameter(
-            name=self.unique(f"{prefix}{_clean(tool_name)}.description"),
+            name=self.unique(f"{prefix}{safe_name(tool_name, default='tool')}.description"),
             kind="tool_description",
             description=(
                 f"Description of the tool {tool_name!r}, sent to the LLM with the tool's "
@@ -474,7 +486,7 @@ class _Walker:
         self.found.by_tool_name.setdefault(tool_name, []).append(trainable)
         engine = _probe(tool, "query_engine")
         if isinstance(engine, BaseQueryEngine):
-            self.visit(engine, f"{prefix}{_clean(tool_name)}.", chain)
+            self.visit(engine, f"{prefix}{safe_name(tool_name, default='tool')}.", chain)
 
     # -- retriever settings ----------------------------------------------------------------
 
@@ -674,11 +686,3 @@ def _probe(obj: Any, attr: str) -> Any:
     except Exception:
         logger.debug("reading %s.%s raised; skipped", type(obj).__name__, attr, exc_info=True)
         return None
-
-
-def _is_workflow(obj: Any) -> bool:
-    try:
-        from workflows import Workflow
-    except ImportError:  # pragma: no cover - llama-index-core depends on llama-index-workflows
-        return False
-    return isinstance(obj, Workflow)

@@ -37,7 +37,7 @@ from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from llama_index.core.response_synthesizers.base import BaseSynthesizer
 from llama_index.core.tools.types import BaseTool
 
-__all__ = ["EventHandler", "Recorder", "RunRecord", "SpanHandler", "SpanRecord"]
+__all__ = ["EventHandler", "Recorder", "RunRecord", "SpanHandler", "SpanRecord", "is_workflow"]
 
 logger = logging.getLogger("opto_adapters.llama_index")
 
@@ -54,15 +54,16 @@ _LLM_CALLS = frozenset(
 _OFFER_TOOLS = "offer_tools"
 
 
-def _workflow_class() -> type | None:
-    try:
-        from workflows import Workflow
-    except ImportError:  # pragma: no cover - a dependency of llama-index-core
-        return None
-    return Workflow
+try:
+    from workflows import Workflow as _Workflow
+except ImportError:  # pragma: no cover - llama-index-core depends on llama-index-workflows
+    _Workflow = None
 
 
-_WORKFLOW = _workflow_class()
+def is_workflow(obj: Any) -> bool:
+    """Whether ``obj`` is a LlamaIndex workflow (agents, ``AgentWorkflow``): async, started
+    with ``run(...)``, its steps are spans without an instance."""
+    return _Workflow is not None and isinstance(obj, _Workflow)
 
 
 def classify(cls: type, method: str) -> str | None:
@@ -81,7 +82,7 @@ def classify(cls: type, method: str) -> str | None:
         return "query" if method in ("query", "aquery") else None
     if issubclass(cls, BaseChatEngine):
         return "chat" if method in ("chat", "achat", "stream_chat", "astream_chat") else None
-    if _WORKFLOW is not None and issubclass(cls, _WORKFLOW):
+    if _Workflow is not None and issubclass(cls, _Workflow):
         return "agent" if method == "run" else None
     return None
 

@@ -206,6 +206,9 @@ def literal_chunks(text: str, syntax: str = "llama") -> tuple[tuple[str, ...], t
 
     ``"a {x} b {y}"`` -> ``(("a ", " b ", ""), ("x", "y"))``. ``syntax="python"`` reads the
     template as ``str.format`` does (``{{`` is a literal brace); ``ValueError`` if malformed.
+    Its variables are exactly ``opto_adapters.trace.template_variables(text)``, which
+    validates such a parameter (same parse, same ``{a.b}`` / ``{a[0]}`` -> ``a``); the core
+    returns only the set, so the parse is repeated here, and a test keeps the two in step.
     """
     if syntax == "python":
         literals, names = [""], []

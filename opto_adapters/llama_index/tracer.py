@@ -14,8 +14,10 @@ them on ``close()``. While attached it builds a graph for
 
 LLMs and embedding models are not components: they are usually shared, so a direct
 ``llm.complete(...)`` is traced only inside ``with tracer:``. Leaving the ``with`` block
-closes the tracer; ``run``/``arun`` re-attach for the duration of their run if needed, and
-``attach()`` re-opens it.
+closes the tracer; ``attach()`` re-opens it. ``run``/``arun`` keep the tracer attached for
+the duration of their run, also when it was closed and when several run at once (threads,
+``asyncio.gather``): the handlers come off when the user has closed the tracer and the last
+run in flight has ended.
 
 A graph is built when its run's root span ends. With ``streaming=True`` the LLM is called
 while the caller consumes the stream, after the query returned: those calls are not in the
@@ -29,6 +31,7 @@ import asyncio
 import logging
 import threading
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextvars import ContextVar
 from typing import Any
@@ -41,7 +44,7 @@ from llama_index.core.instrumentation import get_dispatcher
 from ..trace import Graph, TracedRun, TracerBase, select_parameters
 from .build import GraphBuilder
 from .discovery import Discovery, discover
-from .recorder import EventHandler, Recorder, RunRecord, SpanHandler
+from .recorder import EventHandler, Recorder, RunRecord, SpanHandler, is_workflow
 
 __all__ = ["OptoTracer"]
 
@@ -65,6 +68,28 @@ class _Capture:
 _CAPTURE: ContextVar[_Capture | None] = ContextVar(
     "opto_adapters_llama_index_capture", default=None
 )
+
+# The dispatcher's handler lists are plain lists shared by every thread: every add and remove
+# by any tracer goes through this one lock. A tracer's finalizer may be run by the garbage
+# collector in a thread that is already inside an update: that removal is deferred to the end
+# of the update instead of deadlocking on (or interleaving with) it.
+_HANDLERS_LOCK = threading.Lock()
+_UPDATING = threading.local()
+_DEFERRED: deque[Callable[[], None]] = deque()
+
+
+def _update_handlers(change: Callable[[], None]) -> None:
+    if getattr(_UPDATING, "active", False):  # re-entered from a finalizer in this thread
+        _DEFERRED.append(change)
+        return
+    _UPDATING.active = True  # before taking the lock: no window for a re-entrant deadlock
+    try:
+        with _HANDLERS_LOCK:
+            change()
+            while _DEFERRED:
+                _DEFERRED.popleft()()
+    finally:
+        _UPDATING.active = False
 
 
 class OptoTracer(TracerBase):
@@ -118,6 +143,8 @@ class OptoTracer(TracerBase):
         self._state_lock = threading.RLock()
         self._finalizer: weakref.finalize | None = None
         self._depth = 0
+        self._user_attached = False  # attach() / close() and the with block
+        self._runs_in_flight = 0  # run() / arun() calls not finished yet
         self.attach()
 
     # -- attach / detach -------------------------------------------------------------------
@@ -133,24 +160,53 @@ class OptoTracer(TracerBase):
         A new tracer is attached already; this re-opens one that was closed.
         """
         with self._state_lock:
-            if self.attached:
-                return
-            dispatcher = get_dispatcher()
-            dispatcher.add_span_handler(self._span_handler)
-            dispatcher.add_event_handler(self._event_handler)
-            # detach even if the user never calls close(): the dispatcher is global
-            self._finalizer = weakref.finalize(
-                self, _detach, self._span_handler, self._event_handler, self._recorder
-            )
+            self._user_attached = True
+            self._add_handlers()
 
     def close(self) -> None:
         """Remove the handlers from LlamaIndex's dispatcher and forget unfinished runs.
 
-        Idempotent. Recorded graphs and the parameters stay usable.
+        Idempotent. Recorded graphs and the parameters stay usable. While ``run``/``arun``
+        calls are in flight (in other threads or tasks) the handlers stay until the last of
+        them ends, so each still gets its graph.
         """
         with self._state_lock:
-            if self._finalizer is not None:
-                self._finalizer()
+            self._user_attached = False
+            if self._runs_in_flight == 0:
+                self._remove_handlers()
+
+    def _add_handlers(self) -> None:
+        """Attach unless attached; call with ``_state_lock`` held."""
+        if self.attached:
+            return
+        span_handler, event_handler = self._span_handler, self._event_handler
+
+        def add() -> None:
+            dispatcher = get_dispatcher()
+            dispatcher.add_span_handler(span_handler)
+            dispatcher.add_event_handler(event_handler)
+
+        _update_handlers(add)
+        # detach even if the user never calls close(): the dispatcher is global
+        self._finalizer = weakref.finalize(
+            self, _detach, span_handler, event_handler, self._recorder
+        )
+
+    def _remove_handlers(self) -> None:
+        """Detach if attached; call with ``_state_lock`` held."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def _begin_run(self) -> None:
+        with self._state_lock:
+            self._runs_in_flight += 1
+            self._add_handlers()
+
+    def _end_run(self) -> None:
+        with self._state_lock:
+            self._runs_in_flight -= 1
+            if self._runs_in_flight == 0 and not self._user_attached:
+                self._remove_handlers()
 
     def __enter__(self) -> OptoTracer:
         self.attach()
@@ -187,7 +243,7 @@ class OptoTracer(TracerBase):
         ``ExceptionNode``. Agents and workflows are async: from inside an event loop use
         ``await tracer.arun(...)``.
         """
-        if _is_workflow(self.target):
+        if is_workflow(self.target):
             try:
                 asyncio.get_running_loop()
             except RuntimeError:
@@ -197,7 +253,7 @@ class OptoTracer(TracerBase):
                 "use `await tracer.arun(...)`"
             )
         call = self._method(sync=True)
-        temporary = self._attach_for_run()
+        self._begin_run()
         capture = _Capture(self)
         token = _CAPTURE.set(capture)
         try:
@@ -207,18 +263,17 @@ class OptoTracer(TracerBase):
                 output, error = None, exc
         finally:
             _CAPTURE.reset(token)
-            if temporary:
-                self.close()
+            self._end_run()
         return TracedRun(output, self._graph_of(capture), error)
 
     async def arun(self, input: Any, **kwargs: Any) -> TracedRun:
         """Async ``run``: ``aquery``/``aretrieve``/``achat``, or ``await agent.run(...)``."""
-        temporary = self._attach_for_run()
+        self._begin_run()
         capture = _Capture(self)
         token = _CAPTURE.set(capture)
         try:
             try:
-                if _is_workflow(self.target):
+                if is_workflow(self.target):
                     output = await self.target.run(user_msg=input, **kwargs)
                 else:
                     output = await self._method(sync=False)(input, **kwargs)
@@ -231,15 +286,8 @@ class OptoTracer(TracerBase):
                 await asyncio.sleep(0)
         finally:
             _CAPTURE.reset(token)
-            if temporary:
-                self.close()
+            self._end_run()
         return TracedRun(output, self._graph_of(capture), error)
-
-    def _attach_for_run(self) -> bool:
-        if self.attached:
-            return False
-        self.attach()
-        return True
 
     def _method(self, *, sync: bool) -> Callable[..., Any] | Callable[..., Awaitable[Any]]:
         t = self.target
@@ -301,15 +349,20 @@ def _call(ref: weakref.ref[OptoTracer], method: str, default: Any, *args: Any) -
 
 def _detach(span_handler: SpanHandler, event_handler: EventHandler, recorder: Recorder) -> None:
     """Remove exactly these handlers (by identity: pydantic handlers compare by fields)."""
-    dispatcher = get_dispatcher()
-    dispatcher.span_handlers = [h for h in dispatcher.span_handlers if h is not span_handler]
-    dispatcher.event_handlers = [h for h in dispatcher.event_handlers if h is not event_handler]
+
+    def remove() -> None:
+        dispatcher = get_dispatcher()
+        _remove(dispatcher, "span_handlers", span_handler)
+        _remove(dispatcher, "event_handlers", event_handler)
+
+    _update_handlers(remove)
     recorder.clear()
 
 
-def _is_workflow(obj: Any) -> bool:
-    try:
-        from workflows import Workflow
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(obj, Workflow)
+def _remove(dispatcher: Any, attr: str, handler: Any) -> None:
+    """Replace the list rather than edit it: a thread dispatching a span or event iterates
+    the list by index, and an in-place removal would shift it and skip the next handler
+    (another tracer's, or another library's) for that span."""
+    handlers = getattr(dispatcher, attr)
+    if any(h is handler for h in handlers):
+        setattr(dispatcher, attr, [h for h in handlers if h is not handler])
