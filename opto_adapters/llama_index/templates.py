@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import re
-import string
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,8 @@ from llama_index.core.prompts import (
     SelectorPromptTemplate,
 )
 from llama_index.core.prompts.base import BasePromptTemplate
+
+from ..trace import template_fields
 
 try:  # RichPromptTemplate (jinja, via banks) is optional in some installs
     from llama_index.core.prompts.rich import RichPromptTemplate
@@ -53,7 +54,6 @@ STAMP_KEY = "opto_adapters.template_id"
 
 # LlamaIndex fills ``{name}`` and ``{a.b}`` with a regex, not ``str.format``: other braces
 # (JSON examples, ``{{``) are left as they are. Mirror that exactly.
-_FORMATTER = string.Formatter()
 _VAR_RE = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*(?:\.[a-zA-Z_][a-zA-Z0-9_]*)*)\}")
 
 
@@ -205,19 +205,11 @@ def literal_chunks(text: str, syntax: str = "llama") -> tuple[tuple[str, ...], t
     """The literal pieces of a template and the variables between them.
 
     ``"a {x} b {y}"`` -> ``(("a ", " b ", ""), ("x", "y"))``. ``syntax="python"`` reads the
-    template as ``str.format`` does (``{{`` is a literal brace); ``ValueError`` if malformed.
-    Its variables are exactly ``opto_adapters.trace.template_variables(text)``, which
-    validates such a parameter (same parse, same ``{a.b}`` / ``{a[0]}`` -> ``a``); the core
-    returns only the set, so the parse is repeated here, and a test keeps the two in step.
+    template as ``str.format`` does (``opto_adapters.trace.template_fields``, the parse that
+    also validates such a parameter); ``ValueError`` if malformed.
     """
     if syntax == "python":
-        literals, names = [""], []
-        for literal, field, _, _ in _FORMATTER.parse(text):
-            literals[-1] += literal
-            if field is not None:
-                names.append(re.split(r"[.\[!:]", field, maxsplit=1)[0])
-                literals.append("")
-        return tuple(literals), tuple(names)
+        return template_fields(text)
     pieces = _VAR_RE.split(text)
     return tuple(pieces[0::2]), tuple(pieces[1::2])
 

@@ -18,6 +18,7 @@ from .nodes import (
     apply_updates,
     node,
     safe_name,
+    template_fields,
     template_variables,
 )
 from .render import ProblemInstance, format_value, render
@@ -53,6 +54,7 @@ __all__ = [
     "safe_name",
     "save_parameters",
     "select_parameters",
+    "template_fields",
     "template_variables",
     "topological_order",
     "zero_feedback",
