@@ -526,6 +526,7 @@ class LLM:
         self._requests = self._retries = 0
         self._unsupported_modes: set[str] = set()
         self._json_mode: JSONMode | None = None
+        self._closed = False
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -590,6 +591,17 @@ class LLM:
                 requests=self._requests,
                 retries=self._retries,
             )
+
+    def close(self) -> None:
+        """Close the HTTP connections of the underlying client (also at ``with`` exit)."""
+        self._closed = True
+        self._client.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def reset_usage(self) -> None:
         """Zero this instance's counters (a shared :class:`Budget` is not reset)."""
@@ -707,6 +719,8 @@ class LLM:
 
     # ------------------------------------------------------------------ internals
     def _chat(self, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> _Completion:
+        if self._closed:
+            raise LLMError(f"this LLM ({self.base_url}) was closed; create a new LLM to send requests")
         kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature

@@ -537,3 +537,12 @@ def test_concurrent_calls_respect_max_calls_exactly():
         assert sorted(outcomes) == ["budget"] * 3 + ["ok"] * 5
         assert server.request_count == 5
         assert llm.usage.calls == 5
+
+
+def test_close_releases_the_connections(scripted_llm):
+    scripted_llm.script("hello", "again")
+    with LLM(base_url=scripted_llm.base_url, api_key="k", model="m") as llm:
+        assert llm.complete("hi") == "hello"
+    with pytest.raises(LLMError, match="was closed; create a new LLM"):
+        llm.complete("hi")
+    assert scripted_llm.request_count == 1
