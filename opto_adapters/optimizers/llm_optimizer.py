@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..llm import LLM, LLMError, LLMResponseError
+from ..llm import LLM, AuthenticationError, BudgetExceeded, LLMError, LLMResponseError
 from ..trace import Parameter, Subgraph
 from ..trace.render import cut, value_text
 from .base import Optimizer, Proposal
@@ -123,9 +123,9 @@ class LLMOptimizer(Optimizer):
                 return proposal
             proposal.error = f"the optimizer's reply had no usable JSON: {exc.reason}"
             return proposal
+        except (AuthenticationError, BudgetExceeded):
+            raise  # the caller must act: set the key, or raise the budget
         except LLMError as exc:
-            if _must_raise(exc):
-                raise
             proposal.error = f"the optimizer request failed: {exc}"
             return proposal
         proposal.raw = result.text
@@ -151,8 +151,3 @@ class LLMOptimizer(Optimizer):
         self.check(suggestion, proposal)
         return proposal
 
-
-def _must_raise(exc: LLMError) -> bool:
-    from ..llm import AuthenticationError, BudgetExceeded
-
-    return isinstance(exc, (AuthenticationError, BudgetExceeded))

@@ -76,7 +76,6 @@ class Bundle:
         self.__name__ = op_name
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__wrapped__ = fn
-        self._method = False
         try:
             sig = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -90,7 +89,6 @@ class Bundle:
                 elif p.kind is p.VAR_POSITIONAL:
                     self._var_positional = p.name
         self._positional = tuple(positional)
-        self._method = bool(positional) and positional[0] in ("self", "cls")
         self.parameter: Parameter | None = None
         self._compiled: tuple[str, Callable[..., Any]] | None = None
         self._compile_lock = threading.Lock()

@@ -166,9 +166,7 @@ def coerce_feedback(
                 f"the guide returned Feedback without a score for {where} "
                 f"({short_repr(raw.text, 80)!r}); add score=... so candidates can be compared"
             )
-        if not math.isfinite(raw.score):
-            raise GuideError(f"the guide returned the score {raw.score} for {where}; scores must be finite numbers")
-        return raw
+        return raw  # Feedback itself refuses a non-finite score
     raise GuideError(
         f"the guide returned a {type(raw).__name__} for {where} ({short_repr(raw, 80)}); return "
         "a number, a bool or Feedback(score=..., text=...)"
