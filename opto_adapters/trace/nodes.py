@@ -61,10 +61,13 @@ def safe_name(text: object, *, default: str = "value", max_length: int = 100) ->
 
 @dataclass(frozen=True)
 class Op:
-    """An operation: its name (as shown in ``#Code``) and what it does (``#Documentation``)."""
+    """An operation: its name (as shown in ``#Code``), what it does (``#Documentation``) and,
+    for steps of a framework run, what kind of step it is (``llm``, ``tool``, ``retriever``,
+    ``prompt``, ``parser``, ``chain``...; see ``opto_adapters.runs.KINDS``)."""
 
     name: str
     doc: str = ""
+    kind: str = ""
 
 
 @dataclass(frozen=True)
