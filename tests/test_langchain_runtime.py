@@ -14,7 +14,8 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnableParallel
 from langchain_core.tools import tool
 
-from opto_adapters.langchain import OptoTracer, graph_builder
+from opto_adapters import runs
+from opto_adapters.langchain import OptoTracer
 from opto_adapters.trace import ExceptionNode
 from tests.langchain_fakes import RecordingChatModel, echo, tool_call
 
@@ -415,7 +416,7 @@ def test_a_failing_graph_builder_never_breaks_the_chain(monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("builder bug")
 
-    monkeypatch.setattr(graph_builder, "build_graph", broken)
+    monkeypatch.setattr(runs, "build_graph", broken)
     with caplog.at_level(logging.ERROR, logger="opto_adapters.langchain"):
         assert (
             chain.invoke({"question": "still works?"}, config={"callbacks": [tracer]})

@@ -12,7 +12,6 @@ Importing this module imports ``langchain_core`` (``import opto_adapters`` does 
 
 from ..trace import TracedRun
 from .discovery import STAMP_KEY, Discovered, discover
-from .graph_builder import build_graph
 from .tracer import OptoTracer
 
-__all__ = ["STAMP_KEY", "Discovered", "OptoTracer", "TracedRun", "build_graph", "discover"]
+__all__ = ["STAMP_KEY", "Discovered", "OptoTracer", "TracedRun", "discover"]

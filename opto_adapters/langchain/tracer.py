@@ -32,9 +32,10 @@ from langchain_core.tracers.base import BaseTracer
 from langchain_core.tracers.context import register_configure_hook
 from langchain_core.tracers.schemas import Run
 
+from .. import runs
 from ..trace import Graph, Parameter, TracedRun, TracerBase, select_parameters
-from . import graph_builder
-from .discovery import discover, object_stamp
+from .discovery import STAMP_KEY, discover, object_stamp
+from .spans import ERROR_KEY, Translator, root_input_name
 
 __all__ = ["OptoTracer"]
 
@@ -103,6 +104,7 @@ class OptoTracer(TracerBase, BaseTracer):
         # roots that ended before some of their steps -> (root, record its graph when they end)
         self._late: dict[uuid.UUID, tuple[Run, bool]] = {}
         self._late_lock = threading.Lock()
+        self._warned: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
         names = [p.name for p in self.parameters]
@@ -250,7 +252,7 @@ class OptoTracer(TracerBase, BaseTracer):
         """Called once per finished root run, with the whole tree."""
         # the app failed (recorded once the steps end), or was stopped (a stream closed
         # early ends the root normally, or with GeneratorExit when async: nothing recorded)
-        failed = isinstance((run.extra or {}).get(graph_builder.ERROR_KEY), Exception)
+        failed = isinstance((run.extra or {}).get(ERROR_KEY), Exception)
         with self._late_lock:  # a step ending now in another thread checks ``_late`` after
             waiting = _unfinished(run)
             if waiting:
@@ -286,7 +288,30 @@ class OptoTracer(TracerBase, BaseTracer):
             self._forget(root)
 
     def _build_graph(self, run: Run) -> Graph:
-        return graph_builder.build_graph(run, self._found, self._by_run_name)
+        root = Translator(self._found, self._by_run_name).translate(run)
+        return runs.build_graph(
+            root,
+            uses=[runs.TextUse(p) for p in self._found.by_content],
+            input_name=lambda key: root_input_name(root.kind, key),
+            metadata=_metadata(run),
+            on_unlinked=self._unlinked,
+        )
+
+    def _unlinked(self, span: runs.Span, reason: str) -> None:
+        """A step nothing could be linked to: say so once per tracer and step name."""
+        key = (span.kind, span.name)
+        with self._late_lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        logger.warning(
+            "opto_adapters: the %s step %r could not be linked to the steps before it (%s); "
+            "it is in the graph, fed by what ran before it. If its input came from another "
+            "run, trace both in one run (e.g. inside one chain or `with tracer:`)",
+            span.kind,
+            span.name,
+            reason,
+        )
 
     def _forget(self, root: Run) -> None:
         """Drop the ``order_map`` entries (BaseTracer never prunes them) of the runs of this
@@ -357,27 +382,43 @@ class OptoTracer(TracerBase, BaseTracer):
 
     def _errored_chain_run(self, error: BaseException, inputs: Any, run_id: Any) -> Run:
         run = super()._errored_chain_run(error, inputs, run_id)
-        run.extra[graph_builder.ERROR_KEY] = error
+        run.extra[ERROR_KEY] = error
         return run
 
     def _errored_llm_run(self, error: BaseException, run_id: Any, response: Any = None) -> Run:
         run = super()._errored_llm_run(error, run_id, response)
-        run.extra[graph_builder.ERROR_KEY] = error
+        run.extra[ERROR_KEY] = error
         return run
 
     def _errored_tool_run(self, error: BaseException, run_id: Any) -> Run:
         run = super()._errored_tool_run(error, run_id)
-        run.extra[graph_builder.ERROR_KEY] = error
+        run.extra[ERROR_KEY] = error
         return run
 
     def _errored_retrieval_run(self, error: BaseException, run_id: Any) -> Run:
         run = super()._errored_retrieval_run(error, run_id)
-        run.extra[graph_builder.ERROR_KEY] = error
+        run.extra[ERROR_KEY] = error
         return run
 
     def on_llm_new_token(self, *args: Any, **kwargs: Any) -> None:
         """Tokens are not needed for the graph (the final output arrives on end)."""
         return None
+
+
+def _metadata(root: Run) -> dict[str, Any]:
+    metadata = (root.extra or {}).get("metadata") or {}
+    return {
+        "run_id": str(root.id),
+        "name": root.name,
+        "run_type": root.run_type,
+        "tags": list(root.tags or ()),
+        # what the app passed in its config (e.g. an example id), not LangChain's own
+        "metadata": {
+            k: v
+            for k, v in metadata.items()
+            if k != STAMP_KEY and not k.startswith(("ls_", "lc_", "langgraph_", "checkpoint_"))
+        },
+    }
 
 
 _CALLBACKS = (

@@ -82,6 +82,17 @@ class Graph:
             raise TypeError(f"Graph needs an output Node, got {type(output).__name__}")
         self.output = output
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.values: dict[int, Any] = {}
+        """The parameter values the run used, by ``id`` of the parameter (see ``value_of``)."""
+        self.links: dict[tuple[int, str], str] = {}
+        """How inferred edges were found: ``(id(node), argument) -> "containment"``..."""
+
+    def value_of(self, n: Node) -> Any:
+        """``n``'s value in this run: for a parameter, the value it had when the run was
+        recorded (it may have been changed by an optimizer step since)."""
+        if isinstance(n, Parameter) and id(n) in self.values:
+            return self.values[id(n)]
+        return n.value
 
     @cached_property
     def nodes(self) -> list[Node]:
@@ -129,7 +140,7 @@ class Graph:
             label = names[id(n)]
             if n.op is not None:
                 label += f"\n{n.op.name}()"
-            label += "\n" + short_repr(n.value, value_chars)
+            label += "\n" + short_repr(self.value_of(n), value_chars)
             style = []
             if isinstance(n, Parameter):
                 style.append('style=filled, fillcolor="#fff3b0"')
@@ -156,10 +167,11 @@ class Graph:
         names = self.names()
         shown: set[int] = set()
         lines: list[str] = []
-        stack: list[tuple[Node, str, str, str]] = [(self.output, "", "", "")]
+        stack: list[tuple[Node, str, str, str, Node | None]] = [(self.output, "", "", "", None)]
         while stack:
-            n, prefix, branch, arg = stack.pop()
-            label = f"{arg}: " if arg else ""
+            n, prefix, branch, arg, parent_of = stack.pop()
+            how = self.links.get((id(parent_of), arg)) if parent_of is not None else None
+            label = (f"{arg} [by {how}]: " if how else f"{arg}: ") if arg else ""
             label += names[id(n)]
             if id(n) in shown:
                 lines.append(f"{prefix}{branch}{label} (shown above)")
@@ -171,14 +183,14 @@ class Graph:
                 label += f" = {n.op.name if n.op else 'raise'}(...) RAISED"
             elif n.op is not None:
                 label += f" = {n.op.name}(...)"
-            lines.append(f"{prefix}{branch}{label} -> {short_repr(n.value, value_chars)}")
+            lines.append(f"{prefix}{branch}{label} -> {short_repr(self.value_of(n), value_chars)}")
             if not self._expanded(n):
                 continue
             child_prefix = prefix + ("" if not branch else ("    " if branch == "└── " else "│   "))
             items = list(n.inputs.items())
             for i in range(len(items) - 1, -1, -1):
                 a, p = items[i]
-                stack.append((p, child_prefix, "└── " if i == len(items) - 1 else "├── ", a))
+                stack.append((p, child_prefix, "└── " if i == len(items) - 1 else "├── ", a, n))
         return "\n".join(lines) + "\n"
 
     def __repr__(self) -> str:
@@ -236,6 +248,7 @@ class Subgraph(Graph):
             ):
                 marked.add(id(n))
         sub = _make_subgraph(self.output, self.feedback, self.nodes, marked, self.metadata)
+        sub.values, sub.links = self.values, self.links
         with self._lock:
             self._restricted[key] = sub
         return sub
@@ -268,8 +281,11 @@ def backward(
     Each reached parameter records the subgraph (see ``Subgraph``); calls accumulate until
     ``zero_feedback``. Returns the subgraph; its ``parameters_reached`` may be empty.
     """
+    values: dict[int, Any] = {}
+    links: dict[tuple[int, str], str] = {}
     if isinstance(output, Graph):
         metadata = {**output.metadata, **(metadata or {})}
+        values, links = output.values, output.links
         output = output.output
     if not isinstance(output, Node):
         raise TypeError(
@@ -286,6 +302,7 @@ def backward(
         elif any(id(p) in marked for p in n.inputs.values()):
             marked.add(id(n))
     sub = _make_subgraph(output, fb, order, marked, metadata)
+    sub.values, sub.links = values, links
     if not sub.parameters_reached:
         logger.debug("backward: no trainable parameter leads to %r; nothing recorded", output.name)
     for param in sub.parameters_reached:
