@@ -64,23 +64,26 @@ async def test_agent_run_graph_has_llm_calls_and_tool_calls_in_order(agent, llm)
     edges = set(graph.edges())
     for call in ("llm", "llm_1", "llm_2"):
         assert ("system_prompt", "system", call) in edges
-        assert ("user_msg", "user", call) in edges
         assert ("tools.add.description", "tool[add]", call) in edges
         assert ("tools.mul.description", "tool[mul]", call) in edges
+    assert ("user_msg", "user", "llm") in edges
     assert {
-        ("llm", "call", "add"),  # the call that asked for the tool
+        ("llm", "call", "add"),  # the call that asked for the tool (by its tool call id)
         ("add", "tool", "llm_1"),  # the tool's output goes back to the model
-        ("llm", "assistant", "llm_1"),
+        ("llm", "history", "llm_1"),  # the conversation so far, resent
         ("llm_1", "call", "mul"),
-        ("mul", "tool_2", "llm_2"),
+        ("mul", "tool", "llm_2"),
+        ("llm_1", "history", "llm_2"),
         ("llm_2", "llm", "response"),
         ("user_msg", "user_msg", "response"),
     } <= edges
     nodes = {graph.names()[id(n)]: n for n in graph.nodes}
     assert nodes["add"].value == "3" and nodes["mul"].value == "12"
-    assert nodes["arguments"].value == {"a": 1, "b": 2}
+    # the tool is fed by the model call whose tool call it ran, found by the call's id
+    assert nodes["add"].inputs == {"call": nodes["llm"]}
+    assert graph.links[(id(nodes["add"]), "call")] == "link"
     assert nodes["add"].op.name == "tool:add"
-    assert nodes["llm"].value == 'add({"a": 1, "b": 2})'
+    assert nodes["llm"].value == '[tool call] add({"a": 1, "b": 2})'
     assert graph.output.value == "The answer is 12." and graph.output.op.name == "FunctionAgent.run"
     assert len(llm.calls) == 3
 
@@ -204,7 +207,9 @@ async def test_parallel_tool_calls_both_hang_off_the_call_that_asked_for_them(ll
     edges = set(graph.edges())
     assert {("llm", "call", "add"), ("llm", "call", "mul")} <= edges
     into_second_call = {src for src, _, dst in edges if dst == "llm_1"}
-    assert {"add", "mul", "llm", "system_prompt", "user_msg"} <= into_second_call
+    # the conversation so far comes through the first call (its input is the history)
+    assert {"add", "mul", "llm", "system_prompt"} <= into_second_call
+    assert ("llm", "history", "llm_1") in edges
     assert graph.output.value == "3 and 12."
 
 

@@ -46,9 +46,8 @@ def test_context_chat_graph_links_template_system_prompt_and_retrieval(index):
         ("message", "query", "retrieve"),
         ("context_template", "system", "llm"),
         ("system_prompt", "system_2", "llm"),
-        ("retrieve", "nodes", "context_str"),
-        ("context_str", "context_str", "llm"),
-        ("message", "query_str", "llm"),
+        ("retrieve", "context_str", "llm"),
+        ("message", "user", "llm"),
         ("llm", "llm", "synthesize"),
         ("synthesize", "synthesize", "response"),
     } <= edges

@@ -101,9 +101,8 @@ def test_graph_of_a_query(index, tracers):
     assert set(graph.edges()) == {
         ("query", "query", "retrieve"),
         ("retriever.similarity_top_k", "similarity_top_k", "retrieve"),
-        ("retrieve", "nodes", "context_str"),
         (QA, "template", "llm"),
-        ("context_str", "context_str", "llm"),
+        ("retrieve", "context_str", "llm"),  # the one retrieved text is the context
         ("query", "query_str", "llm"),
         ("query", "query", "synthesize"),
         ("retrieve", "nodes", "synthesize"),
@@ -118,7 +117,6 @@ def test_graph_of_a_query(index, tracers):
     assert nodes["llm"].op.name == "RecordingLLM.predict"
     [hit] = nodes["retrieve"].value
     assert hit["text"] == "The sky is blue." and 0 < hit["score"] <= 1
-    assert nodes["context_str"].value == "The sky is blue."  # exactly what filled {context_str}
     assert nodes["query"].value == "What color is the sky?"
     assert [p.name for p in graph.parameters] == ["retriever.similarity_top_k", QA]
 
@@ -133,7 +131,7 @@ def test_feedback_reaches_the_prompt_and_the_next_query_uses_the_new_text(index,
     graph.output.backward("Answer with one word.")
     [sub] = qa.feedback
     names = {sub.names()[id(n)] for n in sub.nodes}
-    assert {"llm", "synthesize", "response", QA, "context_str", "query"} <= names
+    assert {"llm", "synthesize", "response", QA, "retrieve", "query"} <= names
     assert str(sub.feedback) == "Answer with one word."
 
     new = (
@@ -330,7 +328,7 @@ def test_the_rendered_problem_names_the_prompt_and_shows_the_run(index, tracers)
     problem = render(qa.propagated(), [qa])
     text = str(problem)
     assert (
-        f"llm = RecordingLLM.predict(template={QA}, context_str=context_str, query_str=query)"
+        f"llm = RecordingLLM.predict(template={QA}, context_str=retrieve, query_str=query)"
         in problem.code
     )
     assert (
@@ -340,6 +338,6 @@ def test_the_rendered_problem_names_the_prompt_and_shows_the_run(index, tracers)
     assert f"# {QA}: Prompt text_qa_template of the CompactAndRefine" in problem.variables
     assert "{context_str}, {query_str}" in problem.constraints
     assert "(str) query=What color is the sky?" in problem.inputs
-    assert "(str) context_str=The sky is blue." in problem.inputs
+    assert '(list) retrieve=[{"text": "The sky is blue."' in problem.inputs
     assert "(str) llm=Blue." in problem.others
     assert "Too short: add a reason." in text and problem.parameters == {QA: qa}

@@ -19,10 +19,12 @@ from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 
+from opto_adapters import runs
 from opto_adapters.llama_index import OptoTracer
 
 from .llama_index_fakes import RecordingLLM, WordEmbedding
 
+QA_TEMPLATE = "response_synthesizer.text_qa_template"
 DOCS = ["The sky is blue.", "Grass is green.", "Paris is in France."]
 
 
@@ -337,7 +339,7 @@ async def test_concurrent_aquery_calls_get_separate_correct_graphs(index):
         nodes = {run.graph.names()[id(n)]: n for n in run.graph.nodes}
         assert nodes["query"].value == question
         assert run.graph.output.value == f"A: {question}"
-        assert len(run.graph.nodes) == 7  # nothing from the other runs leaked in
+        assert len(run.graph.nodes) == 6  # nothing from the other runs leaked in
     for graph in tracer.graphs:
         query = next(n for n in graph.nodes if n.name == "query")
         assert graph.output.value == f"A: {query.value}"
@@ -380,7 +382,7 @@ def test_a_failure_inside_the_tracer_is_logged_and_never_breaks_the_app(index, c
             raise RuntimeError("tracer bug")
 
         monkeypatch.setattr(recorder, "_event", broken)
-        monkeypatch.setattr(tracer._builder, "build", broken)
+        monkeypatch.setattr(runs, "build_graph", broken)
         with caplog.at_level(logging.DEBUG, logger="opto_adapters.llama_index"):
             for _ in range(3):
                 assert str(engine.query("What color is the sky?")) == "A: What color is the sky?"
@@ -401,12 +403,15 @@ def test_a_failure_inside_the_tracer_is_logged_and_never_breaks_the_app(index, c
 def test_memory_stays_bounded_for_a_long_lived_tracer(index):
     engine = index.as_query_engine(llm=echo_llm(), similarity_top_k=1)
     with OptoTracer(engine, max_graphs=5) as tracer:
+        engine.query("first")
+        first = weakref.ref(tracer.last_graph.output)
         for i in range(60):
             engine.query(f"q{i}")
         assert len(tracer.graphs) == 5
         assert [g.output.value for g in tracer.graphs] == [f"A: q{i}" for i in range(55, 60)]
         assert tracer._recorder.open_runs == 0 and tracer._recorder.open_spans == 0
-        assert len(tracer._builder._ops) <= 4
+        gc.collect()
+        assert first() is None  # an evicted graph's nodes are freed: nothing else holds them
 
 
 def test_runs_that_never_finish_are_evicted(index):
@@ -447,12 +452,29 @@ def test_run_on_unknown_target_says_what_to_do():
             tracer.run("x")
 
 
-def test_a_streaming_response_is_never_consumed_by_the_tracer(index):
-    engine = index.as_query_engine(
-        llm=RecordingLLM(reply="Blue it is."), similarity_top_k=1, streaming=True
-    )
+def test_a_streamed_query_is_one_graph_once_the_stream_is_consumed(index):
+    llm = RecordingLLM(reply="Blue it is.")
+    engine = index.as_query_engine(llm=llm, similarity_top_k=1, streaming=True)
     with OptoTracer(engine) as tracer:
         response = engine.query("What color is the sky?")
+        assert tracer.graphs == [] and llm.prompts == []  # the tracer consumes nothing
+        assert "".join(response.response_gen) == "Blue it is."  # the user gets every token
         [graph] = tracer.graphs
-        assert "not consumed" in graph.output.value
-        assert "".join(response.response_gen) == "Blue it is."  # the user still gets every token
+    assert graph.output.value == "Blue it is."  # the streamed text
+    [call] = [n for n in graph.nodes if n.op is not None and n.op.kind == "llm"]
+    assert call.value == "Blue it is." and len(llm.prompts) == 1
+    assert [p.name for p in graph.parameters] == [QA_TEMPLATE]
+    assert tracer._recorder.open_runs == 0 and tracer._recorder.open_spans == 0
+
+
+def test_a_stream_never_consumed_leaves_no_graph_and_is_evicted(index):
+    engine = index.as_query_engine(
+        llm=RecordingLLM(reply="Blue."), similarity_top_k=1, streaming=True
+    )
+    with OptoTracer(engine, max_open_runs=2) as tracer:
+        for _ in range(4):
+            engine.query("What color is the sky?")  # never read
+        assert tracer.graphs == [] and tracer._recorder.open_runs == 2
+        response = engine.query("What color is the sky?")
+        assert "".join(response.response_gen) == "Blue."
+        assert len(tracer.graphs) == 1 and tracer.last_graph.output.value == "Blue."

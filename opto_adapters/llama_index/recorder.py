@@ -52,6 +52,15 @@ _LLM_CALLS = frozenset(
     }
 )  # fmt: skip
 _OFFER_TOOLS = "offer_tools"
+_CALL_TOOL = ".call_tool-"
+
+try:  # the span the dispatcher makes new spans children of
+    from llama_index_instrumentation.span import active_span_id
+except ImportError:  # pragma: no cover - older llama-index-core keeps it here
+    try:
+        from llama_index.core.instrumentation.span import active_span_id
+    except ImportError:
+        active_span_id = None
 
 
 try:
@@ -99,7 +108,7 @@ class SpanRecord:
 
     __slots__ = (
         "id", "name", "kind", "instance", "args", "run", "children",
-        "result", "error", "done", "llm", "tools", "pending_tools",
+        "result", "error", "done", "llm", "tools", "pending_tools", "tool_call_id",
     )  # fmt: skip
 
     def __init__(
@@ -118,6 +127,7 @@ class SpanRecord:
         self.llm: dict[str, Any] | None = None  # LLM events: template, messages, output...
         self.tools: Any = None  # tools offered to this LLM call
         self.pending_tools: Any = None  # offered by a sibling span, for the next LLM call
+        self.tool_call_id: str | None = None  # the model's tool call this tool span answers
 
     def __repr__(self) -> str:
         return f"SpanRecord({self.name!r}, kind={self.kind!r}, children={len(self.children)})"
@@ -126,12 +136,14 @@ class SpanRecord:
 class RunRecord:
     """One traced run: its root span, every span id seen, every object that ran."""
 
-    __slots__ = ("root", "span_ids", "instances")
+    __slots__ = ("root", "span_ids", "instances", "tool_ids", "streamed")
 
     def __init__(self) -> None:
         self.root: SpanRecord = None  # type: ignore[assignment]
         self.span_ids: list[str] = []
         self.instances: set[int] = set()
+        self.tool_ids: dict[str, str] = {}  # an agent's call_tool step span -> the tool call id
+        self.streamed: list[str] | None = None  # the text streamed so far, for a streamed run
 
 
 class Recorder:
@@ -225,6 +237,11 @@ class Recorder:
         if instance is None:  # workflow steps, plain functions: plumbing of the run
             if parent is not None:
                 self._track(id_, parent)
+                if id_.startswith(_CALL_TOOL, id_.find(".")):
+                    # an agent's call_tool step: its event names the tool call it runs
+                    tool_id = getattr(bound_args.arguments.get("ev"), "tool_id", None)
+                    if isinstance(tool_id, str):
+                        parent.run.tool_ids[id_] = tool_id
             return
         name = _span_name(id_)
         kind = self._kind(instance, name)
@@ -256,6 +273,8 @@ class Recorder:
             record = SpanRecord(id_, name, kind, instance, bound_args.arguments, run)
             if kind == "llm" and parent.pending_tools is not None:
                 record.tools, parent.pending_tools = parent.pending_tools, None
+            if kind == "tool" and parent_id is not None:
+                record.tool_call_id = run.tool_ids.pop(parent_id, None)
             parent.children.append(record)
             self._track(id_, record)
 
@@ -295,6 +314,34 @@ class Recorder:
         run = record.run
         if record is not run.root:
             return
+        if error is None and run.streamed is None and self._stream(id_, run, result):
+            return  # finished when the stream is consumed
+        self._close(id_, run)
+
+    def _stream(self, id_: str, run: RunRecord, result: Any) -> bool:
+        """A run that returned a stream (``streaming=True``): the LLM is called while the
+        caller consumes it. Wrap the stream so those calls are spans of this run (their
+        parent is this run's root span) and the run ends when the stream does."""
+        attr = "response_gen" if hasattr(result, "response_gen") else None
+        attr = attr or ("async_response_gen" if hasattr(result, "async_response_gen") else None)
+        if attr is None or active_span_id is None:
+            return False
+        source = getattr(result, attr, None)
+        if source is None:
+            return False
+        run.streamed = []
+        wrapper = _wrap_async if hasattr(source, "__anext__") else _wrap_sync
+        try:
+            setattr(result, attr, wrapper(source, id_, run, lambda: self._close(id_, run)))
+        except Exception:  # a frozen response object: trace without the stream
+            run.streamed = None
+            return False
+        return True
+
+    def _close(self, id_: str, run: RunRecord) -> None:
+        """The run has ended: forget it and hand it on."""
+        if run.streamed is not None:
+            run.root.result = "".join(run.streamed)
         with self._lock:
             if self._runs.pop(id_, None) is None:
                 return  # evicted, or finished twice
@@ -312,6 +359,48 @@ class Recorder:
             if record.llm is None:
                 record.llm = {}
             handler(record.llm, event)
+
+
+def _wrap_sync(source: Any, span_id: str, run: RunRecord, done: Callable[[], None]) -> Any:
+    """Yield what ``source`` yields, each step inside the run's root span; then ``done``."""
+    finished = False
+    try:
+        while True:
+            token = active_span_id.set(span_id)
+            try:
+                item = next(source)
+            except StopIteration:
+                finished = True
+                return
+            finally:
+                active_span_id.reset(token)
+            if isinstance(item, str) and run.streamed is not None:
+                run.streamed.append(item)
+            yield item
+    finally:
+        if finished:
+            done()
+
+
+async def _wrap_async(source: Any, span_id: str, run: RunRecord, done: Callable[[], None]) -> Any:
+    """The async form of ``_wrap_sync``."""
+    finished = False
+    try:
+        while True:
+            token = active_span_id.set(span_id)
+            try:
+                item = await source.__anext__()
+            except StopAsyncIteration:
+                finished = True
+                return
+            finally:
+                active_span_id.reset(token)
+            if isinstance(item, str) and run.streamed is not None:
+                run.streamed.append(item)
+            yield item
+    finally:
+        if finished:
+            done()
 
 
 def _predict_start(data: dict[str, Any], ev: Any) -> None:

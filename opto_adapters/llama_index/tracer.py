@@ -41,10 +41,11 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.chat_engine.types import BaseChatEngine
 from llama_index.core.instrumentation import get_dispatcher
 
+from .. import runs
 from ..trace import Graph, TracedRun, TracerBase, select_parameters
-from .build import GraphBuilder
 from .discovery import Discovery, discover
 from .recorder import EventHandler, Recorder, RunRecord, SpanHandler, is_workflow
+from .spans import text_uses, translate
 
 __all__ = ["OptoTracer"]
 
@@ -131,7 +132,8 @@ class OptoTracer(TracerBase):
                 t.parameter.trainable = False  # shown in graphs as a fixed input
         super().__init__(selected, max_graphs=max_graphs)
         self._components = self._discovery.components
-        self._builder = GraphBuilder(self._discovery)
+        self._uses = text_uses(self._discovery)
+        self._warned: set[tuple[str, str]] = set()
         ref = weakref.ref(self)
         self._recorder = Recorder(
             lambda span_id, instance, kind: _call(ref, "_accept", False, span_id, instance, kind),
@@ -329,11 +331,33 @@ class OptoTracer(TracerBase):
 
     def _finish(self, run: RunRecord) -> None:
         try:
-            graph = self._builder.build(run)
+            root = translate(run, self._discovery)
+            graph = runs.build_graph(
+                root,
+                uses=self._uses,
+                instances=run.instances,
+                metadata={"run_id": run.root.id, "span": run.root.name, "kind": run.root.kind},
+                on_unlinked=self._unlinked,
+            )
         except Exception as exc:
             self._recorder.report_failure("building the graph", exc)
             return
         self._record(run.root.id, graph)
+
+    def _unlinked(self, span: runs.Span, reason: str) -> None:
+        """A step nothing could be linked to: say so once per tracer and step name."""
+        key = (span.kind, span.name)
+        with self._state_lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        logger.warning(
+            "opto_adapters: the %s step %r could not be linked to the steps before it (%s); "
+            "it is in the graph, fed by what ran before it",
+            span.kind,
+            span.name,
+            reason,
+        )
 
     def __repr__(self) -> str:
         return (

@@ -92,7 +92,7 @@ class _Inputs(dict):
     def add(self, arg: str, node: Node | None, how: str = "") -> None:
         if node is None or id(node) in self._ids:
             return
-        arg = safe_name(arg, default="input")
+        arg = str(arg) or "input"
         base, n = arg, 1
         while arg in self:
             n += 1
@@ -139,6 +139,7 @@ class _Build:
         self.explicit: set[int] = set()
         self.recent: list[tuple[list[Any], Node, list[tuple[str, Parameter]]]] = []
         self.attached: set[int] = set()  # spans whose parameters are in the graph
+        self.last_llm: Node | None = None
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -267,13 +268,43 @@ class _Build:
         return None
 
     def add_sources(
-        self, inputs: _Inputs, arg: str, value: Any, flow: Sequence[Node], *, one_arg: bool = False
+        self,
+        inputs: _Inputs,
+        arg: str,
+        value: Any,
+        flow: Sequence[Node],
+        *,
+        one_arg: bool = False,
+        leaf: bool = False,
     ) -> bool:
-        """Add the sources of ``value`` as inputs named after ``arg`` (or what each is)."""
+        """Add the sources of ``value`` as inputs named ``arg``; with ``leaf``, a text no step
+        produced becomes a leaf (it came from outside the run: the optimizer still sees it)."""
         found, _ = self.sources(value, flow)
+        found = self.combined(arg, value, found)
+        if not found and leaf and _has_text(value):
+            found = [(self.outside(arg, value), "content")]
         for node, how in found:
             inputs.add(arg, node, "" if how == "content" else how)
         return bool(found)
+
+    def combined(
+        self, arg: str, value: Any, found: list[tuple[Node, str]]
+    ) -> list[tuple[Node, str]]:
+        """A text the app made from earlier outputs (joined, prefixed, formatted) becomes a
+        node of its own, fed by them: the optimizer sees exactly what the step received."""
+        parts = [(n, how) for n, how in found if how == "containment"]
+        if not parts or not isinstance(value, (str, Message)):
+            return found
+        inputs = self.new_inputs()
+        for n, how in parts:
+            inputs.add(self.hint.get(id(n), "part"), n, how)
+        node = Node(display(value), name=safe_name(arg, default="text"), inputs=dict(inputs), op=_COMBINE)
+        inputs.seal(node)
+        for n in parts:
+            self.consumed.add(id(n[0]))
+        self.register(node, value, "text")
+        self.produced.append(node)
+        return [(n, how) for n, how in found if how != "containment"] + [(node, "content")]
 
     def named(self, nodes: list[Node], output: Any) -> list[tuple[str, Node]]:
         """Argument names for the nodes a step's output is made of: the output's keys when
@@ -314,7 +345,7 @@ class _Build:
         if span.error is not None:
             exc = _exception(span.error)
             node = ExceptionNode(exc, name=name, inputs=dict(inputs), op=op, traceback=_traceback(exc))
-            raw = None
+            raw = str(exc)  # an agent may hand the error text on to the model
         else:
             node = Node(display(raw), name=name, inputs=dict(inputs), op=op)
         inputs.seal(node)
@@ -350,11 +381,14 @@ class _Build:
         inputs = self.new_inputs()
         if span.kind == "prompt":  # a prompt's templates first, then what fills them
             self.add_parameters(inputs, span)
-        if span.kind == "llm":
+        if span.kind == "llm":  # the template it filled first, the tools offered last
+            for arg, param in span.parameters:
+                if not arg.startswith("tool"):
+                    inputs.add(arg, param)
             self.model_inputs(span, flow, inputs)
         elif span.kind == "tool" and self.calls.get(span.links.get("tool_call_id") or ""):
             keys = [k for k in span.inputs if k != "input"]
-            arg = keys[0] if len(keys) == 1 else "args"
+            arg = keys[0] if len(keys) == 1 else "call"
             inputs.add(arg, self.calls[span.links["tool_call_id"]], "link")
         else:
             for key, value in span.inputs.items():
@@ -365,12 +399,16 @@ class _Build:
         node = self.make(span, inputs, span.output)
         if span.kind == "llm":
             self.remember_call(span, node, inputs)
+            self.last_llm = node
         return node
 
     def structural(self, span: Span, inputs: _Inputs, flow: Sequence[Node]) -> None:
         """Nothing explained the inputs: the step was fed what came before it."""
+        default = "input"
+        if span.kind == "tool" and self.last_llm is not None:
+            flow, default = [self.last_llm], "call"  # a tool runs what the model asked for
         for n in flow:
-            inputs.add("input" if len(flow) == 1 else self.hint.get(id(n), "input"), n, "structure")
+            inputs.add(default if len(flow) == 1 else self.hint.get(id(n), default), n, "structure")
         if not flow and _has_text(span.inputs):
             self.unlinked(span, "no earlier step produced its input and it has no predecessor")
 
@@ -401,7 +439,7 @@ class _Build:
             if id(n) not in self.consumed and all(n is not m for m in out)
         ]
         failed = [n for n in out if isinstance(n, ExceptionNode)]
-        if span.error is not None and len(failed) == 1 and not dangling:
+        if span.error is not None and len(failed) == 1 and not dangling and not span.keep:
             return failed
         if span.error is None and not dangling and not span.keep and out:
             return out
@@ -410,9 +448,13 @@ class _Build:
             for key, value in span.inputs.items():
                 self.add_sources(inputs, key, value, own)
         for arg, n in self.named(out, span.output):
-            inputs.add("result" if span.kind in ("tool", "retriever") else arg, n)
+            if span.kind in ("tool", "retriever"):
+                arg = "result"  # what the runnables it called returned
+            elif span.kind in _NAMED_BY_STEP:
+                arg = n.name  # a query engine's synthesize, an agent's last llm call
+            inputs.add(arg, n)
         for n in dangling:
-            inputs.add(self.hint.get(id(n), "step"), n, "structure")
+            inputs.add(n.name if span.kind in _NAMED_BY_STEP else self.hint.get(id(n), "step"), n, "structure")
         self.add_parameters(inputs, span)
         if not inputs:
             self.structural(span, inputs, own)
@@ -451,14 +493,19 @@ class _Build:
                 for arg, p in prev_params:
                     inputs.add(arg, p)
             for m in messages[start:]:
+                explained = self.text_uses(m.content, m.role, inputs)
+                if explained and not m.tool_calls:
+                    continue  # a parameter, filled with values whose sources are inputs now
                 found, _ = self.sources(m, flow)
+                found = self.combined(m.role, m, found)
+                if not found and m.content.strip():
+                    found = [(self.outside(m.role, m), "content")]
                 if found:
                     best = max(found, key=lambda item: (item[1] == "content", self.rank[id(item[0])]))
                     message_pairs.append((m.role, best[0], best[1]))
                     for node, how in found:
                         if how != "content":
                             message_pairs.append((m.role, node, how))
-                self.text_uses(m.content, m.role, inputs)
             credited = {id(node) for arg, node, how in message_pairs if arg != "history"}
             if len(credited) == 1 and len(message_pairs) == len(messages) - start:
                 # every message came from one step (a prompt): one edge
@@ -466,25 +513,39 @@ class _Build:
             for arg, node, how in message_pairs:
                 inputs.add(arg, node, "" if how == "content" else how)
         for key, value in span.inputs.items():
-            if key == "messages" and message_pairs:
+            if key == "messages" and isinstance(messages, list):
                 continue
-            if key != "messages" or not isinstance(messages, list):
-                self.add_sources(inputs, key, value, flow, one_arg=True)
-            if isinstance(value, str):
-                self.text_uses(value, key, inputs)
+            if isinstance(value, str) and self.text_uses(value, key, inputs):
+                continue
+            self.add_sources(inputs, key, value, flow, one_arg=True, leaf=True)
 
-    def text_uses(self, text: str, role: str, inputs: _Inputs) -> None:
+    def outside(self, arg: str, value: Any) -> Node:
+        """A leaf for a value no step of the run produced (it came from outside the run)."""
+        node = Node(display(value), name=safe_name(arg, default="value"))
+        self.register(node, value, "input")
+        return node
+
+    def text_uses(self, text: str, role: str, inputs: _Inputs) -> bool:
+        """Add the parameters found in ``text`` (and the sources of what filled them);
+        whether they explain all of it (a filled template, or exactly a parameter's text)."""
         if not text or not self.uses:
-            return
+            return False
+        explained = False
         for use in self.uses:
             if id(use.parameter) in self.explicit or inputs.has(use.parameter):
                 continue
             variables = find_use(use, text)
             if variables is None:
                 continue
-            inputs.add(use.arg or role, use.parameter)
+            default = "template" if use.match == "template" and role == "prompt" else role
+            inputs.add(use.arg or default, use.parameter)
+            if use.match == "template":
+                explained = True
+            elif text.strip() == str(use.parameter.value).strip():
+                explained = True
             for var, value in variables.items():
-                self.add_sources(inputs, var, value, [], one_arg=True)
+                self.add_sources(inputs, var, value, [], one_arg=True, leaf=True)
+        return explained
 
     def conversation(self, messages: list[Any]) -> tuple[int, Node, list[tuple[str, Parameter]]] | None:
         """The latest model call whose whole input starts ``messages`` (a resent history)."""
@@ -493,7 +554,7 @@ class _Build:
             n = len(previous)
             if n >= len(messages) or (best is not None and n <= best[0]):
                 continue  # the same input again is a retry or a fallback, not a continuation
-            if all(a is b or a == b for a, b in zip(previous, messages)):
+            if all(a is b or a == b for a, b in zip(previous, messages, strict=False)):
                 best = (n, node, params)
         return best
 
@@ -506,6 +567,14 @@ class _Build:
         if len(self.recent) > _RECENT_CALLS:
             self.recent.pop(0)
 
+
+_NAMED_BY_STEP = frozenset({"query", "synthesize", "chat", "agent"})
+_COMBINE = Op(
+    "combine",
+    "Text the app's own code made from the outputs of earlier steps (joined, prefixed or "
+    "formatted); its inputs are the outputs it contains.",
+    "chain",
+)
 
 _HINTS = {
     "llm": "ai",
