@@ -60,25 +60,36 @@ def graph_to_json(graph: Graph) -> dict[str, Any]:
             entry["op"] = n.op.name
             if n.op.doc:
                 entry["doc"] = n.op.doc
+            if n.op.kind:
+                entry["op_kind"] = n.op.kind
         if n.description:
             entry["description"] = n.description
         if isinstance(n, ExceptionNode):
             entry["value"] = str(n.exception)
         else:
-            value, is_text = _json_value(n.value)
+            raw = graph.value_of(n)  # a parameter: the value this run used
+            value, is_text = _json_value(raw)
             entry["value"] = value
             if is_text:
-                entry["value_type"] = type(n.value).__name__
+                entry["value_type"] = type(raw).__name__
         out_nodes.append(entry)
     edges = [
         [index[id(p)], arg, index[id(n)]] for n in nodes for arg, p in n.inputs.items()
     ]
-    return {
+    data: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "nodes": out_nodes,
         "edges": edges,
         "output": index[id(graph.output)],
     }
+    links = [
+        [index[node_id], arg, how]
+        for (node_id, arg), how in graph.links.items()
+        if node_id in index
+    ]
+    if links:
+        data["links"] = links  # how inferred edges were found
+    return data
 
 
 def _frozen_parameter(entry: Mapping[str, Any]) -> Parameter | None:
@@ -104,18 +115,20 @@ def graph_from_json(data: Mapping[str, Any], parameters: Mapping[str, Parameter]
     inputs: dict[int, dict[str, int]] = {}
     for src, arg, dst in data["edges"]:
         inputs.setdefault(dst, {})[arg] = src
-    ops: dict[tuple[str, str], Op] = {}
+    ops: dict[tuple[str, str, str], Op] = {}
     built: list[Node] = []
+    used: dict[int, Any] = {}
     for i, entry in enumerate(data["nodes"]):
         name = entry["name"]
         parents = {arg: built[src] for arg, src in inputs.get(i, {}).items()}
         op = None
         if "op" in entry:
-            key = (entry["op"], entry.get("doc", ""))
+            key = (entry["op"], entry.get("doc", ""), entry.get("op_kind", ""))
             op = ops.setdefault(key, Op(*key))
         role = entry["role"]
         if role == "parameter" and name in parameters:
             built.append(parameters[name])
+            used[id(parameters[name])] = entry.get("value")
         elif role == "parameter" and (frozen := _frozen_parameter(entry)) is not None:
             built.append(frozen)
         elif role == "error":
@@ -141,4 +154,11 @@ def graph_from_json(data: Mapping[str, Any], parameters: Mapping[str, Parameter]
                     description=entry.get("description", ""),
                 )
             )
-    return Graph(built[data["output"]], metadata={"restored": True})
+    graph = Graph(built[data["output"]], metadata={"restored": True})
+    graph.values = used
+    graph.links = {
+        (id(built[i]), str(arg)): str(how)
+        for i, arg, how in data.get("links") or ()
+        if isinstance(i, int) and 0 <= i < len(built)
+    }
+    return graph
