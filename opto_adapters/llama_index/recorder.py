@@ -261,6 +261,8 @@ class Recorder:
             else:
                 parent.pending_tools = tools
             self._track(id_, parent)
+        elif kind == "llm" and _same_streamed_call(parent, instance):
+            self._track(id_, parent.children[-1])  # the stream of a call that already returned
         elif (kind == "llm" and parent.kind == "llm") or (
             kind == parent.kind
             and (
@@ -361,6 +363,31 @@ class Recorder:
             handler(record.llm, event)
 
 
+def _same_streamed_call(parent: SpanRecord, instance: Any) -> bool:
+    """Whether a new LLM span is the body of the previous one: a streaming call
+    (``astream_chat``) returns its generator at once, and some LLMs then run the call as a
+    sibling span while the stream is read."""
+    if not parent.children:
+        return False
+    previous = parent.children[-1]
+    return (
+        previous.kind == "llm"
+        and previous.instance is instance
+        and previous.done
+        and previous.error is None
+        and (hasattr(previous.result, "__anext__") or hasattr(previous.result, "__next__"))
+        and "chat_content" not in (previous.llm or {})
+    )
+
+
+def _chat_end(data: dict[str, Any], ev: Any) -> None:
+    data["chat_response"] = ev.response
+    # the text now: an agent may rewrite the response object in place later (ReAct does)
+    content = getattr(getattr(ev.response, "message", None), "content", None)
+    if isinstance(content, str):
+        data["chat_content"] = content
+
+
 def _wrap_sync(source: Any, span_id: str, run: RunRecord, done: Callable[[], None]) -> Any:
     """Yield what ``source`` yields, each step inside the run's root span; then ``done``."""
     finished = False
@@ -430,7 +457,7 @@ _EVENTS: dict[type, Callable[[dict[str, Any], Any], None]] = {
     LLMPredictEndEvent: _output("output", "output"),
     LLMStructuredPredictEndEvent: _output("output", "output"),
     LLMChatStartEvent: _chat_start,
-    LLMChatEndEvent: _output("chat_response", "response"),
+    LLMChatEndEvent: _chat_end,
     LLMCompletionStartEvent: _completion_start,
     LLMCompletionEndEvent: _output("completion_response", "response"),
 }

@@ -11,6 +11,7 @@ an LLM received are handed to the builder as ``TextUse`` s.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -367,7 +368,10 @@ def _llm_output(rec: SpanRecord) -> Any:
         return output_value(data["output"])
     response = data.get("chat_response")
     if response is not None and getattr(response, "message", None) is not None:
-        return _message(response.message)
+        message = _message(response.message)
+        if isinstance(data.get("chat_content"), str):  # as it was when the call ended
+            message = dataclasses.replace(message, content=data["chat_content"])
+        return message
     response = data.get("completion_response")
     if response is not None and isinstance(getattr(response, "text", None), str):
         return response.text

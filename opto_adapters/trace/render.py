@@ -160,11 +160,14 @@ def render(
 
     variables = _variables(runs)
     shown = {name: p for p, name in variables}
+    used = _used_values(runs)
     return ProblemInstance(
         instruction=instruction,
         code=_code_section(runs),
         documentation=_documentation(runs),
-        variables="\n".join(_variable_text(p, name, variable_budget) for p, name in variables),
+        variables="\n".join(
+            _variable_text(p, name, variable_budget, used.get(id(p), _SAME)) for p, name in variables
+        ),
         constraints="\n".join(
             f"{name}: {c}" for p, name in variables for c in [_constraint(p)] if c
         ),
@@ -204,8 +207,24 @@ def _variables(runs: Sequence[_Run]) -> list[tuple[Parameter, str]]:
     return out
 
 
-def _variable_text(p: Parameter, name: str, budget: int | None) -> str:
+_SAME = object()
+
+
+def _used_values(runs: Sequence[_Run]) -> dict[int, Any]:
+    """The value each parameter had in the runs, where it differs from its value now (a
+    graph recorded before an earlier step)."""
+    used: dict[int, Any] = {}
+    for run in runs:
+        for p in run.sub.parameters_reached:
+            if id(p) in run.sub.values and run.sub.values[id(p)] != p.value:
+                used.setdefault(id(p), run.sub.values[id(p)])
+    return used
+
+
+def _variable_text(p: Parameter, name: str, budget: int | None, used: Any = _SAME) -> str:
     line = _node_line(p, name, budget)
+    if used is not _SAME:
+        line += f"\n# (the runs below used an earlier value: {format_value(used, budget)})"
     return f"# {name}: {p.description}\n{line}" if p.description else line
 
 
