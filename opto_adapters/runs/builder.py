@@ -140,6 +140,7 @@ class _Build:
         self.recent: list[tuple[list[Any], Node, list[tuple[str, Parameter]]]] = []
         self.attached: set[int] = set()  # spans whose parameters are in the graph
         self.last_llm: Node | None = None
+        self.outsiders: set[int] = set()  # leaves for values no step of the run produced
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -210,15 +211,14 @@ class _Build:
                     unmatched.append(a)
                 continue
             best = nodes[-1] if len(nodes) == 1 else max(
-                nodes, key=lambda n: (id(n) in in_flow, votes[id(n)], self.rank[id(n)])
+                nodes, key=lambda n: (votes[id(n)], id(n) in in_flow, self.rank[id(n)])
             )
             chosen.setdefault(id(best), (best, "content"))
         for text in unmatched:
-            hits = self.containing(text)
-            how = "containment"
+            hits, how = self.containing(text), "containment"
             if not hits:
                 part = self.part_of(text)
-                hits = [part] if part is not None else []
+                hits, how = ([part] if part is not None else []), "part"
             for n in hits:
                 chosen.setdefault(id(n), (n, how))
         ordered = sorted(chosen.values(), key=lambda item: self.rank[id(item[0])])
@@ -394,8 +394,8 @@ class _Build:
             for key, value in span.inputs.items():
                 self.add_sources(inputs, key, value, flow)
         self.add_parameters(inputs, span)
-        if not any(not isinstance(n, Parameter) for n in inputs.values()):
-            self.structural(span, inputs, flow)
+        if all(isinstance(n, Parameter) or id(n) in self.outsiders for n in inputs.values()):
+            self.structural(span, inputs, flow)  # nothing in the run explained its inputs
         node = self.make(span, inputs, span.output)
         if span.kind == "llm":
             self.remember_call(span, node, inputs)
@@ -523,6 +523,7 @@ class _Build:
         """A leaf for a value no step of the run produced (it came from outside the run)."""
         node = Node(display(value), name=safe_name(arg, default="value"))
         self.register(node, value, "input")
+        self.outsiders.add(id(node))
         return node
 
     def text_uses(self, text: str, role: str, inputs: _Inputs) -> bool:
