@@ -119,6 +119,52 @@ def build_cost(runs: int) -> float:
     return min(per_call(lambda: build(root), runs) for _ in range(3))
 
 
+def agent_loop(iterations: list[int]) -> None:
+    """Graph building for a ``create_agent`` loop: every model call resends the whole
+    history, so a builder that relinks each message is quadratic in the iterations."""
+    from langchain.agents import create_agent
+    from langchain_core.tools import tool
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from langchain_fakes import RecordingChatModel, tool_call
+
+    @tool
+    def step(n: int) -> str:
+        """Do one step of the work."""
+        return f"step {n} done"
+
+    print("\ncreate_agent loop: graph building time (min and median of 5 builds of one run tree)")
+    print("| iterations | model calls in graph | min ms | median ms | us per iteration |")
+    print("|---:|---:|---:|---:|---:|")
+    for n in iterations:
+        replies = [tool_call("step", f"call_{i}", n=i) for i in range(n)] + ["all done"]
+        agent = create_agent(RecordingChatModel(responses=replies), [step], system_prompt="Work.")
+        kept = []
+
+        class Keep(OptoTracer):
+            def _build_graph(self, run):
+                kept.append(run)
+                return super()._build_graph(run)
+
+        tracer = Keep(agent)
+        agent.invoke(
+            {"messages": [("user", "go")]},
+            config={"callbacks": [tracer], "recursion_limit": 2 * n + 10},
+        )
+        graph = tracer.last_graph
+        calls = sum(1 for node in graph.nodes if node.op is not None and node.op.kind == "llm")
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            tracer._build_graph(kept[0])
+            times.append(time.perf_counter() - start)
+        times.sort()
+        print(
+            f"| {n:,} | {calls:,} | {times[0] * 1e3:.1f} | {times[2] * 1e3:.1f} | "
+            f"{times[0] / n * 1e6:.0f} |"
+        )
+
+
 def memory(runs: int) -> None:
     chain = make_chain()
     tracer = OptoTracer(chain)  # default settings
@@ -159,6 +205,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000, help="invocations per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory-runs", type=int, default=10_000)
+    parser.add_argument("--agent-iterations", type=int, nargs="+", default=[10, 100, 1000])
     args = parser.parse_args()
 
     best = timing(args.runs, args.rounds)
@@ -173,6 +220,7 @@ def main() -> None:
     print(
         f"  graph building alone: {build_cost(args.runs) * 1e6:.1f} us/run (6 nodes + 2 parameters)"
     )
+    agent_loop(args.agent_iterations)
     memory(args.memory_runs)
 
 

@@ -114,6 +114,7 @@ class _Tree:
         self.t = translator
         self.memo: dict[int, tuple[Any, Any]] = {}
         self.order = 0
+        self.last_messages: tuple[list[Any], list[Any]] = ([], [])
 
     # -- values ----------------------------------------------------------------------------
 
@@ -160,6 +161,19 @@ class _Tree:
             return {f.name: self.value(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value)}
         return _short(value)
 
+    def messages(self, raw: list[Any]) -> list[Any]:
+        """A model call's messages; a history resent from the previous call is reused, so
+        a long agent loop costs a comparison per message, not a translation."""
+        previous_raw, previous = self.last_messages
+        same = 0
+        for a, b in zip(raw, previous_raw, strict=False):
+            if a is not b:
+                break
+            same += 1
+        out = previous[:same] + [self.value(m) for m in raw[same:]]
+        self.last_messages = (raw, out)
+        return out
+
     # -- runs ------------------------------------------------------------------------------
 
     def span(self, run: Run, parent_id: str | None) -> Span:
@@ -170,7 +184,8 @@ class _Tree:
             kind=kind,
             name=name,
             parent_id=parent_id,
-            inputs=self.inputs(run, kind),
+            # a composition's input is often a whole state or history: made when needed
+            inputs=_LazyInputs(lambda: self.inputs(run, kind)) if run.child_runs else self.inputs(run, kind),
             output=self.output(run, kind),
             error=self.error(run),
             order=self.order,
@@ -214,7 +229,7 @@ class _Tree:
         data = run.inputs or {}
         if run.run_type == "chat_model":
             batches = data.get("messages") or [[]]
-            return {"messages": [self.value(m) for m in (batches[0] if batches else [])]}
+            return {"messages": self.messages(list(batches[0]) if batches else [])}
         if run.run_type == "llm":
             return {"prompt": self.value((data.get("prompts") or [""])[0])}
         if kind == "retriever":
@@ -269,6 +284,55 @@ class _Tree:
                 if param is not None:
                     used.append((f"tool:{tool_name}", param))
         return used
+
+
+class _LazyInputs(dict):
+    """A span's inputs, translated on first use."""
+
+    def __init__(self, make: Any) -> None:
+        super().__init__()
+        self._make = make
+
+    def _fill(self) -> None:
+        if self._make is not None:
+            make, self._make = self._make, None
+            self.update(make())
+
+    def __len__(self) -> int:
+        self._fill()
+        return super().__len__()
+
+    def __iter__(self) -> Any:
+        self._fill()
+        return super().__iter__()
+
+    def __getitem__(self, key: Any) -> Any:
+        self._fill()
+        return super().__getitem__(key)
+
+    def __contains__(self, key: Any) -> bool:
+        self._fill()
+        return super().__contains__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._fill()
+        return super().get(key, default)
+
+    def keys(self) -> Any:
+        self._fill()
+        return super().keys()
+
+    def items(self) -> Any:
+        self._fill()
+        return super().items()
+
+    def values(self) -> Any:
+        self._fill()
+        return super().values()
+
+    def __repr__(self) -> str:
+        self._fill()
+        return super().__repr__()
 
 
 def _stamp(run: Run) -> str | None:

@@ -88,14 +88,16 @@ class _Inputs(dict):
         self._ids: set[int] = set()
         self._links = links
         self._how: list[tuple[str, str]] = []
+        self._next: dict[str, int] = {}
 
     def add(self, arg: str, node: Node | None, how: str = "") -> None:
         if node is None or id(node) in self._ids:
             return
         arg = str(arg) or "input"
-        base, n = arg, 1
+        base = arg
         while arg in self:
-            n += 1
+            n = self._next.get(base, 1) + 1
+            self._next[base] = n
             arg = f"{base}_{n}"
         self[arg] = node
         self._ids.add(id(node))
@@ -109,6 +111,26 @@ class _Inputs(dict):
         """Record how the inferred edges into ``node`` were found."""
         for arg, how in self._how:
             self._links[(id(node), arg)] = how
+
+
+class _Lazy(Sequence):
+    """The nodes a span was given, found only if a child needs them (a span's input is often
+    a whole state or history: finding where it came from costs as much as the history)."""
+
+    def __init__(self, find: Callable[[], list[Node]]) -> None:
+        self._find: Callable[[], list[Node]] | None = find
+        self._nodes: list[Node] = []
+
+    def _get(self) -> list[Node]:
+        if self._find is not None:
+            self._nodes, self._find = self._find(), None
+        return self._nodes
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
 
 
 class _Build:
@@ -196,7 +218,7 @@ class _Build:
         found = atoms(value, self.memo)
         if not found:
             return [], False
-        in_flow = {id(n) for n in flow}
+        in_flow: set[int] | None = None  # only needed to break a tie
         plain = _plain(value)
         per_atom = [(a, self._same_form(a, self.index.get(a), plain)) for a in found]
         votes: dict[int, int] = {}
@@ -210,9 +232,17 @@ class _Build:
                 if isinstance(a, str):
                     unmatched.append(a)
                 continue
-            best = nodes[-1] if len(nodes) == 1 else max(
-                nodes, key=lambda n: (votes[id(n)], id(n) in in_flow, self.rank[id(n)])
-            )
+            if len(nodes) == 1:
+                best = nodes[-1]
+            else:
+                top = max(votes[id(n)] for n in nodes)
+                tied = [n for n in nodes if votes[id(n)] == top]
+                if len(tied) > 1:  # the step's input decides, then the latest
+                    if in_flow is None:
+                        in_flow = {id(n) for n in flow}
+                    best = max(tied, key=lambda n: (id(n) in in_flow, self.rank[id(n)]))
+                else:
+                    best = tied[0]
             chosen.setdefault(id(best), (best, "content"))
         for text in unmatched:
             hits, how = self.containing(text), "containment"
@@ -368,7 +398,7 @@ class _Build:
 
     # -- spans -----------------------------------------------------------------------------
 
-    def visit(self, span: Span, flow: list[Node]) -> list[Node]:
+    def visit(self, span: Span, flow: Sequence[Node]) -> list[Node]:
         """The nodes that stand for ``span``'s output; ``flow`` is what it was given."""
         if span.children:
             return self.container(span, flow)
@@ -377,7 +407,7 @@ class _Build:
             return [n for n, _ in found] or list(flow)
         return [self.leaf(span, flow)]
 
-    def leaf(self, span: Span, flow: list[Node]) -> Node:
+    def leaf(self, span: Span, flow: Sequence[Node]) -> Node:
         inputs = self.new_inputs()
         if span.kind == "prompt":  # a prompt's templates first, then what fills them
             self.add_parameters(inputs, span)
@@ -412,12 +442,11 @@ class _Build:
         if not flow and _has_text(span.inputs):
             self.unlinked(span, "no earlier step produced its input and it has no predecessor")
 
-    def container(self, span: Span, flow: list[Node]) -> list[Node]:
+    def container(self, span: Span, flow: Sequence[Node]) -> list[Node]:
         start = len(self.produced)
-        own = list(flow)
-        if span.inputs and (span.flow != "free" or span.keep):
-            # (a free span's input is often a whole state: its children find their own)
-            own = [n for n, _ in self.sources(span.inputs, flow)[0]] or own
+        own: Sequence[Node] = flow
+        if span.flow != "free" or span.keep:
+            own = _Lazy(lambda: [n for n, _ in self.sources(span.inputs, flow)[0]] or list(flow))
         if span.flow == "sequence":
             current = own
             for child in span.children:
@@ -460,7 +489,7 @@ class _Build:
             self.structural(span, inputs, own)
         return [self.make(span, inputs, span.output)]
 
-    def free_output(self, span: Span, own: list[Node], last: list[Node]) -> list[Node]:
+    def free_output(self, span: Span, own: Sequence[Node], last: Sequence[Node]) -> list[Node]:
         """What a span whose children ran as user code returned: the nodes its output came
         from when they explain all of it, else a node of its own fed by them."""
         if span.error is not None:
@@ -481,10 +510,10 @@ class _Build:
 
     # -- model calls -----------------------------------------------------------------------
 
-    def model_inputs(self, span: Span, flow: list[Node], inputs: _Inputs) -> None:
+    def model_inputs(self, span: Span, flow: Sequence[Node], inputs: _Inputs) -> None:
         messages = span.inputs.get("messages")
         message_pairs: list[tuple[str, Node, str]] = []
-        if isinstance(messages, list) and messages and all(isinstance(m, Message) for m in messages):
+        if isinstance(messages, list) and messages and isinstance(messages[-1], Message):
             start = 0
             previous = self.conversation(messages)
             if previous is not None:
@@ -493,6 +522,9 @@ class _Build:
                 for arg, p in prev_params:
                     inputs.add(arg, p)
             for m in messages[start:]:
+                if not isinstance(m, Message):
+                    self.add_sources(inputs, "messages", m, flow, leaf=True)
+                    continue
                 explained = self.text_uses(m.content, m.role, inputs)
                 if explained and not m.tool_calls:
                     continue  # a parameter, filled with values whose sources are inputs now
@@ -555,7 +587,7 @@ class _Build:
             n = len(previous)
             if n >= len(messages) or (best is not None and n <= best[0]):
                 continue  # the same input again is a retry or a fallback, not a continuation
-            if all(a is b or a == b for a, b in zip(previous, messages, strict=False)):
+            if messages[:n] == previous:  # (identity first, element by element, in C)
                 best = (n, node, params)
         return best
 
