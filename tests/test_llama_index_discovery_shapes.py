@@ -205,6 +205,11 @@ def test_sub_question_engine_discovers_tools_question_gen_and_engines(index, tra
     } <= names
     gen = tracer.parameter("question_gen.question_gen_prompt")
     assert gen.variables == {"tools_str", "query_str"}
+    # its update_prompts rebuilds a plain PromptTemplate from the text: no mark survives,
+    # so the prompt is recognised by its literal pieces
+    assert trainable(tracer, "question_gen.question_gen_prompt").match == "template"
+    assert engine._query_engines["colors"] is colors.query_engine  # keyed by tool name
+    assert engine._metadatas[0] is colors.metadata
     assert "sub-questions" in gen.description
 
     engine.query("Compare the sky and Paris")
@@ -432,6 +437,62 @@ def test_a_workflow_without_llm_calls_does_not_warn(caplog):
     assert not [r for r in caplog.records if "no prompt was found" in r.getMessage()]
 
 
+def test_template_vars_are_not_recomputed_when_a_template_is_assigned():
+    # why an in-place write must recompute them: LlamaIndex validates nothing on assignment
+    template = PromptTemplate("Hi {name}")
+    template.template = "Hi {name}, you are {age}"
+    assert template.template_vars == ["name"]
+    rich = RichPromptTemplate("Hi {{ name }}")
+    rich.template_str = "Hi {{ name }}, you are {{ age }}"
+    assert rich.template_vars == ["name"]
+
+
+async def test_a_workflow_holding_a_query_engine_gets_its_prompts(index, tracers, caplog):
+    llm = RecordingLLM(reply="Blue.")
+
+    class RagFlow(Workflow):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.query_engine = index.as_query_engine(llm=llm, similarity_top_k=1)
+            self.reply_instructions = 'Reply as {"answer": ...}'  # braces, not a template
+
+        @step
+        async def go(self, ev: StartEvent) -> StopEvent:
+            answer = await self.query_engine.aquery(ev.user_msg)
+            return StopEvent(result=f"{answer} {self.reply_instructions}")
+
+    flow = RagFlow()
+    with caplog.at_level(logging.WARNING, logger="opto_adapters.llama_index"):
+        tracer = OptoTracer(flow)
+    tracers.append(tracer)
+    assert not [r for r in caplog.records if "no prompt was found" in r.getMessage()]
+    names = {p.name for p in tracer.parameters}
+    assert "query_engine.response_synthesizer.text_qa_template" in names
+    assert id(flow.query_engine) in tracer._discovery.components
+    fmt = tracer.parameter("reply_instructions")
+    assert fmt.kind == "text" and trainable(tracer, "reply_instructions").match == "contains"
+    apply_updates(
+        {
+            tracer.parameter("query_engine.response_synthesizer.text_qa_template"): (
+                "CTX {context_str} Q {query_str} A"
+            )
+        }
+    )
+    run = await tracer.arun("What color is the sky?")
+    assert run.output == 'Blue. Reply as {"answer": ...}'
+    assert llm.prompts[-1].startswith("CTX ") and llm.prompts[-1].endswith(" A")
+
+
+def test_a_query_engine_tool_of_an_agent_names_its_engine_prompts_under_the_tool(index):
+    engine = index.as_query_engine(llm=RecordingLLM())
+    tool = QueryEngineTool.from_defaults(engine, name="docs", description="Searches the docs.")
+    found = discover(FunctionAgent(tools=[tool], llm=ScriptedToolLLM(["ok"])))
+    names = [p.name for p in found.parameters]
+    assert names[:2] == ["tool.docs", "tool.docs.response_synthesizer.text_qa_template"]
+    assert found.by_tool[id(tool)].match == "tool"
+    assert id(engine) in found.components
+
+
 # -- texts LlamaIndex accepts must not break the tracer ------------------------------------------
 
 
@@ -446,6 +507,9 @@ LONG = "Adds two integers. " * 70  # 1330 characters
 def test_a_long_tool_description_is_accepted_and_may_only_shrink():
     long_tool = FunctionTool.from_defaults(add, name="add", description=LONG)
     blank_tool = FunctionTool.from_defaults(lambda a: a, name="echo", description=" ")
+    # LlamaIndex builds such tools and agents; only an OpenAI-style tool spec refuses them
+    with pytest.raises(ValueError, match="1024"):
+        long_tool.metadata.to_openai_tool()
     for agent in (
         FunctionAgent(tools=[long_tool, blank_tool], llm=ScriptedToolLLM(["ok"]), system_prompt=""),
         ReActAgent(tools=[long_tool, blank_tool], llm=ScriptedToolLLM(["Answer: ok"])),
@@ -502,9 +566,14 @@ def test_react_agent_system_prompt_reaches_the_llm_through_the_header_context(tr
     assert "context" in tracer.parameter("agent.react_header").variables
     tracer.run("2+2?")
     assert "Be brief." in llm.calls[0]["messages"][0][1]
-    apply_updates({system: "Be very brief. Use tools."})
+    agent.system_prompt = "Edited directly."
     tracer.run("2+2?")
-    sent = llm.calls[1]["messages"][0][1]
+    assert "Edited directly." not in llm.calls[1]["messages"][0][1]
+    agent.system_prompt = "Be brief."
+    apply_updates({system: "Be very brief. Use tools."})
+    llm.load(["Thought: done.\nAnswer: 4"])
+    tracer.run("2+2?")
+    sent = llm.calls[2]["messages"][0][1]
     assert "Be very brief. Use tools." in sent and "Be brief." not in sent
 
 
@@ -626,3 +695,17 @@ async def test_add_parameter_to_a_workflow_step_by_span_name(tracers):
         get_dispatcher().span_handlers.remove(handler)
     names = {span.id_.rsplit("-", 5)[0] for span in handler.completed_spans}
     assert {span_name, "StepFlow.run"} <= names
+
+
+def test_an_agent_subclass_with_its_own_step_keeps_one_system_prompt():
+    extra = PromptTemplate("Check the answer: {answer}")
+
+    class CheckedAgent(FunctionAgent):
+        @step
+        async def check(self, ev: StopEvent) -> StopEvent:  # never reached; only read
+            return StopEvent(result=extra.format(answer=ev.result))
+
+    agent = CheckedAgent(tools=[add], llm=ScriptedToolLLM(["ok"]), system_prompt="You add.")
+    names = [p.name for p in discover(agent).parameters]
+    assert names.count("agent.system_prompt") == 1 and "agent.system_prompt_2" not in names
+    assert "agent.extra" in names

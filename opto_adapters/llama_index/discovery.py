@@ -707,6 +707,10 @@ class _Walker:
             try:
                 variables = template_variables(original)
             except ValueError:  # not a str.format template after all: plain text
+                variables = frozenset()
+            if not all(v.isidentifier() for v in variables):  # braces of a JSON example
+                variables = frozenset()
+            if not variables:
                 syntax = "llama"
         param = Parameter(
             name=self.unique(name),
@@ -891,7 +895,7 @@ class _Walker:
         if not is_workflow(obj):
             return
         try:
-            scan = scan_workflow(obj)
+            scan = scan_workflow(obj, attributes=not _is_agent(obj))
         except Exception:  # never break the tracer's creation over a scan
             logger.warning(
                 "opto_adapters: could not read the steps of %s", type(obj).__name__, exc_info=True
@@ -899,13 +903,13 @@ class _Walker:
             return
         if scan is None:
             return
+        before = len(self.found.trainables)
+        for name, component in scan.components:
+            self.visit(component, f"{prefix}{safe_name(name, default='component')}.", chain)
         flow = type(obj).__name__
-        found = False
         for held in scan.held:
             if isinstance(held.value, BasePromptTemplate):
-                before = len(self.found.trainables)
                 self.held_template(held, flow, prefix, obj, chain)
-                found = found or len(self.found.trainables) > before
             elif isinstance(held.value, str):
                 self.text_param(
                     _HeldTextSlot(held),
@@ -916,7 +920,7 @@ class _Walker:
                     chain,
                     syntax="python",
                 )
-                found = True
+        found = len(self.found.trainables) > before
         if scan.calls_llm and not found and not self.warned_workflow:
             self.warned_workflow = True
             logger.warning(

@@ -22,8 +22,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from llama_index.core.base.base_query_engine import BaseQueryEngine
+from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.llms.base import BaseLLM
+from llama_index.core.chat_engine.types import BaseChatEngine
 from llama_index.core.prompts.base import BasePromptTemplate
+from llama_index.core.tools.types import BaseTool
+
+from .recorder import is_workflow
 
 __all__ = ["Held", "StepScan", "is_framework", "scan_workflow"]
 
@@ -40,6 +46,7 @@ LLM_METHODS = frozenset(
 _PROMPT_NAME = re.compile(r"prompt|instruction|system", re.IGNORECASE)
 # how far helper calls are followed from a step: step -> helper -> helper -> helper
 _MAX_DEPTH = 3
+_COMPONENTS = (BaseQueryEngine, BaseRetriever, BaseChatEngine, BaseTool)
 _FRAMEWORK_MODULES = ("llama_index.", "workflows.", "pydantic.", "typing", "builtins")
 
 
@@ -80,15 +87,23 @@ class StepScan:
     held: list[Held]
     calls_llm: bool
     functions: list[str]  # every function read, for the warning
+    #: query engines, retrievers, chat engines, tools and workflows the steps use, by the
+    #: name the code reads them under: their own prompts are discovered as theirs
+    components: list[tuple[str, Any]] = field(default_factory=list)
 
 
-def scan_workflow(workflow: Any) -> StepScan | None:
-    """The prompts the user-written steps of ``workflow`` read; ``None`` without such steps."""
+def scan_workflow(workflow: Any, *, attributes: bool = True) -> StepScan | None:
+    """The prompts the user-written steps of ``workflow`` read; ``None`` without such steps.
+
+    ``attributes=False`` skips the instance and class attributes (an agent subclass: its
+    fields, such as ``system_prompt``, are discovered as the agent's own).
+    """
     steps = _user_steps(workflow)
     if not steps:
         return None
     scan = _Scan(workflow)
-    scan.attributes()
+    if attributes:
+        scan.attributes()
     for fn in steps.values():
         scan.function(fn, 0)
     return StepScan(
@@ -96,6 +111,7 @@ def scan_workflow(workflow: Any) -> StepScan | None:
         held=list(scan.held.values()),
         calls_llm=scan.calls_llm,
         functions=scan.function_names,
+        components=list(scan.components.values()),
     )
 
 
@@ -133,6 +149,7 @@ class _Scan:
         self.calls_llm = False
         self.seen_functions: set[int] = set()
         self.function_names: list[str] = []
+        self.components: dict[int, tuple[str, Any]] = {}
 
     def consider(
         self,
@@ -146,10 +163,15 @@ class _Scan:
         if isinstance(value, BaseLLM):
             self.calls_llm = True
             return
+        if value is not self.workflow and (isinstance(value, _COMPONENTS) or is_workflow(value)):
+            self.components.setdefault(id(value), (name, value))
+            return
         if isinstance(value, dict):
             for key, item in list(value.items())[:50]:
-                if _is_prompt(str(key), item) or (
-                    isinstance(item, str) and _PROMPT_NAME.search(name)
+                if (
+                    _is_prompt(str(key), item)
+                    or (isinstance(item, str) and _PROMPT_NAME.search(name))
+                    or isinstance(item, _COMPONENTS)
                 ):
                     self.consider(
                         f"{name}[{key}]",
@@ -162,7 +184,7 @@ class _Scan:
             return
         if isinstance(value, list):
             for i, item in enumerate(value[:50]):
-                if isinstance(item, BasePromptTemplate) or (
+                if isinstance(item, (BasePromptTemplate, *_COMPONENTS)) or (
                     isinstance(item, str) and _PROMPT_NAME.search(name)
                 ):
                     self.consider(
