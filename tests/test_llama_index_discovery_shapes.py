@@ -155,6 +155,7 @@ def test_multi_and_pydantic_selectors_are_discovered_and_written_back(index, tra
     multi.query("sky?")
     assert "(1) Sky and grass colors." in multi_llm.prompts[-1]
 
+    colors.metadata.description = COLORS
     # a Pydantic selector's prompt lives in its program: get_prompts() returns nothing
     select_llm = ScriptedToolLLM([[("SingleSelection", {"index": 1, "reason": "r"})]] * 2)
     selector = PydanticSingleSelector.from_defaults(llm=select_llm)
@@ -168,6 +169,7 @@ def test_multi_and_pydantic_selectors_are_discovered_and_written_back(index, tra
     pydantic.query("sky?")
     [(role, text)] = select_llm.calls[0]["messages"]
     assert role == "user" and match_template(prompt.value, text) is not None
+    assert "(1) " + " ".join(COLORS.splitlines()) in text
     apply_updates({prompt: "Pick one of {num_choices} for '{query_str}':\n{context_list}"})
     pydantic.query("sky?")
     assert select_llm.calls[1]["messages"][0][1].startswith("Pick one of 2 for 'sky?':\n(1) ")
@@ -534,12 +536,16 @@ def test_a_long_tool_description_is_accepted_and_may_only_shrink():
         apply_updates({desc: "x" * 1025})
 
 
-def test_an_empty_system_prompt_and_an_empty_template_are_accepted(index):
-    agent = FunctionAgent(tools=[add], llm=ScriptedToolLLM(["ok"]), system_prompt="")
+async def test_an_empty_system_prompt_and_an_empty_template_are_accepted(index):
+    llm = ScriptedToolLLM(["ok", "ok"])
+    agent = FunctionAgent(tools=[add], llm=llm, system_prompt="")
     [system] = [p for p in discover(agent).parameters if p.name == "agent.system_prompt"]
     assert system.value == ""
+    await agent.run(user_msg="hi")
+    assert [role for role, _ in llm.calls[0]["messages"]] == ["user"]  # no system message
     apply_updates({system: "You add numbers."})
-    assert agent.system_prompt == "You add numbers."
+    await agent.run(user_msg="hi")
+    assert llm.calls[1]["messages"][0] == ("system", "You add numbers.")
     apply_updates({system: ""})  # it was empty to begin with: empty stays allowed
 
     engine = index.as_query_engine(llm=RecordingLLM())
@@ -550,7 +556,7 @@ def test_an_empty_system_prompt_and_an_empty_template_are_accepted(index):
     assert qa.value == ""
     apply_updates({qa: "Context: {context_str}\nQ: {query_str}\nA:"})
     engine.query("What color is the sky?")
-    assert engine._response_synthesizer._text_qa_template.template.startswith("Context: ")
+    assert engine._response_synthesizer._llm.prompts[-1].startswith("Context: The sky is blue.")
 
 
 def test_react_agent_system_prompt_reaches_the_llm_through_the_header_context(tracers):

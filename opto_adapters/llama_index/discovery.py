@@ -179,10 +179,11 @@ class Discovery:
 
     ``by_instance`` maps the id of a live object (retriever, query engine, LLM, tool,
     workflow...) to the ``(argument name, parameter)`` pairs its spans use; ``by_span_name``
-    does the same by span name: the part of a dispatcher span id before ``-<uuid>``, the
-    instrumented function's ``__qualname__`` (``MyFlow.answer`` for a workflow step,
-    ``RetrieverQueryEngine.query``). ``linked`` keeps those objects alive, so their ids stay
-    theirs.
+    does the same by span name, the part of a dispatcher span id before ``-<uuid>``:
+    ``<class of the instance>.<method>`` for a call on an object
+    (``RetrieverQueryEngine.query``), the function's ``__qualname__`` for a call without one
+    (a workflow step: ``MyFlow.answer``). ``linked`` keeps those objects alive, so their ids
+    stay theirs.
     """
 
     trainables: list[Trainable] = field(default_factory=list)
@@ -281,9 +282,9 @@ def check_used_by(used_by: Any) -> None:
     raise TypeError(
         f"used_by={type(used_by).__name__} object: LlamaIndex reports no spans for it, so no "
         "run could be tied to the parameter. Pass the query engine, retriever, LLM, tool, "
-        "chat engine or workflow that uses it, or the name of its span (the function's "
-        "__qualname__, e.g. 'MyFlow.answer' for a workflow step; or the step itself, "
-        "used_by=MyFlow.answer)"
+        "chat engine or workflow that uses it, or the name of its spans "
+        "('RetrieverQueryEngine.query'; 'MyFlow.answer' for a workflow step, or the step "
+        "itself: used_by=MyFlow.answer)"
     )
 
 
