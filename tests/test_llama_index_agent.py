@@ -47,13 +47,13 @@ def agent(llm) -> FunctionAgent:
 def test_agent_parameters(agent):
     with OptoTracer(agent) as tracer:
         assert [p.name for p in tracer.parameters] == [
-            "system_prompt",
-            "tools.add.description",
-            "tools.mul.description",
+            "agent.system_prompt",
+            "tool.add",
+            "tool.mul",
         ]
-        assert tracer.parameter("tools.add.description").kind == "tool_description"
-        assert tracer.parameter("tools.add.description").value == ADD_DESCRIPTION
-        assert "decide when to call" in tracer.parameter("tools.mul.description").description
+        assert tracer.parameter("tool.add").kind == "tool_description"
+        assert tracer.parameter("tool.add").value == ADD_DESCRIPTION
+        assert "decide when to call" in tracer.parameter("tool.mul").description
 
 
 async def test_agent_run_graph_has_llm_calls_and_tool_calls_in_order(agent, llm):
@@ -63,9 +63,9 @@ async def test_agent_run_graph_has_llm_calls_and_tool_calls_in_order(agent, llm)
     graph = run.graph
     edges = set(graph.edges())
     for call in ("llm", "llm_1", "llm_2"):
-        assert ("system_prompt", "system", call) in edges
-        assert ("tools.add.description", "tool[add]", call) in edges
-        assert ("tools.mul.description", "tool[mul]", call) in edges
+        assert ("agent.system_prompt", "system", call) in edges
+        assert ("tool.add", "tool[add]", call) in edges
+        assert ("tool.mul", "tool[mul]", call) in edges
     assert ("user_msg", "user", "llm") in edges
     assert {
         ("llm", "call", "add"),  # the call that asked for the tool (by its tool call id)
@@ -91,7 +91,7 @@ async def test_agent_run_graph_has_llm_calls_and_tool_calls_in_order(agent, llm)
 def test_sync_run_on_an_agent_and_write_back_of_prompt_and_tool_description(agent, llm):
     with OptoTracer(agent) as tracer:
         graph = tracer.run("what is (1+2)*4?").graph
-        mul_desc = tracer.parameter("tools.mul.description")
+        mul_desc = tracer.parameter("tool.mul")
         mul_desc.zero_feedback()
         graph.output.backward("Use mul only for products.")
         [sub] = mul_desc.feedback
@@ -99,7 +99,9 @@ def test_sync_run_on_an_agent_and_write_back_of_prompt_and_tool_description(agen
 
         apply_updates(
             {
-                tracer.parameter("system_prompt"): "You are a careful calculator. Show no work.",
+                tracer.parameter(
+                    "agent.system_prompt"
+                ): "You are a careful calculator. Show no work.",
                 mul_desc: "Multiply a by b. Use it for every product.",
             }
         )
@@ -114,7 +116,7 @@ def test_sync_run_on_an_agent_and_write_back_of_prompt_and_tool_description(agen
 
 def test_bad_tool_descriptions_are_rejected(agent):
     with OptoTracer(agent) as tracer:
-        desc = tracer.parameter("tools.add.description")
+        desc = tracer.parameter("tool.add")
         with pytest.raises(ValidationError, match="1024"):
             apply_updates({desc: "x" * 1025})
         with pytest.raises(ValidationError, match="empty"):
@@ -148,13 +150,13 @@ def test_react_agent_header_is_recognised_in_the_formatted_system_message():
     )
     agent = ReActAgent(tools=[add], llm=llm)
     with OptoTracer(agent) as tracer:
-        header = tracer.parameter("react_header")
+        header = tracer.parameter("agent.react_header")
         assert header.variables == {"tool_desc", "tool_names"}
         graph = tracer.run("what is 2+2?").graph
         edges = set(graph.edges())
-        assert ("react_header", "system", "llm") in edges
+        assert ("agent.react_header", "system", "llm") in edges
         assert ("tool_names", "tool_names", "llm") in edges
-        assert ("tools.add.description", "tool[add]", "llm") in edges
+        assert ("tool.add", "tool[add]", "llm") in edges
         # str.format rules: a lone brace would break the agent at run time
         with pytest.raises(ValidationError, match="unknown variable"):
             apply_updates({header: header.value + "\nReply like {'a': 1}"})
@@ -188,15 +190,15 @@ def test_agent_workflow_parameters_are_named_by_agent():
         names = [p.name for p in tracer.parameters]
         assert {
             "handoff_prompt",
-            "thinker.react_header",
-            "calc.system_prompt",
-            "calc.tools.add.description",
-            "thinker.tools.mul.description",
+            "agent.thinker.react_header",
+            "agent.calc.system_prompt",
+            "tool.add",
+            "tool.mul",
         } <= set(names)
         graph = tracer.run("what is 2+2?").graph
     edges = set(graph.edges())
-    assert ("calc.system_prompt", "system", "llm") in edges
-    assert ("calc.tools.add.description", "tool[add]", "llm") in edges
+    assert ("agent.calc.system_prompt", "system", "llm") in edges
+    assert ("tool.add", "tool[add]", "llm") in edges
     assert graph.output.value == "4"
 
 
@@ -208,7 +210,7 @@ async def test_parallel_tool_calls_both_hang_off_the_call_that_asked_for_them(ll
     assert {("llm", "call", "add"), ("llm", "call", "mul")} <= edges
     into_second_call = {src for src, _, dst in edges if dst == "llm_1"}
     # the conversation so far comes through the first call (its input is the history)
-    assert {"add", "mul", "llm", "system_prompt"} <= into_second_call
+    assert {"add", "mul", "llm", "agent.system_prompt"} <= into_second_call
     assert ("llm", "history", "llm_1") in edges
     assert graph.output.value == "3 and 12."
 
@@ -225,17 +227,26 @@ def test_long_agent_and_tool_names_give_valid_capped_parameter_names():
         llm=ScriptedToolLLM([[(tool_name, {"a": 1, "b": 2})], "3"]),
         system_prompt="You add.",
     )
-    workflow = AgentWorkflow(agents=[agent], root_agent=agent_name)
+    helper = FunctionAgent(
+        name="helper",
+        description="helps",
+        tools=[],
+        llm=ScriptedToolLLM(["-"]),
+        system_prompt="Help.",
+    )
+    workflow = AgentWorkflow(agents=[agent, helper], root_agent=agent_name)
     with OptoTracer(workflow) as tracer:  # raised "invalid node name" before
         names = [p.name for p in tracer.parameters]
         for name in names:
             assert check_name(name) == name and len(name) <= 128
         assert len(set(names)) == len(names)
-        [description] = [n for n in names if n.endswith(".description")]
-        assert description.startswith("agent_yyy") and "..." in description
-        [system] = [n for n in names if n.endswith(".system_prompt")]
+        [description] = [n for n in names if n.startswith("tool.")]
+        assert description == "tool." + safe_name(tool_name)
+        [system] = [n for n in names if n.startswith("agent.agent_yyy")]
+        assert system.endswith(".system_prompt")
         assert tracer.parameter(system).value == "You add."
-        graph = tracer.run("what is 1+2?").graph
+        assert tracer.parameter("agent.helper.system_prompt").value == "Help."
+    graph = tracer.run("what is 1+2?").graph
     assert graph.output.value == "3"
     [tool_node] = [n for n in graph.nodes if n.op is not None and n.op.name.startswith("tool:")]
     assert tool_node.name == safe_name(tool_name) and len(tool_node.name) <= 128
@@ -248,12 +259,12 @@ def test_a_tool_name_is_made_a_name_the_same_way_in_parameters_and_graphs(llm):
     llm.load([[("Add numbers (v2)!", {"a": 1, "b": 2})], "3"])
     with OptoTracer(agent) as tracer:
         assert [p.name for p in tracer.parameters] == [
-            "system_prompt",
-            "tools.Add_numbers_v2.description",
+            "agent.system_prompt",
+            "tool.Add_numbers_v2",
         ]
         graph = tracer.run("1+2?").graph
     edges = set(graph.edges())
-    assert ("tools.Add_numbers_v2.description", "tool[Add_numbers_v2]", "llm") in edges
+    assert ("tool.Add_numbers_v2", "tool[Add_numbers_v2]", "llm") in edges
     assert ("llm", "call", "Add_numbers_v2") in edges
     assert graph.output.value == "3"
 

@@ -79,23 +79,23 @@ async def test_agent_tool_description_improves_through_optoprime(scripted_llm):
     agent = FunctionAgent(tools=[add], llm=app_llm, system_prompt="You are a calculator.")
     with OptoTracer(agent) as tracer:
         run = await tracer.arun("what is 1+2?")
-        params = [tracer.parameter("system_prompt"), tracer.parameter("tools.add.description")]
+        params = [tracer.parameter("agent.system_prompt"), tracer.parameter("tool.add")]
         opt = OptoPrime(params, optimizer_llm(scripted_llm))
         opt.backward(run, "Say which tool you used.")
         scripted_llm.script(
             suggestion(
                 {
-                    "tools.add.description": "add(a, b): exact integer sum. Always use it for sums.",
-                    "system_prompt": "You are a calculator. Name the tool you used.",
+                    "tool.add": "add(a, b): exact integer sum. Always use it for sums.",
+                    "agent.system_prompt": "You are a calculator. Name the tool you used.",
                 }
             )
         )
         record = opt.step()
-        assert set(record.applied) == {"tools.add.description", "system_prompt"}
+        assert set(record.applied) == {"tool.add", "agent.system_prompt"}
         app_llm.load(script)
         await tracer.arun("what is 1+2?")
     last = app_llm.calls[-1]
     assert tool_description(last, "add") == "add(a, b): exact integer sum. Always use it for sums."
     assert ("system", "You are a calculator. Name the tool you used.") in last["messages"]
     sent = scripted_llm.prompts()[0]
-    assert "tools.add.description" in sent and "Say which tool you used." in sent
+    assert "tool.add" in sent and "Say which tool you used." in sent

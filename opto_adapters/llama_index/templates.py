@@ -3,8 +3,11 @@
 A trainable text is addressed by a *path* into a template: ``()`` for a ``PromptTemplate``
 (or a plain string), ``("msg", i)`` for message ``i`` of a ``ChatPromptTemplate``,
 ``("default", ...)`` / ``("cond", k, ...)`` for the branches of a ``SelectorPromptTemplate``.
-Writes never mutate a template: LlamaIndex shares its default templates between every
-engine in the process, so each write builds a copy with the new text.
+Writes through a framework slot (``update_prompts``, an engine attribute) never mutate a
+template: LlamaIndex shares its default templates between every engine in the process, so
+each such write builds a copy with the new text (``replace_text``). A template a user's
+workflow step holds by reference is edited in place instead (``edit_in_place``): the step
+keeps its reference, so only an in-place edit reaches its next run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from llama_index.core.prompts import (
     SelectorPromptTemplate,
 )
 from llama_index.core.prompts.base import BasePromptTemplate
+from llama_index.core.prompts.utils import get_template_vars
 
 from ..trace import template_fields
 
@@ -33,6 +37,7 @@ __all__ = [
     "STAMP_KEY",
     "Path",
     "descend",
+    "edit_in_place",
     "fstring_variables",
     "inner_templates",
     "jinja_variables",
@@ -181,6 +186,30 @@ def _replace_inner(template: Any, path: Path, text: str) -> Any:
     return template.model_copy(update=update)
 
 
+def edit_in_place(template: Any, path: Path, text: str) -> None:
+    """Write ``text`` at ``path`` into ``template`` itself and recompute its ``template_vars``.
+
+    For templates held by user code (a workflow's attribute, a module global, a closure
+    variable): the holder keeps its reference, so the next run sees the new text. The caller
+    validates the variables first (LlamaIndex would leave an unknown ``{x}`` in the text).
+    """
+    inner, rest = descend(template, path)
+    if not rest and isinstance(inner, PromptTemplate):
+        inner.template = text
+        inner.template_vars = list(dict.fromkeys(get_template_vars(text)))
+    elif not rest and RichPromptTemplate is not None and isinstance(inner, RichPromptTemplate):
+        inner.template_str = text
+        inner.template_vars = sorted(jinja_variables(text))
+    elif rest and rest[0] == "msg" and isinstance(inner, ChatPromptTemplate):
+        inner.message_templates[rest[1]].content = text
+        names: list[str] = []
+        for message in inner.message_templates:
+            names.extend(message.get_template_vars())
+        inner.template_vars = list(dict.fromkeys(names))
+    else:
+        raise LookupError(f"no text at {path!r} in a {type(template).__name__}")
+
+
 def stamp(template: Any, token_for: Callable[[Any], str]) -> Any:
     """A copy of ``template`` whose innermost templates carry ``token_for(inner)`` in their
     metadata (under ``STAMP_KEY``)."""
@@ -210,8 +239,33 @@ def literal_chunks(text: str, syntax: str = "llama") -> tuple[tuple[str, ...], t
     """
     if syntax == "python":
         return template_fields(text)
+    if syntax == "jinja":
+        return _jinja_chunks(text)
     pieces = _VAR_RE.split(text)
     return tuple(pieces[0::2]), tuple(pieces[1::2])
+
+
+_JINJA_TAG = re.compile(r"\{\{(.*?)\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+
+
+def _jinja_chunks(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Literal pieces of a jinja template: every ``{{ ... }}``, ``{% ... %}`` and
+    ``{# ... #}`` is a gap. A gap is named after its variable when it is a plain
+    ``{{ name }}``; other gaps (filters, statements, comments) are named ``""``.
+
+    Statements are gaps too, so a template whose blocks repeat, drop or reorder text
+    (loops, ``if``, ``{% chat %}`` blocks sent as separate messages) may not be found.
+    """
+    literals: list[str] = []
+    names: list[str] = []
+    pos = 0
+    for m in _JINJA_TAG.finditer(text):
+        literals.append(text[pos : m.start()])
+        expr = (m.group(1) or "").strip() if m.group(0).startswith("{{") else ""
+        names.append(expr if expr.isidentifier() else "")
+        pos = m.end()
+    literals.append(text[pos:])
+    return tuple(literals), tuple(names)
 
 
 def match_template(
@@ -243,6 +297,7 @@ def match_template(
                 return None
         else:  # the template ends with this variable, or two variables touch
             end = len(text) if i == last else pos
-        values.setdefault(name, text[pos:end])
+        if name:
+            values.setdefault(name, text[pos:end])
         pos = end + len(literal)
     return values

@@ -42,8 +42,8 @@ from llama_index.core.chat_engine.types import BaseChatEngine
 from llama_index.core.instrumentation import get_dispatcher
 
 from .. import runs
-from ..trace import Graph, TracedRun, TracerBase, select_parameters
-from .discovery import Discovery, discover
+from ..trace import Graph, Parameter, TracedRun, TracerBase, select_parameters
+from .discovery import Discovery, check_used_by, discover
 from .recorder import EventHandler, Recorder, RunRecord, SpanHandler, is_workflow
 from .spans import text_uses, translate
 
@@ -148,6 +148,22 @@ class OptoTracer(TracerBase):
         self._user_attached = False  # attach() / close() and the with block
         self._runs_in_flight = 0  # run() / arun() calls not finished yet
         self.attach()
+
+    # -- parameters --------------------------------------------------------------------------
+
+    def add_parameter(self, parameter: Parameter, *, used_by: Any = None) -> Parameter:
+        """Add a parameter of your own, e.g. a retriever's ``k`` bound to the live object.
+
+        ``used_by`` puts it in the graphs as an input of the spans of that object (a
+        retriever, query engine, LLM, tool, chat engine or workflow) or of the spans with
+        that name (``"MyFlow.answer"`` for a workflow step). Without it, a text parameter
+        is found only where an LLM's input contains its text, and anything else gets no
+        feedback (a warning says so).
+        """
+        check_used_by(used_by)
+        TracerBase.add_parameter(self, parameter)
+        self._discovery.link(parameter, used_by)
+        return parameter
 
     # -- attach / detach -------------------------------------------------------------------
 
