@@ -715,3 +715,18 @@ def test_an_agent_subclass_with_its_own_step_keeps_one_system_prompt():
     names = [p.name for p in discover(agent).parameters]
     assert names.count("agent.system_prompt") == 1 and "agent.system_prompt_2" not in names
     assert "agent.extra" in names
+
+
+def test_a_router_choice_with_a_multi_line_description_is_in_the_graph(index, tracers):
+    """The selector joins a description's lines before the LLM sees it; the graph still
+    finds each description, so feedback on the selection reaches it."""
+    llm = RecordingLLM(reply=selector_reply())
+    colors, geo = engines(index, llm)
+    router = RouterQueryEngine(
+        selector=LLMSingleSelector.from_defaults(llm=llm), query_engine_tools=[colors, geo], llm=llm
+    )
+    tracer = OptoTracer(router)
+    tracers.append(tracer)
+    graph = tracer.run("What color is the sky?").graph
+    assert COLORS not in llm.prompts[0] and "\n" in COLORS  # joined, not as written
+    assert {"tool.colors", "tool.geo", "selector.prompt"} <= {p.name for p in graph.parameters}

@@ -22,7 +22,6 @@ elsewhere. A template a workflow step holds by reference is edited in place.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import types
@@ -42,6 +41,7 @@ from llama_index.core.prompts.mixin import PromptMixin
 from llama_index.core.response_synthesizers.base import BaseSynthesizer
 from llama_index.core.tools.types import BaseTool, ToolMetadata
 
+from ..runs.matching import renderings
 from ..trace import Binding, Parameter, safe_name, template_variables
 from .recorder import is_workflow
 from .steps import Held, scan_workflow
@@ -164,13 +164,7 @@ class Trainable:
         text = self.parameter.value if value is None else value
         if not isinstance(text, str):
             return ()
-        out = [text]
-        for rendering in self.renderings:
-            if rendering == "joined_lines":
-                out.append(" ".join(text.splitlines()))
-            elif rendering == "json":
-                out.append(json.dumps(text)[1:-1])
-        return tuple(dict.fromkeys(out))
+        return tuple(renderings(text, self.renderings))
 
 
 @dataclass

@@ -58,7 +58,14 @@ def text_uses(discovery: Discovery) -> list[TextUse]:
     for t in discovery.trainables:
         if t.match == "tool":  # a ReAct agent writes the descriptions into its prompt
             name = _tool_node_name(t.holder)
-            uses.append(TextUse(t.parameter, arg=f"tool[{name}]", owners=frozenset(t.owners)))
+            uses.append(
+                TextUse(
+                    t.parameter,
+                    arg=f"tool[{name}]",
+                    owners=frozenset(t.owners),
+                    renderings=tuple(getattr(t, "renderings", ())),
+                )
+            )
         elif t.match in ("template", "contains"):
             uses.append(
                 TextUse(
@@ -66,6 +73,7 @@ def text_uses(discovery: Discovery) -> list[TextUse]:
                     match=t.match,
                     syntax="python" if t.syntax == "python" else ("jinja" if t.syntax == "jinja" else "llama"),
                     owners=frozenset(t.owners),
+                    renderings=tuple(getattr(t, "renderings", ())),
                 )
             )
     return uses
@@ -170,10 +178,15 @@ class _Tree:
     def _agent(self, rec: SpanRecord, span: Span) -> None:
         start = rec.args.get("start_event")
         msg = getattr(start, "user_msg", None) if start is not None else None
+        kwargs = rec.args.get("kwargs") or {}
         if msg is None:
-            msg = (rec.args.get("kwargs") or {}).get("user_msg")
+            msg = kwargs.get("user_msg")
         if msg is not None:
             span.inputs["user_msg"] = _text(msg)
+        else:  # a workflow of the user's: what its StartEvent was given
+            fields = dict(start.items()) if hasattr(start, "items") else dict(kwargs)
+            for key, value in fields.items():
+                span.inputs[str(key)] = _text(value) if hasattr(value, "blocks") else _jsonable(value)
         span.output = output_value(rec.result)
 
     def _tool(self, rec: SpanRecord, span: Span) -> None:

@@ -8,6 +8,7 @@ evidence is the text. ``TextUse`` says how to look for one parameter; ``find_use
 from __future__ import annotations
 
 import functools
+import json
 import re
 from dataclasses import dataclass
 
@@ -91,6 +92,21 @@ class TextUse:
     syntax: str = "fstring"
     arg: str = ""
     owners: frozenset[int] = frozenset()
+    renderings: tuple[str, ...] = ()
+    """How the app may have rewritten the text before the model saw it: ``joined_lines``
+    (its lines joined by spaces), ``json`` (inside a JSON string: quotes and newlines escaped)."""
+
+
+def renderings(text: str, forms: tuple[str, ...]) -> list[str]:
+    """``text`` and the forms the app may have turned it into (see ``TextUse.renderings``)."""
+    out = [text]
+    for form in forms:
+        if form == "joined_lines":
+            out.append(" ".join(text.splitlines()))
+        elif form == "json":
+            out.append(json.dumps(text)[1:-1])
+            out.append(json.dumps(text, ensure_ascii=False)[1:-1])
+    return list(dict.fromkeys(out))
 
 
 def find_use(use: TextUse, text: str) -> dict[str, str] | None:
@@ -103,7 +119,7 @@ def find_use(use: TextUse, text: str) -> dict[str, str] | None:
         return None
     if use.match == "template":
         return match_template(value, text, syntax=use.syntax)
-    needle = value.strip()
-    if len(needle) < _MIN_CONTAINS:
-        return None
-    return {} if needle in text else None
+    for needle in renderings(value.strip(), use.renderings):
+        if len(needle) >= _MIN_CONTAINS and needle in text:
+            return {}
+    return None
