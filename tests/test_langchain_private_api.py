@@ -53,5 +53,7 @@ def test_chat_model_runs_hold_message_objects():
             return super()._build_graph(run)
 
     chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | RecordingChatModel()
-    chain.invoke({"q": "hi"}, config={"callbacks": [Keep(chain)]})
+    tracer = Keep(chain)
+    chain.invoke({"q": "hi"}, config={"callbacks": [tracer]})
+    assert tracer.last_graph is not None  # graphs are built when first asked for
     assert all(isinstance(m, BaseMessage) for m in seen[0]) and seen[0][0].content == "hi"

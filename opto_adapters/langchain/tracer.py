@@ -274,18 +274,34 @@ class OptoTracer(TracerBase, BaseTracer):
         self._finish(run)
 
     def _finish(self, root: Run) -> None:
-        """Record the graph of a root whose steps have all ended, and forget the run."""
+        """Record the graph of a root whose steps have all ended, and forget the run.
+
+        The graph is built when first asked for (``last_graph``, ``graph(id)``...), from the
+        run tree and the parameter values as they were when the run ended."""
+        try:
+            values = _values(self._parameters)
+            self._record(str(root.id), lambda: self._graph_of(root, values))
+        except Exception:
+            logger.exception(
+                "opto_adapters could not record run %s (%s); the app is not affected",
+                root.id,
+                root.name,
+            )
+        finally:
+            self._forget(root)
+
+    def _graph_of(self, root: Run, values: dict[int, Any]) -> Graph | None:
         try:
             graph = self._build_graph(root)
-            self._record(str(root.id), graph)
         except Exception:
             logger.exception(
                 "opto_adapters could not build the graph of run %s (%s); the app is not affected",
                 root.id,
                 root.name,
             )
-        finally:
-            self._forget(root)
+            return None
+        graph.values.update((pid, values[pid]) for pid in graph.values if pid in values)
+        return graph
 
     def _build_graph(self, run: Run) -> Graph:
         root = Translator(self._found, self._by_run_name).translate(run)
@@ -403,6 +419,17 @@ class OptoTracer(TracerBase, BaseTracer):
     def on_llm_new_token(self, *args: Any, **kwargs: Any) -> None:
         """Tokens are not needed for the graph (the final output arrives on end)."""
         return None
+
+
+def _values(parameters: list[Parameter]) -> dict[int, Any]:
+    """Every parameter's value now (a graph built later shows the values of its run)."""
+    values: dict[int, Any] = {}
+    for p in parameters:
+        try:
+            values[id(p)] = p.value
+        except Exception:  # a binding whose object changed shape: nothing to remember
+            continue
+    return values
 
 
 def _metadata(root: Run) -> dict[str, Any]:

@@ -320,10 +320,6 @@ class OptoTracer(TracerBase):
             "(its runs are traced) and read tracer.last_graph"
         )
 
-    def _has_graph(self, run_id: str) -> bool:
-        with self._graph_lock:
-            return run_id in self._graphs
-
     def _graph_of(self, capture: _Capture) -> Graph | None:
         if capture.run_id is None:
             logger.warning(
@@ -331,8 +327,7 @@ class OptoTracer(TracerBase):
                 type(self.target).__name__,
             )
             return None
-        with self._graph_lock:
-            return self._graphs.get(capture.run_id)
+        return self._built(capture.run_id)
 
     # -- called by the recorder ------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import fnmatch
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +67,9 @@ class TracerBase:
         self.max_graphs = max_graphs
         self._parameters = list(parameters)
         _by_name(self._parameters)  # names must be unique: they key suggestions and files
-        self._graphs: OrderedDict[str, Graph] = OrderedDict()
+        self._graphs: OrderedDict[str, Graph | Callable[[], Graph | None]] = OrderedDict()
         self._graph_lock = threading.Lock()
+        self._build_lock = threading.Lock()
 
     @property
     def parameters(self) -> list[Parameter]:
@@ -90,29 +91,62 @@ class TracerBase:
         self._parameters.append(parameter)
         return parameter
 
-    def _record(self, run_id: str, graph: Graph) -> None:
+    def _record(self, run_id: str, graph: Graph | Callable[[], Graph | None]) -> None:
+        """Keep the graph of a finished run, or a function that builds it when first asked
+        for (a run nobody looks at then costs little more than recording it). The function
+        returns ``None`` if it could not build the graph (it logs why)."""
         with self._graph_lock:
             self._graphs[run_id] = graph
             self._graphs.move_to_end(run_id)
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
 
+    def _built(self, run_id: str) -> Graph | None:
+        """The graph of ``run_id``, built now if it was recorded as a function."""
+        with self._graph_lock:
+            item = self._graphs.get(run_id)
+        if item is None or isinstance(item, Graph):
+            return item
+        with self._build_lock:
+            with self._graph_lock:
+                item = self._graphs.get(run_id)
+            if item is None or isinstance(item, Graph):
+                return item  # built by another thread meanwhile, or evicted
+            graph = item()
+            with self._graph_lock:
+                if self._graphs.get(run_id) is item:
+                    if graph is None:
+                        del self._graphs[run_id]
+                    else:
+                        self._graphs[run_id] = graph
+            return graph
+
+    def _has_graph(self, run_id: str) -> bool:
+        with self._graph_lock:
+            return run_id in self._graphs
+
     @property
     def graphs(self) -> list[Graph]:
         """The most recent graphs, oldest first (at most ``max_graphs``)."""
         with self._graph_lock:
-            return list(self._graphs.values())
+            ids = list(self._graphs)
+        return [g for g in map(self._built, ids) if g is not None]
 
     @property
     def last_graph(self) -> Graph | None:
         """The graph of the most recently finished run, or ``None``."""
-        with self._graph_lock:
-            return next(reversed(self._graphs.values()), None)
+        while True:
+            with self._graph_lock:
+                run_id = next(reversed(self._graphs), None)
+            if run_id is None:
+                return None
+            graph = self._built(run_id)
+            if graph is not None:
+                return graph
 
     def graph(self, run_id: Any) -> Graph:
         """The graph of the run with this id (if still kept)."""
-        with self._graph_lock:
-            graph = self._graphs.get(str(run_id))
+        graph = self._built(str(run_id))
         if graph is None:
             raise KeyError(
                 f"no graph for run {run_id}: it has not finished, was not traced by this tracer, "
