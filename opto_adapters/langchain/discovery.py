@@ -432,7 +432,8 @@ class _Walker:
         stamp: str | None,
     ) -> None:
         few_shots = [m for m in chat.messages if isinstance(m, FewShotChatMessagePromptTemplate)]
-        makers = {i: (arg, make) for i, arg, make in _message_makers(chat, at, tops=(chat,))}
+        where = f"the chat prompt{at.where()}"
+        makers = {i: (arg, make) for i, arg, make in _message_makers(chat, where, tops=(chat,))}
         for i, message in enumerate(chat.messages):  # in the order the model reads them
             if isinstance(message, FewShotChatMessagePromptTemplate):
                 suffix = f"[{i}]" if len(few_shots) > 1 else ""
@@ -513,16 +514,16 @@ class _Walker:
     ) -> None:
         """``FewShotChatMessagePromptTemplate`` (alone, or one message of a chat prompt):
         the examples and the messages each example is written as."""
-        where = f"the few-shot examples of the chat prompt{at.where()}"
+        if tops:  # a message of a chat prompt
+            where = f"the few-shot block of the chat prompt{at.where()}"
+        else:
+            where = f"the few-shot chat prompt{at.where()}"
         holders = (fewshot, *tops)
         example_prompt = fewshot.example_prompt
         arg = f"example_prompt{suffix}"
         if isinstance(example_prompt, ChatPromptTemplate):
             for _, role, make in _message_makers(
-                example_prompt,
-                at,
-                tops=(example_prompt, *holders),
-                where=f"the example template of {where}",
+                example_prompt, where, (example_prompt, *holders), example=True
             ):
                 self._add(
                     (label, _segment(arg), _segment(role)),
@@ -535,7 +536,7 @@ class _Walker:
             role = _role(example_prompt)
             inner = getattr(example_prompt, "prompt", None)
             if role is not None and isinstance(getattr(inner, "template", None), str):
-                make = _template_maker(inner, f"the example template of {where}", role, holders)
+                make = _template_maker(inner, where, role, holders, example=True)
                 self._add((label, _segment(arg)), path, make, self._link_stamp(stamp, arg), group)
         self._examples(
             fewshot, path, label, stamp, where, group, tops=tops, arg=f"examples{suffix}"
@@ -741,11 +742,11 @@ def _role(message: Any) -> str | None:
 
 
 def _message_makers(
-    chat: ChatPromptTemplate, at: _At, tops: tuple[Any, ...], where: str | None = None
+    chat: ChatPromptTemplate, where: str, tops: tuple[Any, ...], *, example: bool = False
 ) -> list[tuple[int, str, Make]]:
     """``(position, argument name, maker)`` for each trainable message of ``chat``: argument
-    ``system``, ``human``..., or ``human[3]`` when a role repeats (its position)."""
-    where = where or f"the chat prompt{at.where()}"
+    ``system``, ``human``..., or ``human[3]`` when a role repeats (its position). ``example``:
+    ``chat`` is the template every few-shot example is written with."""
     roles = [_role(m) for m in chat.messages]
     repeated = {r for r in roles if r is not None and roles.count(r) > 1}
     out: list[tuple[int, str, Make]] = []
@@ -759,24 +760,37 @@ def _message_makers(
             continue
         inner = message.prompt
         if isinstance(getattr(inner, "template", None), str):
-            out.append((i, arg, _template_maker(inner, where, role, tops, which)))
+            out.append((i, arg, _template_maker(inner, where, role, tops, which, example)))
     return out
 
 
 def _template_maker(
-    inner: Any, where: str, role: str, tops: tuple[Any, ...], which: str | None = None
+    inner: Any,
+    where: str,
+    role: str,
+    tops: tuple[Any, ...],
+    which: str | None = None,
+    example: bool = False,
 ) -> Make:
-    variables = _braced(inner.input_variables)
     which = which or f"{role} message"
+    if example:
+        text = (
+            f"The {which} that each example of {where} is written as: filled with "
+            f"{_braced(inner.input_variables)} from every example."
+        )
+    elif inner.input_variables:
+        text = (
+            f"The {which} template of {where}: filled with {_braced(inner.input_variables)} on "
+            f"every run and sent to the model as the {role} message."
+        )
+    else:
+        text = (
+            f"The {which} template of {where}: it has no variables and is sent to the model as "
+            f"the {role} message on every run."
+        )
 
     def make(name: str) -> Parameter:
-        return template_parameter(
-            inner,
-            tops=tops,
-            name=name,
-            description=f"The {which} template of {where}: filled with {variables} on every "
-            f"run and sent to the model as the {role} message.",
-        )
+        return template_parameter(inner, tops=tops, name=name, description=text)
 
     return make
 
