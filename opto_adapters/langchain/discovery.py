@@ -17,13 +17,12 @@ never internal attribute paths.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,6 +162,7 @@ class _Candidate:
     make: Make
     link: Callable[[Parameter], None]
     group: int  # id of the object it belongs to: one prefix per object
+    system: bool = False  # a literal system message (an agent's prompt function may return it)
 
 
 class _Walker:
@@ -171,7 +171,8 @@ class _Walker:
         self.candidates: list[_Candidate] = []
         self.tools: dict[str, ToolSchemas] = {}
         self.agents: set[str] = set()  # owners that are LangGraph graphs (agents)
-        self.agent_prompt: str | None = None  # walking an agent's prompt function (its owner)
+        # user function id -> the candidates found by walking it (a range of self.candidates)
+        self.produced: dict[int, tuple[int, int]] = {}
         self.found = Discovered()
 
     # -- the walk ---------------------------------------------------------------------------
@@ -270,11 +271,9 @@ class _Walker:
                 self._function(func, path, owner or name, at, 0, 0)
             return
         # create_react_agent(prompt=<function>): what the function returns is the prompt
-        before = len(self.candidates)
-        with self._agent_prompt_of(owner or "agent"):
-            for func in funcs:
-                self._function(func, path, owner or "agent", at, 0, 0)
-        if len(self.candidates) == before:
+        for func in funcs:
+            self._function(func, path, owner or "agent", at, 0, 0)
+        if not self._adopt_prompt_function(prompt_fn, owner or "agent"):
             logger.warning(
                 "create_react_agent(prompt=<function %s>): the system prompt is computed by that "
                 "function on every call, so it cannot be trained or written back. Pass prompt= "
@@ -283,20 +282,31 @@ class _Walker:
                 _function_name(prompt_fn),
             )
 
-    @contextlib.contextmanager
-    def _agent_prompt_of(self, owner: str) -> Iterator[None]:
-        previous, self.agent_prompt = self.agent_prompt, owner
-        try:
-            yield
-        finally:
-            self.agent_prompt = previous
+    def _adopt_prompt_function(self, func: Any, owner: str) -> bool:
+        """``func`` builds an agent's prompt: the system messages it holds (found now or, through
+        another closure, earlier) are that agent's system prompt. ``False`` if it holds nothing
+        trainable."""
+        start, end = self.produced.get(id(inspect.unwrap(func)), (0, 0))
+        for cand in self.candidates[start:end]:
+            if cand.system:
+                cand.base = tuple(rules.system_prompt_name(owner).split("."))
+        return end > start
 
     def _function(
         self, func: Any, path: tuple[str, ...], owner: str, at: _At, depth: int, library: int
     ) -> None:
         """Objects a step function closes over (and, for user code, the globals it names)."""
+        start = len(self.candidates)
+        walked = self._function_body(func, path, owner, at, depth, library)
+        if walked is not None:
+            self.produced[id(walked)] = (start, len(self.candidates))
+
+    def _function_body(
+        self, func: Any, path: tuple[str, ...], owner: str, at: _At, depth: int, library: int
+    ) -> Any:
+        """``_function``'s walk; returns the function object it walked (``None`` if none)."""
         if func is None or depth > _MAX_FUNCTION_DEPTH or library > _MAX_LIBRARY_DEPTH:
-            return
+            return None
         if isinstance(func, functools.partial):
             for value in (*func.args, *func.keywords.values()):
                 self._reference(value, "arg", path, owner, at, depth, library)
@@ -307,10 +317,10 @@ class _Walker:
             owner_obj, func = func.__self__, func.__func__
             if _is_middleware(owner_obj):
                 self._middleware(owner_obj, path, owner, at)
-                return
+                return None
         code = getattr(func, "__code__", None)
         if code is None or id(func) in self.seen:
-            return
+            return None
         self.seen.add(id(func))
         module = getattr(func, "__module__", "") or ""
         user_code = not module.startswith(_LIBRARY_PREFIXES)
@@ -336,12 +346,12 @@ class _Walker:
             except ValueError:  # an empty cell
                 continue
             self._reference(value, var, path, owner, at, depth, library)
-        if not user_code:
-            return
-        namespace = getattr(func, "__globals__", {})
-        for var in _global_names(code):
-            if var in namespace:
-                self._reference(namespace[var], var, path, owner, at, depth, library)
+        if user_code:
+            namespace = getattr(func, "__globals__", {})
+            for var in _global_names(code):
+                if var in namespace:
+                    self._reference(namespace[var], var, path, owner, at, depth, library)
+        return func
 
     def _reference(
         self,
@@ -374,10 +384,8 @@ class _Walker:
         user_fn = _dynamic_prompt_function(middleware)
         if user_fn is None:
             return
-        before = len(self.candidates)
-        with self._agent_prompt_of(owner):
-            self._function(user_fn, path, owner, at, 0, 0)
-        if len(self.candidates) == before:
+        self._function(user_fn, path, owner, at, 0, 0)
+        if not self._adopt_prompt_function(user_fn, owner):
             logger.warning(
                 "create_agent(middleware=[@dynamic_prompt %s]): the system prompt is computed by "
                 "that function on every call, so it cannot be trained or written back. Pass "
@@ -581,9 +589,7 @@ class _Walker:
         if message.type != "system" or not isinstance(message.content, str):
             return
         var = label or "system_message"
-        if self.agent_prompt is not None:  # returned by an agent's prompt function
-            owner = self.agent_prompt
-        if self.agent_prompt is not None or var.lstrip("_") in _SYSTEM_VARS:
+        if var.lstrip("_") in _SYSTEM_VARS:
             base = tuple(rules.system_prompt_name(owner or "system").split("."))
         else:
             base = (_segment(var),)
@@ -599,7 +605,7 @@ class _Walker:
                 message, name=name, description=rules.describe_system_prompt(who)
             )
 
-        self._add(base, path, make, self.found.by_content.append)
+        self._add(base, path, make, self.found.by_content.append, system=True)
 
     def _tool(self, tool: BaseTool) -> None:
         object_stamp(tool)
@@ -643,12 +649,11 @@ class _Walker:
         make: Make,
         link: Callable[[Parameter], None],
         group: Any = None,
+        *,
+        system: bool = False,
     ) -> None:
-        self.candidates.append(
-            _Candidate(
-                base, path, make, link, id(group) if group is not None else len(self.candidates) + 1
-            )
-        )
+        number = id(group) if group is not None else len(self.candidates) + 1
+        self.candidates.append(_Candidate(base, path, make, link, number, system))
 
     def _link_stamp(self, stamp: str | None, arg: str) -> Callable[[Parameter], None]:
         def link(param: Parameter) -> None:
