@@ -1,14 +1,18 @@
 """Discovery: walk a live runnable and create one bound Parameter per trainable text.
 
 Trainables: every message template of a ``ChatPromptTemplate``, a ``PromptTemplate``'s
-template, a tool's description (also the copies ``bind_tools`` made) and the system prompt of
-an agent (``create_agent``) or of any function step that holds a ``SystemMessage``.
+template, a few-shot prompt's prefix, suffix, example template and examples, a tool's
+description (also the copies ``bind_tools`` made) and the system prompt of an agent
+(``create_agent``, ``create_react_agent``) or of any function step that holds a
+``SystemMessage``.
 
 Callbacks carry no object identity, so the objects whose runs need their parameters (prompts,
 models, retrievers, tools) get an id stamped into their ``metadata``; LangChain merges that
 metadata into the object's own run. Names are readable and stable: the object's label
 (``prompt.system``, ``tool.search``, ``agent.system_prompt``), prefixed with its position in
-the chain (``step2.prompt.system``) only as far as needed to be unique.
+the chain (``step2.prompt.system``) only as far as needed to be unique. Descriptions say what
+the text is and where it is used, in the words of the chain ("step 2", "the node 'model'"),
+never internal attribute paths.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from langchain_core.prompts import (
     BasePromptTemplate,
     ChatMessagePromptTemplate,
     ChatPromptTemplate,
+    FewShotChatMessagePromptTemplate,
+    FewShotPromptTemplate,
     HumanMessagePromptTemplate,
     MessagesPlaceholder,
     SystemMessagePromptTemplate,
@@ -46,9 +52,13 @@ from langchain_core.runnables import (
 from langchain_core.runnables.passthrough import RunnableAssign
 from langchain_core.tools import BaseTool
 
-from ..trace import Parameter, safe_name
+from .. import rules
+from ..trace import Parameter
 from .writeback import (
     ToolSchemas,
+    examples_parameter,
+    fewshot_problem,
+    fewshot_text_parameter,
     message_parameter,
     schema_holder,
     template_parameter,
@@ -68,11 +78,13 @@ _ROLES = (
     (HumanMessagePromptTemplate, "human"),
     (AIMessagePromptTemplate, "ai"),
 )
-_SEGMENT_LENGTH = 64  # one part of a name (a key, a tool name...)
-_NAME_LENGTH = 100  # a whole name; room is left for a ``_2`` suffix
 _LIBRARY_PREFIXES = ("langchain", "langgraph", "langsmith", "pydantic", "opto_adapters", "openai")
-_MAX_FUNCTION_DEPTH = 3
+_MAX_FUNCTION_DEPTH = 3  # hops through user functions (closures, globals, attributes)
+_MAX_LIBRARY_DEPTH = 8  # hops through library closures (agent factories nest handlers)
 _SYSTEM_VARS = {"system_message", "system_prompt", "system", "prompt"}
+_PROMPT_STEP = "Prompt"  # langgraph's name for create_react_agent's prompt step
+
+Make = Callable[[str], Parameter]
 
 
 @dataclass
@@ -110,15 +122,35 @@ def object_stamp(obj: Any) -> str | None:
         return stamp
 
 
-def _segment(text: Any) -> str:
-    """One part of a parameter name from framework text (a key, a tool, node or variable
-    name): valid and short. Dots become ``_``: in a name they separate the parts."""
-    return safe_name(str(text).replace(".", "_"), default="x", max_length=_SEGMENT_LENGTH)
+_segment = rules.name_part
 
 
-def _cap(name: str) -> str:
-    """A joined name (``step1.prompt.system``), cut to ``_NAME_LENGTH`` characters."""
-    return safe_name(name, default="x", max_length=_NAME_LENGTH).rstrip(".") or "x"
+@dataclass(frozen=True)
+class _At:
+    """Where an object sits, in the words of the chain: ``("step 2", "the 'context'
+    branch")``, outermost first. ``anchor`` is the last place a user would recognize (the
+    top, a graph node, a tool, one of their functions): positions found inside library code
+    (a wrapper's own sequence) are dropped when the walk leaves it through a closure."""
+
+    phrases: tuple[str, ...] = ()
+    anchor: tuple[str, ...] = ()
+
+    def then(self, phrase: str) -> _At:
+        return _At((*self.phrases, phrase), self.anchor)
+
+    def anchored(self, phrase: str | None = None) -> _At:
+        phrases = (*self.phrases, phrase) if phrase else self.phrases
+        return _At(phrases, phrases)
+
+    def reset(self) -> _At:
+        return _At(self.anchor, self.anchor)
+
+    def where(self) -> str:
+        """`` in step 1 in the 'context' branch`` (innermost first), or ``""`` at the top."""
+        return " in " + " in ".join(reversed(self.phrases)) if self.phrases else ""
+
+
+_TOP = _At()
 
 
 @dataclass
@@ -127,9 +159,10 @@ class _Candidate:
 
     base: tuple[str, ...]
     path: tuple[str, ...]
-    make: Callable[[str, str], Parameter]  # (name, where) -> Parameter
+    make: Make
     link: Callable[[Parameter], None]
     group: int  # id of the object it belongs to: one prefix per object
+    system: bool = False  # a literal system message (an agent's prompt function may return it)
 
 
 class _Walker:
@@ -138,12 +171,19 @@ class _Walker:
         self.candidates: list[_Candidate] = []
         self.tools: dict[str, ToolSchemas] = {}
         self.agents: set[str] = set()  # owners that are LangGraph graphs (agents)
+        # user function id -> the candidates found by walking it (a range of self.candidates)
+        self.produced: dict[int, tuple[int, int]] = {}
         self.found = Discovered()
 
     # -- the walk ---------------------------------------------------------------------------
 
     def walk(
-        self, obj: Any, path: tuple[str, ...], label: str | None = None, owner: str | None = None
+        self,
+        obj: Any,
+        path: tuple[str, ...],
+        at: _At = _TOP,
+        label: str | None = None,
+        owner: str | None = None,
     ) -> None:
         if obj is None or id(obj) in self.seen:
             return
@@ -151,7 +191,7 @@ class _Walker:
             return
         self.seen.add(id(obj))
         if isinstance(obj, BasePromptTemplate):
-            self._prompt(obj, path, label)
+            self._prompt(obj, path, at, label)
         elif isinstance(obj, BaseTool):
             self._tool(obj)
         elif isinstance(obj, BaseMessage):
@@ -160,37 +200,40 @@ class _Walker:
             object_stamp(obj)
         elif isinstance(obj, RunnableSequence):
             for i, step in enumerate(obj.steps, 1):
-                self.walk(step, (*path, f"step{i}"), owner=owner)
+                self.walk(step, (*path, f"step{i}"), at.then(f"step {i}"), owner=owner)
         elif isinstance(obj, RunnableParallel):
             for key, step in obj.steps__.items():
-                self.walk(step, (*path, _segment(key)), owner=owner)
+                self.walk(step, (*path, _segment(key)), at.then(f"the '{key}' branch"), owner=owner)
         elif isinstance(obj, RunnableAssign):
-            self.walk(obj.mapper, path, owner=owner)
+            self.walk(obj.mapper, path, at, owner=owner)
         elif isinstance(obj, RunnableBinding):
             self._bound_tools(obj.kwargs.get("tools"))
-            self.walk(obj.bound, path, label, owner)
+            self.walk(obj.bound, path, at, label, owner)
         elif isinstance(obj, RunnableWithFallbacks):
-            self.walk(obj.runnable, path, label, owner)
+            self.walk(obj.runnable, path, at, label, owner)
             for i, fallback in enumerate(obj.fallbacks, 1):
-                self.walk(fallback, (*path, f"fallback{i}"), owner=owner)
+                self.walk(fallback, (*path, f"fallback{i}"), at.then(f"fallback {i}"), owner=owner)
         elif isinstance(obj, RunnableBranch):
             for i, (condition, branch) in enumerate(obj.branches, 1):
-                self.walk(condition, (*path, f"branch{i}", "condition"), owner=owner)
-                self.walk(branch, (*path, f"branch{i}"), owner=owner)
-            self.walk(obj.default, (*path, "default"), owner=owner)
+                self.walk(
+                    condition,
+                    (*path, f"branch{i}", "condition"),
+                    at.then(f"the condition of branch {i}"),
+                    owner=owner,
+                )
+                self.walk(branch, (*path, f"branch{i}"), at.then(f"branch {i}"), owner=owner)
+            self.walk(obj.default, (*path, "default"), at.then("the default branch"), owner=owner)
         elif _is_graph(obj):
-            self._graph(obj, path)
+            self._graph(obj, path, at)
         elif isinstance(getattr(obj, "tools_by_name", None), dict):  # langgraph ToolNode
             for tool in obj.tools_by_name.values():
-                self.walk(tool, path, owner=owner)
+                self.walk(tool, path, at, owner=owner)
         elif isinstance(obj, RunnableLambda) or _is_callable_runnable(obj):
-            name = _segment(getattr(obj, "name", None) or "function")
-            for func in (getattr(obj, "func", None), getattr(obj, "afunc", None)):
-                self._function(func, path, owner or name, 0)
+            self._callable_step(obj, path, at, owner)
         else:
-            self._fields(obj, path, owner)
+            self._fields(obj, path, at, owner)
 
-    def _fields(self, obj: Any, path: tuple[str, ...], owner: str | None) -> None:
+    def _fields(self, obj: Any, path: tuple[str, ...], at: _At, owner: str | None) -> None:
         """Unknown runnables: look one level into their attributes for runnables."""
         try:
             items = list(vars(obj).items())
@@ -201,9 +244,9 @@ class _Walker:
                 continue
             for item in _members(value):
                 if isinstance(item, Runnable):
-                    self.walk(item, (*path, _segment(key)), owner=owner)
+                    self.walk(item, (*path, _segment(key)), at, owner=owner)
 
-    def _graph(self, graph: Any, path: tuple[str, ...]) -> None:
+    def _graph(self, graph: Any, path: tuple[str, ...], at: _At) -> None:
         """A compiled LangGraph graph: walk each node's runnable under the node's name."""
         graph_name = getattr(graph, "name", None)
         owner = "agent" if graph_name in (None, "LangGraph") else _segment(graph_name)
@@ -211,32 +254,90 @@ class _Walker:
         for node_name, node in dict(getattr(graph, "nodes", {}) or {}).items():
             if str(node_name).startswith("__"):
                 continue
-            self.walk(getattr(node, "bound", None), (*path, _segment(node_name)), owner=owner)
+            self.walk(
+                getattr(node, "bound", None),
+                (*path, _segment(node_name)),
+                at.anchored(f"the node '{node_name}'"),
+                owner=owner,
+            )
 
-    def _function(self, func: Any, path: tuple[str, ...], owner: str, depth: int) -> None:
-        """Objects a step function closes over (and, for user code, the globals it names)."""
-        if func is None or depth > _MAX_FUNCTION_DEPTH:
+    def _callable_step(self, obj: Any, path: tuple[str, ...], at: _At, owner: str | None) -> None:
+        """A function step (``RunnableLambda``, a LangGraph node function)."""
+        name = _segment(getattr(obj, "name", None) or "function")
+        funcs = (getattr(obj, "func", None), getattr(obj, "afunc", None))
+        prompt_fn = _agent_prompt_function(obj)
+        if prompt_fn is None:
+            for func in funcs:
+                self._function(func, path, owner or name, at, 0, 0)
             return
+        # create_react_agent(prompt=<function>): what the function returns is the prompt
+        for func in funcs:
+            self._function(func, path, owner or "agent", at, 0, 0)
+        if not self._adopt_prompt_function(prompt_fn, owner or "agent"):
+            logger.warning(
+                "create_react_agent(prompt=<function %s>): the system prompt is computed by that "
+                "function on every call, so it cannot be trained or written back. Pass prompt= "
+                "as a str or a SystemMessage, or have the function return a SystemMessage kept "
+                "in a module-level variable or in its closure (discovery finds it there).",
+                _function_name(prompt_fn),
+            )
+
+    def _adopt_prompt_function(self, func: Any, owner: str) -> bool:
+        """``func`` builds an agent's prompt: the system messages it holds (found now or, through
+        another closure, earlier) are that agent's system prompt. ``False`` if it holds nothing
+        trainable."""
+        start, end = self.produced.get(id(inspect.unwrap(func)), (0, 0))
+        for cand in self.candidates[start:end]:
+            if cand.system:
+                cand.base = tuple(rules.system_prompt_name(owner).split("."))
+        return end > start
+
+    def _function(
+        self, func: Any, path: tuple[str, ...], owner: str, at: _At, depth: int, library: int
+    ) -> None:
+        """Objects a step function closes over (and, for user code, the globals it names)."""
+        start = len(self.candidates)
+        walked = self._function_body(func, path, owner, at, depth, library)
+        if walked is not None:
+            self.produced[id(walked)] = (start, len(self.candidates))
+
+    def _function_body(
+        self, func: Any, path: tuple[str, ...], owner: str, at: _At, depth: int, library: int
+    ) -> Any:
+        """``_function``'s walk; returns the function object it walked (``None`` if none)."""
+        if func is None or depth > _MAX_FUNCTION_DEPTH or library > _MAX_LIBRARY_DEPTH:
+            return None
         if isinstance(func, functools.partial):
             for value in (*func.args, *func.keywords.values()):
-                self._reference(value, "arg", path, owner, depth)
+                self._reference(value, "arg", path, owner, at, depth, library)
             func = func.func
         func = inspect.unwrap(func) if callable(func) else func
         owner_obj = None
         if inspect.ismethod(func):
             owner_obj, func = func.__self__, func.__func__
+            if _is_middleware(owner_obj):
+                self._middleware(owner_obj, path, owner, at)
+                return None
         code = getattr(func, "__code__", None)
         if code is None or id(func) in self.seen:
-            return
+            return None
         self.seen.add(id(func))
         module = getattr(func, "__module__", "") or ""
         user_code = not module.startswith(_LIBRARY_PREFIXES)
+        if user_code:
+            place = f"the function '{_function_name(func)}'"
+            if not at.phrases or f"'{_function_name(func)}'" not in at.phrases[-1]:
+                at = at.anchored(place)
+            depth += 1
+        else:  # positions inside library code mean nothing to the user
+            at = at.reset()
+            library += 1
         if owner_obj is not None and user_code and hasattr(owner_obj, "__dict__"):
             # a method: the attributes it reads (``self.chain``)
             attributes = vars(owner_obj)
             for var in _global_names(code):
                 if var in attributes:
-                    self._reference(attributes[var], var, path, owner, depth)
+                    self._reference(attributes[var], var, path, owner, at, depth, library)
         for var, cell in zip(
             code.co_freevars, getattr(func, "__closure__", None) or (), strict=False
         ):
@@ -244,67 +345,243 @@ class _Walker:
                 value = cell.cell_contents
             except ValueError:  # an empty cell
                 continue
-            self._reference(value, var, path, owner, depth)
-        if not user_code:
-            return
-        namespace = getattr(func, "__globals__", {})
-        for var in _global_names(code):
-            if var in namespace:
-                self._reference(namespace[var], var, path, owner, depth)
+            self._reference(value, var, path, owner, at, depth, library)
+        if user_code:
+            namespace = getattr(func, "__globals__", {})
+            for var in _global_names(code):
+                if var in namespace:
+                    self._reference(namespace[var], var, path, owner, at, depth, library)
+        return func
 
     def _reference(
-        self, value: Any, var: str, path: tuple[str, ...], owner: str, depth: int
+        self,
+        value: Any,
+        var: str,
+        path: tuple[str, ...],
+        owner: str,
+        at: _At,
+        depth: int,
+        library: int,
     ) -> None:
         for item in _members(value):
             if isinstance(item, (BasePromptTemplate, BaseMessage)):
-                self.walk(item, path, label=var, owner=owner)  # the variable names the prompt
+                self.walk(item, path, at, label=var, owner=owner)  # the variable names the prompt
             elif isinstance(item, Runnable):
-                self.walk(item, (*path, _segment(var)), owner=owner)
+                self.walk(item, (*path, _segment(var)), at, owner=owner)
+            elif _is_middleware(item):
+                self._middleware(item, path, owner, at)
+            elif inspect.ismethod(item) and _is_middleware(item.__self__):
+                self._middleware(item.__self__, path, owner, at)
             elif inspect.isfunction(item) or isinstance(item, functools.partial):
-                self._function(item, path, owner, depth + 1)
+                self._function(item, path, owner, at, depth, library)
+
+    def _middleware(self, middleware: Any, path: tuple[str, ...], owner: str, at: _At) -> None:
+        """A ``create_agent`` middleware; a ``@dynamic_prompt`` one computes the system prompt
+        with the user's function: what that function returns is the prompt."""
+        if id(middleware) in self.seen:
+            return
+        self.seen.add(id(middleware))
+        user_fn = _dynamic_prompt_function(middleware)
+        if user_fn is None:
+            return
+        self._function(user_fn, path, owner, at, 0, 0)
+        if not self._adopt_prompt_function(user_fn, owner):
+            logger.warning(
+                "create_agent(middleware=[@dynamic_prompt %s]): the system prompt is computed by "
+                "that function on every call, so it cannot be trained or written back. Pass "
+                "system_prompt= as a str or a SystemMessage, or have the function return a "
+                "SystemMessage kept in a module-level variable or in its closure (discovery "
+                "finds it there).",
+                _function_name(user_fn),
+            )
 
     # -- trainables -------------------------------------------------------------------------
 
-    def _prompt(self, prompt: BasePromptTemplate, path: tuple[str, ...], label: str | None) -> None:
+    def _prompt(
+        self, prompt: BasePromptTemplate, path: tuple[str, ...], at: _At, label: str | None
+    ) -> None:
         own = getattr(prompt, "name", None)
         label = _segment(own if isinstance(own, str) and own else label or "prompt")
         stamp = object_stamp(prompt)
         if stamp is not None:
             self.found.labels[stamp] = label
         if isinstance(prompt, ChatPromptTemplate):
-            self._chat_prompt(prompt, path, label, stamp)
+            self._chat_prompt(prompt, path, at, label, stamp)
+        elif isinstance(prompt, FewShotPromptTemplate):
+            self._fewshot(prompt, path, at, label, stamp)
+        elif isinstance(prompt, FewShotChatMessagePromptTemplate):
+            self._fewshot_chat(prompt, path, at, label, stamp, group=prompt, tops=(), suffix="")
         elif isinstance(getattr(prompt, "template", None), str):
-            variables = ", ".join("{" + v + "}" for v in prompt.input_variables)
+            variables = _braced(prompt.input_variables)
 
-            def make(name: str, where: str) -> Parameter:
+            def make(name: str) -> Parameter:
                 return template_parameter(
                     prompt,
                     name=name,
-                    description=f"Prompt template{where}: filled with {variables or 'no variables'} "
-                    "on every run; the result is what the language model reads.",
+                    description=f"The prompt template{at.where()}: filled with {variables} on "
+                    "every run; the result is what the language model reads.",
                 )
 
-            self._add((label, "template"), path, make, self._link_stamp(stamp, "template"))
+            self._add(
+                tuple(rules.prompt_name("template", label).split(".")),
+                path,
+                make,
+                self._link_stamp(stamp, "template"),
+            )
         else:
             logger.debug("no trainable text found in %s", type(prompt).__name__)
 
     def _chat_prompt(
-        self, chat: ChatPromptTemplate, path: tuple[str, ...], label: str, stamp: str | None
+        self,
+        chat: ChatPromptTemplate,
+        path: tuple[str, ...],
+        at: _At,
+        label: str,
+        stamp: str | None,
     ) -> None:
-        roles = [_role(m) for m in chat.messages]
-        repeated = {r for r in roles if r is not None and roles.count(r) > 1}
-        for i, (message, role) in enumerate(zip(chat.messages, roles, strict=True)):
-            if role is None:
-                continue
-            arg = f"{role}[{i}]" if role in repeated else role
-            if isinstance(message, BaseMessage):
-                make = _literal_maker(message, chat, role)
-            else:
-                inner = message.prompt
-                if not isinstance(getattr(inner, "template", None), str):
-                    continue
-                make = _template_maker(inner, chat, role)
-            self._add((label, _segment(arg)), path, make, self._link_stamp(stamp, arg), chat)
+        few_shots = [m for m in chat.messages if isinstance(m, FewShotChatMessagePromptTemplate)]
+        where = f"the chat prompt{at.where()}"
+        makers = {i: (arg, make) for i, arg, make in _message_makers(chat, where, tops=(chat,))}
+        for i, message in enumerate(chat.messages):  # in the order the model reads them
+            if isinstance(message, FewShotChatMessagePromptTemplate):
+                suffix = f"[{i}]" if len(few_shots) > 1 else ""
+                self._fewshot_chat(
+                    message, path, at, label, stamp, group=chat, tops=(chat,), suffix=suffix
+                )
+            elif i in makers:
+                arg, make = makers[i]
+                self._add((label, _segment(arg)), path, make, self._link_stamp(stamp, arg), chat)
+
+    def _fewshot(
+        self,
+        fewshot: FewShotPromptTemplate,
+        path: tuple[str, ...],
+        at: _At,
+        label: str,
+        stamp: str | None,
+    ) -> None:
+        """``FewShotPromptTemplate``: prefix, suffix, the example template and the examples."""
+        where = f"the few-shot prompt{at.where()}"
+        fmt = fewshot.template_format
+        roles = {
+            "prefix": "the text before the examples",
+            "suffix": "the text after the examples (where the input usually goes)",
+        }
+        for part, what in roles.items():
+            try:
+                variables = _braced(rules.template_variables(getattr(fewshot, part), fmt))
+            except ValueError:
+                variables = "its variables"
+
+            def make(
+                name: str, part: str = part, what: str = what, variables: str = variables
+            ) -> Parameter:
+                return fewshot_text_parameter(
+                    fewshot,
+                    part,
+                    name=name,
+                    description=f"The {part} of {where}: {what}, filled with {variables} on "
+                    "every run.",
+                )
+
+            self._add((label, part), path, make, self._link_stamp(stamp, part), fewshot)
+        example_prompt = fewshot.example_prompt
+        keys = _braced(example_prompt.input_variables)
+        if isinstance(getattr(example_prompt, "template", None), str):
+
+            def make_template(name: str) -> Parameter:
+                return template_parameter(
+                    example_prompt,
+                    tops=(fewshot,),
+                    check=lambda value: fewshot_problem(fewshot, example_template=value),
+                    name=name,
+                    description=f"The template each example of {where} is written with: filled "
+                    f"with {keys} from every example.",
+                )
+
+            self._add(
+                (label, "example_prompt"),
+                path,
+                make_template,
+                self._link_stamp(stamp, "example_prompt"),
+                fewshot,
+            )
+        self._examples(fewshot, path, label, stamp, where, fewshot, tops=(), arg="examples")
+
+    def _fewshot_chat(
+        self,
+        fewshot: FewShotChatMessagePromptTemplate,
+        path: tuple[str, ...],
+        at: _At,
+        label: str,
+        stamp: str | None,
+        *,
+        group: Any,
+        tops: tuple[Any, ...],
+        suffix: str,
+    ) -> None:
+        """``FewShotChatMessagePromptTemplate`` (alone, or one message of a chat prompt):
+        the examples and the messages each example is written as."""
+        if tops:  # a message of a chat prompt
+            where = f"the few-shot block of the chat prompt{at.where()}"
+        else:
+            where = f"the few-shot chat prompt{at.where()}"
+        holders = (fewshot, *tops)
+        example_prompt = fewshot.example_prompt
+        arg = f"example_prompt{suffix}"
+        if isinstance(example_prompt, ChatPromptTemplate):
+            for _, role, make in _message_makers(
+                example_prompt, where, (example_prompt, *holders), example=True
+            ):
+                self._add(
+                    (label, _segment(arg), _segment(role)),
+                    path,
+                    make,
+                    self._link_stamp(stamp, f"{arg}.{role}"),
+                    group,
+                )
+        else:
+            role = _role(example_prompt)
+            inner = getattr(example_prompt, "prompt", None)
+            if role is not None and isinstance(getattr(inner, "template", None), str):
+                make = _template_maker(inner, where, role, holders, example=True)
+                self._add((label, _segment(arg)), path, make, self._link_stamp(stamp, arg), group)
+        self._examples(
+            fewshot, path, label, stamp, where, group, tops=tops, arg=f"examples{suffix}"
+        )
+
+    def _examples(
+        self,
+        owner: Any,
+        path: tuple[str, ...],
+        label: str,
+        stamp: str | None,
+        where: str,
+        group: Any,
+        *,
+        tops: tuple[Any, ...],
+        arg: str,
+    ) -> None:
+        if owner.examples is None:
+            logger.info(
+                "the examples of %s are chosen by an example selector (%s): they are not "
+                "trained; the example template and the texts around them are",
+                where,
+                type(owner.example_selector).__name__,
+            )
+            return
+        keys = ", ".join(sorted(owner.example_prompt.input_variables)) or "no keys"
+
+        def make(name: str) -> Parameter:
+            return examples_parameter(
+                owner,
+                tops=tops,
+                name=name,
+                description=f"The examples shown in {where}: a list of objects with the keys "
+                f"{keys}, each written with the example template, in order.",
+            )
+
+        self._add((label, _segment(arg)), path, make, self._link_stamp(stamp, arg), group)
 
     def _system_message(
         self, message: BaseMessage, path: tuple[str, ...], label: str | None, owner: str | None
@@ -312,7 +589,10 @@ class _Walker:
         if message.type != "system" or not isinstance(message.content, str):
             return
         var = label or "system_message"
-        base = (owner or "system", "system_prompt") if var in _SYSTEM_VARS else (_segment(var),)
+        if var.lstrip("_") in _SYSTEM_VARS:
+            base = tuple(rules.system_prompt_name(owner or "system").split("."))
+        else:
+            base = (_segment(var),)
         if owner == "agent":
             who = "the agent"
         elif owner in self.agents:
@@ -320,22 +600,20 @@ class _Walker:
         else:
             who = f"the step '{owner}'" if owner else "this step"
 
-        def make(name: str, where: str) -> Parameter:
+        def make(name: str) -> Parameter:
             return message_parameter(
-                message,
-                name=name,
-                description=f"System prompt of {who}: sent as the first message of every "
-                "model call.",
+                message, name=name, description=rules.describe_system_prompt(who)
             )
 
-        self._add(base, path, make, self.found.by_content.append)
+        self._add(base, path, make, self.found.by_content.append, system=True)
 
     def _tool(self, tool: BaseTool) -> None:
         object_stamp(tool)
         self._schemas(tool.name).add_tool(tool)
         # a tool whose function calls a chain: that chain's prompts are trainable too
+        at = _TOP.anchored(f"the tool '{tool.name}'")
         for func in (getattr(tool, "func", None), getattr(tool, "coroutine", None)):
-            self._function(func, (), _segment(tool.name), 0)
+            self._function(func, (), _segment(tool.name), at, 0, 0)
 
     def _bound_tools(self, schemas: Any) -> None:
         """Tools a model was bound with (``bind_tools`` keeps converted copies)."""
@@ -351,30 +629,31 @@ class _Walker:
         if name not in self.tools:
             self.tools[name] = ToolSchemas(name)
 
-            def make(pname: str, where: str, name: str = name) -> Parameter:
+            def make(pname: str, name: str = name) -> Parameter:
                 return tool_parameter(
-                    self.tools[name],
-                    name=pname,
-                    description=f"Description of the tool '{name}': the model reads it to decide "
-                    "when to call the tool and with which arguments.",
+                    self.tools[name], name=pname, description=rules.describe_tool(name)
                 )
 
             def link(param: Parameter, name: str = name) -> None:
                 self.found.tools[name] = param
 
-            self._add(("tool", _segment(name)), (), make, link)
+            self._add(tuple(rules.tool_name(name).split(".")), (), make, link)
         return self.tools[name]
 
     # -- naming -----------------------------------------------------------------------------
 
     def _add(
-        self, base: tuple[str, ...], path: tuple[str, ...], make: Any, link: Any, group: Any = None
+        self,
+        base: tuple[str, ...],
+        path: tuple[str, ...],
+        make: Make,
+        link: Callable[[Parameter], None],
+        group: Any = None,
+        *,
+        system: bool = False,
     ) -> None:
-        self.candidates.append(
-            _Candidate(
-                base, path, make, link, id(group) if group is not None else len(self.candidates) + 1
-            )
-        )
+        number = id(group) if group is not None else len(self.candidates) + 1
+        self.candidates.append(_Candidate(base, path, make, link, number, system))
 
     def _link_stamp(self, stamp: str | None, arg: str) -> Callable[[Parameter], None]:
         def link(param: Parameter) -> None:
@@ -386,9 +665,8 @@ class _Walker:
     def finish(self) -> Discovered:
         names = unique_names([(c.base, c.path, c.group) for c in self.candidates])
         for cand, name in zip(self.candidates, names, strict=True):
-            where = f" (at {'/'.join(cand.path)})" if cand.path else ""
             try:
-                param = cand.make(name, where)
+                param = cand.make(name)
             except Exception as exc:  # e.g. a template that is invalid already
                 logger.warning("skipping trainable %s: %s", name, exc)
                 continue
@@ -439,7 +717,7 @@ def unique_names(items: list[tuple[tuple[str, ...], tuple[str, ...], int]]) -> l
             break
     # cut long names, then number the ones still equal (cutting can make two equal); a
     # number never takes a name another parameter already has
-    capped = [_cap(name(i)) for i in range(len(items))]
+    capped = [rules.join_name(name(i)) for i in range(len(items))]
     taken = set(capped)
     used: set[str] = set()
     out = []
@@ -468,35 +746,74 @@ def _role(message: Any) -> str | None:
     return None
 
 
-def _template_maker(
-    inner: Any, chat: ChatPromptTemplate, role: str
-) -> Callable[[str, str], Parameter]:
-    variables = ", ".join("{" + v + "}" for v in inner.input_variables) or "no variables"
+def _message_makers(
+    chat: ChatPromptTemplate, where: str, tops: tuple[Any, ...], *, example: bool = False
+) -> list[tuple[int, str, Make]]:
+    """``(position, argument name, maker)`` for each trainable message of ``chat``: argument
+    ``system``, ``human``..., or ``human[3]`` when a role repeats (its position). ``example``:
+    ``chat`` is the template every few-shot example is written with."""
+    roles = [_role(m) for m in chat.messages]
+    repeated = {r for r in roles if r is not None and roles.count(r) > 1}
+    out: list[tuple[int, str, Make]] = []
+    for i, (message, role) in enumerate(zip(chat.messages, roles, strict=True)):
+        if role is None:
+            continue
+        arg = f"{role}[{i}]" if role in repeated else role
+        which = f"{role} message {i + 1} of {len(chat.messages)}" if role in repeated else None
+        if isinstance(message, BaseMessage):
+            out.append((i, arg, _literal_maker(message, where, which or f"{role} message", tops)))
+            continue
+        inner = message.prompt
+        if isinstance(getattr(inner, "template", None), str):
+            out.append((i, arg, _template_maker(inner, where, role, tops, which, example)))
+    return out
 
-    def make(name: str, where: str) -> Parameter:
-        return template_parameter(
-            inner,
-            top=chat,
-            name=name,
-            description=f"The {role} message template of the chat prompt{where}: filled with "
-            f"{variables} on every run and sent to the model as the {role} message.",
+
+def _template_maker(
+    inner: Any,
+    where: str,
+    role: str,
+    tops: tuple[Any, ...],
+    which: str | None = None,
+    example: bool = False,
+) -> Make:
+    which = which or f"{role} message"
+    if example:
+        text = (
+            f"The {which} that each example of {where} is written as: filled with "
+            f"{_braced(inner.input_variables)} from every example."
         )
+    elif inner.input_variables:
+        text = (
+            f"The {which} template of {where}: filled with {_braced(inner.input_variables)} on "
+            f"every run and sent to the model as the {role} message."
+        )
+    else:
+        text = (
+            f"The {which} template of {where}: it has no variables and is sent to the model as "
+            f"the {role} message on every run."
+        )
+
+    def make(name: str) -> Parameter:
+        return template_parameter(inner, tops=tops, name=name, description=text)
 
     return make
 
 
-def _literal_maker(
-    message: BaseMessage, chat: ChatPromptTemplate, role: str
-) -> Callable[[str, str], Parameter]:
-    def make(name: str, where: str) -> Parameter:
+def _literal_maker(message: BaseMessage, where: str, which: str, tops: tuple[Any, ...]) -> Make:
+    def make(name: str) -> Parameter:
         return message_parameter(
             message,
-            top=chat,
+            top=tops[-1] if tops else None,
             name=name,
-            description=f"The fixed {role} message of the chat prompt{where}, sent to the model as is.",
+            description=f"The fixed {which} of {where}, sent to the model as is.",
         )
 
     return make
+
+
+def _braced(names: Iterable[str]) -> str:
+    return ", ".join("{" + v + "}" for v in sorted(names)) or "no variables"
 
 
 def _members(value: Any) -> Iterable[Any]:
@@ -520,6 +837,15 @@ def _global_names(code: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _function_name(func: Any) -> str:
+    return getattr(func, "__name__", None) or type(func).__name__
+
+
+def _is_user_function(func: Any) -> bool:
+    module = getattr(inspect.unwrap(func), "__module__", "") or ""
+    return callable(func) and not module.startswith(_LIBRARY_PREFIXES)
+
+
 def _is_graph(obj: Any) -> bool:
     """A compiled LangGraph graph (checked by duck type: langgraph is optional)."""
     return isinstance(getattr(obj, "nodes", None), dict) and type(obj).__module__.startswith(
@@ -530,6 +856,47 @@ def _is_graph(obj: Any) -> bool:
 def _is_callable_runnable(obj: Any) -> bool:
     """langgraph's ``RunnableCallable`` (node functions), checked by duck type."""
     return callable(getattr(obj, "func", None)) or callable(getattr(obj, "afunc", None))
+
+
+def _agent_prompt_function(obj: Any) -> Any:
+    """The user's function behind ``create_react_agent(prompt=<function>)``: langgraph wraps
+    it in a step named ``Prompt`` (a str or ``SystemMessage`` prompt is a library lambda)."""
+    if getattr(obj, "name", None) != _PROMPT_STEP or not type(obj).__module__.startswith(
+        "langgraph"
+    ):
+        return None
+    for func in (getattr(obj, "func", None), getattr(obj, "afunc", None)):
+        if func is not None and _is_user_function(func):
+            return func
+    return None
+
+
+def _is_middleware(obj: Any) -> bool:
+    """A ``langchain.agents`` middleware (by duck type: the class or a base is named
+    ``AgentMiddleware`` in ``langchain.agents``)."""
+    return any(
+        k.__name__ == "AgentMiddleware" and k.__module__.startswith("langchain.agents")
+        for k in type(obj).__mro__
+    )
+
+
+def _dynamic_prompt_function(middleware: Any) -> Any:
+    """The user's function of a ``@dynamic_prompt`` middleware, or ``None``: the decorator
+    builds a class whose ``wrap_model_call`` closes over it as ``func``."""
+    for attr in ("wrap_model_call", "awrap_model_call"):
+        method = type(middleware).__dict__.get(attr)
+        code = getattr(method, "__code__", None)
+        if code is None or not getattr(method, "__qualname__", "").startswith("dynamic_prompt."):
+            continue
+        cells = dict(zip(code.co_freevars, method.__closure__ or (), strict=False))
+        cell = cells.get("func")
+        try:
+            func = cell.cell_contents if cell is not None else None
+        except ValueError:
+            continue
+        if func is not None and _is_user_function(func):
+            return func
+    return None
 
 
 def discover(targets: Iterable[Any]) -> Discovered:

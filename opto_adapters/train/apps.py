@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import sys
 import traceback
 import uuid
@@ -22,7 +23,7 @@ from ..trace.bundle import Bundle
 from ..trace.tracer import TracedRun, TracerBase
 from .errors import AppError
 
-__all__ = ["AppTracer", "PythonApp", "as_tracer"]
+__all__ = ["AppTracer", "PythonApp", "as_tracer", "no_parameters_error"]
 
 _APP_OP = Op("app", "The app as a whole (it raised outside any traced operation).")
 
@@ -169,3 +170,84 @@ def as_tracer(app: Any, *, parameters: Iterable[Parameter] | None = None) -> App
             "tracer built with include=/exclude= to choose)"
         )
     return tracer
+
+
+# What each adapter's discovery looks for, for the error below.
+_SEARCHED = {
+    "LangChain": (
+        "prompt templates (every message of a ChatPromptTemplate, PromptTemplate, the prefix, "
+        "suffix, example template and examples of FewShotPromptTemplate and "
+        "FewShotChatMessagePromptTemplate), tool descriptions (tools, tool nodes and the "
+        "copies bind_tools made) and system prompts (create_agent, create_react_agent, and "
+        "SystemMessages that step functions hold in their closures or module globals)"
+    ),
+    "LlamaIndex": (
+        "prompt templates (get_prompts() of query engines, response synthesizers and their "
+        "parts), the system prompts and templates of chat engines and agents, and tool "
+        "descriptions (tool metadata); retriever settings such as similarity_top_k only with "
+        "OptoTracer(app, retriever_settings=True)"
+    ),
+}
+# A parameter of one's own, bound to a retriever's number of results, per framework.
+_EXAMPLE_BINDING = {
+    "LangChain": (
+        "Binding(lambda: retriever.search_kwargs['k'], "
+        "lambda v: retriever.search_kwargs.update(k=v))"
+    ),
+    "LlamaIndex": (
+        "Binding(lambda: retriever.similarity_top_k, "
+        "lambda v: setattr(retriever, 'similarity_top_k', v))"
+    ),
+}
+
+
+def _framework_of(tracer: Any) -> str | None:
+    """``"LangChain"`` / ``"LlamaIndex"`` for the adapters' tracers, else ``None``."""
+    module = type(tracer).__module__ or ""
+    if module.startswith("opto_adapters.langchain"):
+        return "LangChain"
+    if module.startswith("opto_adapters.llama_index"):
+        return "LlamaIndex"
+    return None
+
+
+def no_parameters_error(tracer: Any) -> AppError:
+    """The error for an app with nothing to train. For a LangChain or LlamaIndex app: what
+    discovery searched, what include=/exclude= left out, and how to add a parameter of your
+    own; for a plain Python app: how to make a value trainable."""
+    if _framework_of(tracer) is None:
+        return AppError(
+            f"{tracer!r} has no trainable parameters: make a value trainable with "
+            "node(value, trainable=True) and pass it to a @bundle operation of the app, pass "
+            "parameters=[...], or pass an optimizer"
+        )
+    framework = _framework_of(tracer) or "framework"
+    target = getattr(tracer, "target", None)
+    app_name = type(target).__name__ if target is not None else type(tracer).__name__
+    # every parameter, trainable or not (TracerBase keeps them all; .parameters are trainable)
+    every = list(getattr(tracer, "_parameters", None) or ())
+    if every:
+        names = sorted(p.name for p in every)
+        found = (
+            f"discovery found {names}, but include=/exclude= made none of them trainable; "
+            "widen the patterns (e.g. include=['prompt.*', 'tool.*'])"
+        )
+    else:
+        found = "discovery found none"
+    add = getattr(tracer, "add_parameter", None)
+    try:
+        takes_used_by = add is not None and "used_by" in inspect.signature(add).parameters
+    except (TypeError, ValueError):
+        takes_used_by = False
+    used_by = ", used_by=retriever" if takes_used_by else ""
+    binding = _EXAMPLE_BINDING.get(framework, "Binding(get, set)")
+    return AppError(
+        f"the {framework} app {app_name} has no trainable parameters: {found}. It searched "
+        f"{_SEARCHED.get(framework, 'the objects its adapter knows')}. To train another value, "
+        "bind a parameter to the live object and pass the tracer (Parameter and Binding from "
+        "opto_adapters.trace): tracer = OptoTracer(app); "
+        f"tracer.add_parameter(Parameter(name='retriever.k', kind='number', binding={binding})"
+        f"{used_by}); "
+        "optimize(tracer, train, ...). To choose among found parameters, use "
+        "OptoTracer(app, include=[...], exclude=[...]) with name patterns such as 'prompt.*'."
+    )

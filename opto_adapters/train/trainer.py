@@ -29,7 +29,7 @@ from ..llm import Budget, BudgetExceeded
 from ..trace import Feedback, Graph, Parameter, apply_updates
 from ..trace.render import short_repr, value_text
 from ..trace.tracer import TracedRun
-from .apps import AppTracer, PythonApp, as_tracer
+from .apps import AppTracer, PythonApp, as_tracer, no_parameters_error
 from .data import InputKey, app_inputs, call_guide, examples_list, fingerprint
 from .errors import AppError, TrainingError
 from .graphs import graph_from_json, graph_to_json
@@ -266,11 +266,7 @@ class Trainer:
             return optimizer
         params = list(self.tracer.parameters)
         if not params:
-            raise AppError(
-                f"{self.tracer!r} has no trainable parameters: make a value trainable with "
-                "node(value, trainable=True) and pass it to a @bundle operation of the app, pass "
-                "parameters=[...], or pass an optimizer"
-            )
+            raise no_parameters_error(self.tracer)
         from ..optimizers import OptoPrime
 
         return OptoPrime(params, llm, objective=objective)
