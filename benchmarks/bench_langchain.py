@@ -146,10 +146,10 @@ def agent_loop(iterations: list[int]) -> None:
     for n in iterations:
         replies = [tool_call("step", f"call_{i}", n=i) for i in range(n)] + ["all done"]
         agent = create_agent(RecordingChatModel(responses=replies), [step], system_prompt="Work.")
-        kept = []
+        kept: list = []
 
         class Keep(OptoTracer):
-            def _build_graph(self, run):
+            def _build_graph(self, run, kept=kept):
                 kept.append(run)
                 return super()._build_graph(run)
 

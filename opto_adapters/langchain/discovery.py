@@ -385,7 +385,18 @@ class _Walker:
         if user_fn is None:
             return
         self._function(user_fn, path, owner, at, 0, 0)
-        if not self._adopt_prompt_function(user_fn, owner):
+        if self._adopt_prompt_function(user_fn, owner):
+            return
+        code = getattr(user_fn, "__code__", None)
+        if code is not None and {"system_prompt", "system_message"} & set(code.co_names):
+            # it builds on request.system_prompt: the agent's own prompt is what is trained
+            logger.info(
+                "create_agent(middleware=[@dynamic_prompt %s]) builds on the agent's system "
+                "prompt: the agent's system_prompt is trained, the rest of the function's text "
+                "is not",
+                _function_name(user_fn),
+            )
+        else:
             logger.warning(
                 "create_agent(middleware=[@dynamic_prompt %s]): the system prompt is computed by "
                 "that function on every call, so it cannot be trained or written back. Pass "
