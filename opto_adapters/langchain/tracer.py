@@ -279,8 +279,11 @@ class OptoTracer(TracerBase, BaseTracer):
         The graph is built when first asked for (``last_graph``, ``graph(id)``...), from the
         run tree and the parameter values as they were when the run ended."""
         try:
+            # translated now (the app may change the objects its runs hold), built later
+            span = self._translate(root)
             values = _values(self._parameters)
-            self._record(str(root.id), lambda: self._graph_of(root, values))
+            metadata = _metadata(root)
+            self._record(str(root.id), lambda: self._graph_of(span, metadata, values))
         except Exception:
             logger.exception(
                 "opto_adapters could not record run %s (%s); the app is not affected",
@@ -290,28 +293,36 @@ class OptoTracer(TracerBase, BaseTracer):
         finally:
             self._forget(root)
 
-    def _graph_of(self, root: Run, values: dict[int, Any]) -> Graph | None:
+    def _translate(self, run: Run) -> runs.Span:
+        return Translator(self._found, self._by_run_name).translate(run)
+
+    def _graph_of(
+        self, span: runs.Span, metadata: dict[str, Any], values: dict[int, Any]
+    ) -> Graph | None:
         try:
-            graph = self._build_graph(root)
+            graph = runs.build_graph(
+                span,
+                uses=[runs.TextUse(p) for p in self._found.by_content],
+                input_name=lambda key: root_input_name(span.kind, key),
+                metadata=metadata,
+                on_unlinked=self._unlinked,
+            )
         except Exception:
             logger.exception(
                 "opto_adapters could not build the graph of run %s (%s); the app is not affected",
-                root.id,
-                root.name,
+                metadata.get("run_id"),
+                metadata.get("name"),
             )
             return None
         graph.values.update((pid, values[pid]) for pid in graph.values if pid in values)
         return graph
 
     def _build_graph(self, run: Run) -> Graph:
-        root = Translator(self._found, self._by_run_name).translate(run)
-        return runs.build_graph(
-            root,
-            uses=[runs.TextUse(p) for p in self._found.by_content],
-            input_name=lambda key: root_input_name(root.kind, key),
-            metadata=_metadata(run),
-            on_unlinked=self._unlinked,
-        )
+        """The graph of a finished run tree, now (with the parameter values of now)."""
+        graph = self._graph_of(self._translate(run), _metadata(run), {})
+        if graph is None:
+            raise RuntimeError(f"no graph for run {run.id}: see the error logged above")
+        return graph
 
     def _unlinked(self, span: runs.Span, reason: str) -> None:
         """A step nothing could be linked to: say so once per tracer and step name."""

@@ -341,19 +341,35 @@ class OptoTracer(TracerBase):
         return self in _SCOPE.get()
 
     def _finish(self, run: RunRecord) -> None:
+        """Translate a finished run now (the app may change the objects it holds); build its
+        graph when first asked for, with the parameter values of now."""
         try:
             root = translate(run, self._discovery)
+            values = {}
+            for p in self._parameters:
+                try:
+                    values[id(p)] = p.value
+                except Exception:  # a binding whose object changed shape
+                    continue
+        except Exception as exc:
+            self._recorder.report_failure("recording the run", exc)
+            return
+        metadata = {"run_id": run.root.id, "span": run.root.name, "kind": run.root.kind}
+        instances = set(run.instances)
+        self._record(run.root.id, lambda: self._build(root, instances, metadata, values))
+
+    def _build(
+        self, root: runs.Span, instances: set[int], metadata: dict[str, Any], values: dict[int, Any]
+    ) -> Graph | None:
+        try:
             graph = runs.build_graph(
-                root,
-                uses=self._uses,
-                instances=run.instances,
-                metadata={"run_id": run.root.id, "span": run.root.name, "kind": run.root.kind},
-                on_unlinked=self._unlinked,
+                root, uses=self._uses, instances=instances, metadata=metadata, on_unlinked=self._unlinked
             )
         except Exception as exc:
             self._recorder.report_failure("building the graph", exc)
-            return
-        self._record(run.root.id, graph)
+            return None
+        graph.values.update((pid, values[pid]) for pid in graph.values if pid in values)
+        return graph
 
     def _unlinked(self, span: runs.Span, reason: str) -> None:
         """A step nothing could be linked to: say so once per tracer and step name."""

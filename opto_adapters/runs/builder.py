@@ -24,6 +24,7 @@ previous call of that conversation plus its new messages, not to every message a
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -356,16 +357,16 @@ class _Build:
 
     def op(self, span: Span) -> Op:
         name = span.name or span.label or span.kind
-        doc = span.doc or _DOCS.get(span.kind, _DOCS["chain"]).format(name=name)
-        key = (name, doc, span.kind)
+        key = (name, span.doc, span.kind)
         found = self.ops.get(key)
         if found is None:
+            doc = span.doc or _DOCS.get(span.kind, _DOCS["chain"]).format(name=name)
             found = self.ops[key] = Op(name, doc, span.kind)
         return found
 
     def make(self, span: Span, inputs: _Inputs, raw: Any, *, label: str | None = None) -> Node:
         """The node of ``span`` with these inputs; registers its output."""
-        name = safe_name(label or span.label or span.name or span.kind, default="step")
+        name = _node_name(label or span.label or span.name or span.kind)
         op = self.op(span)
         for n in inputs.values():
             self.consumed.add(id(n))
@@ -468,8 +469,8 @@ class _Build:
             if id(n) not in self.consumed and all(n is not m for m in out)
         ]
         failed = [n for n in out if isinstance(n, ExceptionNode)]
-        if span.error is not None and len(failed) == 1 and not dangling and not span.keep:
-            return failed
+        if span.error is not None and failed == out and len(failed) == 1 and not dangling and not span.keep:
+            return failed  # the error of its one failed step
         if span.error is None and not dangling and not span.keep and out:
             return out
         inputs = self.new_inputs()
@@ -617,6 +618,11 @@ _HINTS = {
     "parser": "parsed",
     "embedding": "embedding",
 }
+
+
+@functools.lru_cache(maxsize=4096)
+def _node_name(label: str) -> str:
+    return safe_name(label, default="step")
 
 
 def _value_of(param: Parameter) -> Any:
