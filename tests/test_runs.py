@@ -174,14 +174,23 @@ def test_a_repeated_input_is_not_a_continuation():
     assert any(isinstance(n, ExceptionNode) for n in graph.nodes)  # the failed attempt is kept
 
 
-def test_unlinked_steps_are_reported():
-    # a step whose input no step produced, in a run that was given nothing
-    orphan = Span("o", kind="llm", name="Model", inputs={"prompt": "where did I come from?"}, output="nowhere")
+def test_a_step_whose_input_came_from_outside_the_run_is_reported_and_kept():
+    # the second call's prompt was produced by no step of this run (a cache, another run)
+    first = llm("m1", [Message("human", "draft a title")], "A title")
+    second = Span("m2", kind="llm", name="Model", inputs={"prompt": "text fetched from a cache"}, output="done")
+    root = Span("r", inputs={"input": "draft a title"}, output="done", children=[first, second])
     reported = []
-    root = Span("r", output="nowhere", children=[orphan])
-    graph = build_graph(root, on_unlinked=lambda span, reason: reported.append((span.name, reason)))
-    assert graph.output.value == "nowhere"
-    assert reported == [("Model", "no earlier step produced its input and it has no predecessor")]
+    graph = build_graph(root, on_unlinked=lambda span, reason: reported.append((span.id, reason)))
+    assert reported == [("m2", "none of its input was produced by an earlier step of the run")]
+    assert graph.output.inputs["prompt"].value == "text fetched from a cache"  # shown, as a leaf
+    assert graph.links[(id(graph.output), "input")] == "structure"  # fed by what ran before
+    # the first step of a run, or a step whose input is the run's, is never reported
+    reported.clear()
+    alone = Span("r", output="done", children=[Span("m", kind="llm", name="Model", inputs={"prompt": "constant"}, output="done")])
+    build_graph(alone, on_unlinked=lambda span, reason: reported.append(span.id))
+    build_graph(Span("r", inputs={"input": "q"}, output="x", children=[llm("m", [Message("human", "q")], "x")]),
+                on_unlinked=lambda span, reason: reported.append(span.id))
+    assert reported == []
 
 
 def test_graph_values_are_the_values_of_the_run():
@@ -234,7 +243,7 @@ def test_bad_span_data_says_what_is_wrong():
 
 def test_template_matching_per_syntax():
     assert match_template("Hello {name}, you are {age}.", "x Hello Ann, you are 3. y") == {"name": "Ann", "age": "3"}
-    assert match_template("Data: {{ item }} is here today", "Data: box is here today", syntax="jinja") == {"_0": "box"}
+    assert match_template("Data: {{ item }} is here today", "Data: box is here today", syntax="jinja") == {"item": "box"}
     assert match_template("{a}{b}", "anything") is None  # too little literal text to be evidence
     assert match_template("Hi {x", "Hi {x") is None  # malformed f-string: never matches
 

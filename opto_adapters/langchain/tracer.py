@@ -76,6 +76,7 @@ class OptoTracer(TracerBase, BaseTracer):
     """
 
     name = "opto_adapters_tracer"
+    _logger_name = "opto_adapters.langchain"
     raise_error = False
     run_inline = True  # async runs call us inline instead of through a thread pool
 
@@ -104,7 +105,6 @@ class OptoTracer(TracerBase, BaseTracer):
         # roots that ended before some of their steps -> (root, record its graph when they end)
         self._late: dict[uuid.UUID, tuple[Run, bool]] = {}
         self._late_lock = threading.Lock()
-        self._warned: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
         names = [p.name for p in self.parameters]
@@ -323,22 +323,6 @@ class OptoTracer(TracerBase, BaseTracer):
         if graph is None:
             raise RuntimeError(f"no graph for run {run.id}: see the error logged above")
         return graph
-
-    def _unlinked(self, span: runs.Span, reason: str) -> None:
-        """A step nothing could be linked to: say so once per tracer and step name."""
-        key = (span.kind, span.name)
-        with self._late_lock:
-            if key in self._warned:
-                return
-            self._warned.add(key)
-        logger.warning(
-            "opto_adapters: the %s step %r could not be linked to the steps before it (%s); "
-            "it is in the graph, fed by what ran before it. If its input came from another "
-            "run, trace both in one run (e.g. inside one chain or `with tracer:`)",
-            span.kind,
-            span.name,
-            reason,
-        )
 
     def _forget(self, root: Run) -> None:
         """Drop the ``order_map`` entries (BaseTracer never prunes them) of the runs of this

@@ -12,7 +12,6 @@ keeps its reference, so only an in-place edit reaches its next run.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +25,8 @@ from llama_index.core.prompts import (
 from llama_index.core.prompts.base import BasePromptTemplate
 from llama_index.core.prompts.utils import get_template_vars
 
-from ..trace import template_fields
+from ..runs.matching import MIN_LITERAL, literal_pieces
+from ..runs.matching import match_template as _match
 
 try:  # RichPromptTemplate (jinja, via banks) is optional in some installs
     from llama_index.core.prompts.rich import RichPromptTemplate
@@ -229,75 +229,16 @@ def stamp(template: Any, token_for: Callable[[Any], str]) -> Any:
 # -- recognising a template in the text an LLM received ---------------------------------------
 
 
-@functools.lru_cache(maxsize=512)
 def literal_chunks(text: str, syntax: str = "llama") -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The literal pieces of a template and the variables between them.
-
-    ``"a {x} b {y}"`` -> ``(("a ", " b ", ""), ("x", "y"))``. ``syntax="python"`` reads the
-    template as ``str.format`` does (``opto_adapters.trace.template_fields``, the parse that
-    also validates such a parameter); ``ValueError`` if malformed.
-    """
-    if syntax == "python":
-        return template_fields(text)
-    if syntax == "jinja":
-        return _jinja_chunks(text)
-    pieces = _VAR_RE.split(text)
-    return tuple(pieces[0::2]), tuple(pieces[1::2])
-
-
-_JINJA_TAG = re.compile(r"\{\{(.*?)\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-
-
-def _jinja_chunks(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Literal pieces of a jinja template: every ``{{ ... }}``, ``{% ... %}`` and
-    ``{# ... #}`` is a gap. A gap is named after its variable when it is a plain
-    ``{{ name }}``; other gaps (filters, statements, comments) are named ``""``.
-
-    Statements are gaps too, so a template whose blocks repeat, drop or reorder text
-    (loops, ``if``, ``{% chat %}`` blocks sent as separate messages) may not be found.
-    """
-    literals: list[str] = []
-    names: list[str] = []
-    pos = 0
-    for m in _JINJA_TAG.finditer(text):
-        literals.append(text[pos : m.start()])
-        expr = (m.group(1) or "").strip() if m.group(0).startswith("{{") else ""
-        names.append(expr if expr.isidentifier() else "")
-        pos = m.end()
-    literals.append(text[pos:])
-    return tuple(literals), tuple(names)
+    """The literal pieces of a template and the variables between them, read as LlamaIndex
+    fills it (``syntax``: ``llama``, ``python`` for ``str.format`` or ``jinja``); see
+    ``opto_adapters.runs.literal_pieces``. ``ValueError`` if malformed."""
+    return literal_pieces(text, syntax)
 
 
 def match_template(
-    template_text: str, text: str, *, syntax: str = "llama", min_literal: int = 8
+    template_text: str, text: str, *, syntax: str = "llama", min_literal: int = MIN_LITERAL
 ) -> dict[str, str] | None:
-    """Whether ``text`` is ``template_text`` with its variables filled in (possibly inside a
-    longer text); returns the variable values found, or ``None``.
-
-    Linear: each literal piece is searched once, left to right. Templates with fewer than
-    ``min_literal`` literal characters match too easily and are never matched.
-    """
-    try:
-        literals, names = literal_chunks(template_text, syntax)
-    except ValueError:  # a malformed str.format template matches nothing
-        return None
-    if sum(len(s.strip()) for s in literals) < min_literal:
-        return None
-    first = literals[0]
-    pos = text.find(first) if first else 0
-    if pos < 0:
-        return None
-    pos += len(first)
-    values: dict[str, str] = {}
-    last = len(names) - 1
-    for i, (name, literal) in enumerate(zip(names, literals[1:], strict=True)):
-        if literal:
-            end = text.find(literal, pos)
-            if end < 0:
-                return None
-        else:  # the template ends with this variable, or two variables touch
-            end = len(text) if i == last else pos
-        if name:
-            values.setdefault(name, text[pos:end])
-        pos = end + len(literal)
-    return values
+    """Whether ``text`` contains ``template_text`` filled in; the variable values found, or
+    ``None`` (``opto_adapters.runs.match_template`` with LlamaIndex's syntax by default)."""
+    return _match(template_text, text, syntax=syntax, min_literal=min_literal)

@@ -107,6 +107,8 @@ class OptoTracer(TracerBase):
     name -> ``(min, max)`` for others.
     """
 
+    _logger_name = "opto_adapters.llama_index"
+
     def __init__(
         self,
         target: Any,
@@ -133,7 +135,6 @@ class OptoTracer(TracerBase):
         super().__init__(selected, max_graphs=max_graphs)
         self._components = self._discovery.components
         self._uses = text_uses(self._discovery)
-        self._warned: set[tuple[str, str]] = set()
         ref = weakref.ref(self)
         self._recorder = Recorder(
             lambda span_id, instance, kind: _call(ref, "_accept", False, span_id, instance, kind),
@@ -370,21 +371,6 @@ class OptoTracer(TracerBase):
             return None
         graph.values.update((pid, values[pid]) for pid in graph.values if pid in values)
         return graph
-
-    def _unlinked(self, span: runs.Span, reason: str) -> None:
-        """A step nothing could be linked to: say so once per tracer and step name."""
-        key = (span.kind, span.name)
-        with self._state_lock:
-            if key in self._warned:
-                return
-            self._warned.add(key)
-        logger.warning(
-            "opto_adapters: the %s step %r could not be linked to the steps before it (%s); "
-            "it is in the graph, fed by what ran before it",
-            span.kind,
-            span.name,
-            reason,
-        )
 
     def __repr__(self) -> str:
         return (

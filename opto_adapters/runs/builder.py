@@ -426,7 +426,11 @@ class _Build:
                 self.add_sources(inputs, key, value, flow)
         self.add_parameters(inputs, span)
         if all(isinstance(n, Parameter) or id(n) in self.outsiders for n in inputs.values()):
-            self.structural(span, inputs, flow)  # nothing in the run explained its inputs
+            # nothing in the run explained its inputs
+            chosen_by_model = span.kind == "tool" and self.last_llm is not None
+            if self.produced and not chosen_by_model and _has_text(span.inputs):
+                self.unlinked(span, "none of its input was produced by an earlier step of the run")
+            self.structural(span, inputs, flow)
         node = self.make(span, inputs, span.output)
         if span.kind == "llm":
             self.remember_call(span, node, inputs)
@@ -440,8 +444,6 @@ class _Build:
             flow, default = [self.last_llm], "call"  # a tool runs what the model asked for
         for n in flow:
             inputs.add(default if len(flow) == 1 else self.hint.get(id(n), default), n, "structure")
-        if not flow and _has_text(span.inputs):
-            self.unlinked(span, "no earlier step produced its input and it has no predecessor")
 
     def container(self, span: Span, flow: Sequence[Node]) -> list[Node]:
         start = len(self.produced)

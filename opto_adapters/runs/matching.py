@@ -21,7 +21,7 @@ MIN_LITERAL = 8
 
 _LLAMA_VAR = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*(?:\.[a-zA-Z_][a-zA-Z0-9_]*)*)\}")
 _MUSTACHE_VAR = re.compile(r"\{\{\s*[#/^&]?\s*([a-zA-Z_][\w.]*)\s*\}\}")
-_JINJA_BLOCK = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
+_JINJA_BLOCK = re.compile(r"\{\{(.*?)\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _MIN_CONTAINS = 4
 
 
@@ -42,9 +42,25 @@ def literal_pieces(text: str, syntax: str = "fstring") -> tuple[tuple[str, ...],
         pieces = _MUSTACHE_VAR.split(text)
         return tuple(pieces[0::2]), tuple(pieces[1::2])
     if syntax in ("jinja", "jinja2"):
-        literals = tuple(_JINJA_BLOCK.split(text))
-        return literals, tuple(f"_{i}" for i in range(len(literals) - 1))
+        return _jinja_pieces(text)
     raise ValueError(f"unknown template syntax {syntax!r}")
+
+
+def _jinja_pieces(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Every ``{{ ... }}``, ``{% ... %}`` and ``{# ... #}`` is a gap, named after its variable
+    when it is a plain ``{{ name }}`` and ``""`` otherwise (filters, statements, comments).
+    Statements that repeat, drop or reorder text (loops, ``if``) may keep a template from
+    being found."""
+    literals: list[str] = []
+    names: list[str] = []
+    pos = 0
+    for m in _JINJA_BLOCK.finditer(text):
+        literals.append(text[pos : m.start()])
+        expr = (m.group(1) or "").strip() if m.group(0).startswith("{{") else ""
+        names.append(expr if expr.isidentifier() else "")
+        pos = m.end()
+    literals.append(text[pos:])
+    return tuple(literals), tuple(names)
 
 
 def match_template(
@@ -72,7 +88,8 @@ def match_template(
                 return None
         else:  # the template ends with this variable, or two variables touch
             end = len(text) if i == last else pos
-        values.setdefault(name, text[pos:end])
+        if name:  # (an unnamed gap: a jinja statement or filter)
+            values.setdefault(name, text[pos:end])
         pos = end + len(literal)
     return values
 

@@ -6,6 +6,7 @@ Framework-free; the LangChain and LlamaIndex tracers build on ``TracerBase``.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -61,6 +62,8 @@ def select_parameters(
 class TracerBase:
     """Parameters plus the last ``max_graphs`` graphs, by run id, thread-safe."""
 
+    _logger_name = "opto_adapters"
+
     def __init__(self, parameters: Iterable[Parameter], *, max_graphs: int = 100) -> None:
         if not isinstance(max_graphs, int) or max_graphs < 1:
             raise ValueError(f"max_graphs must be a positive int, got {max_graphs!r}")
@@ -70,6 +73,7 @@ class TracerBase:
         self._graphs: OrderedDict[str, Graph | Callable[[], Graph | None]] = OrderedDict()
         self._graph_lock = threading.Lock()
         self._build_lock = threading.Lock()
+        self._warned: set[tuple[str, str]] = set()
 
     @property
     def parameters(self) -> list[Parameter]:
@@ -90,6 +94,23 @@ class TracerBase:
         _by_name([*self._parameters, parameter])
         self._parameters.append(parameter)
         return parameter
+
+    def _unlinked(self, span: Any, reason: str) -> None:
+        """A step of a run that nothing could be linked to (``span.kind``, ``span.name``):
+        say so once per tracer and step, naming it, with what to do."""
+        key = (span.kind, span.name)
+        with self._graph_lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        logging.getLogger(self._logger_name).warning(
+            "opto_adapters: the %s step %r could not be linked to the steps before it (%s); "
+            "it is in the graph, fed by what ran before it. If its input came from another "
+            "run, trace both as one run (one chain, one query, or inside `with tracer:`)",
+            span.kind,
+            span.name,
+            reason,
+        )
 
     def _record(self, run_id: str, graph: Graph | Callable[[], Graph | None]) -> None:
         """Keep the graph of a finished run, or a function that builds it when first asked
