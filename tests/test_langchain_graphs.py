@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import pytest
 from langchain_core.language_models import FakeListLLM, GenericFakeChatModel
@@ -512,3 +513,26 @@ def test_long_names_of_a_function_step_and_of_its_error():
     assert isinstance(traced.error, ValueError)
     assert isinstance(traced.graph.output, ExceptionNode)
     assert traced.graph.output.name == "e" * 100
+
+
+def test_a_step_fed_from_outside_the_run_is_warned_about_once_and_kept(caplog):
+    """Text that no step of the run produced (here: a cache another run filled) breaks the
+    trail: the tracer says which step, once, and keeps the step fed by what ran before it."""
+    cache = {"draft": "a draft written by an earlier, separate run"}
+    model = RecordingChatModel(responses=["polished"])
+    polish = ChatPromptTemplate.from_template("Polish this: {draft}") | model | StrOutputParser()
+
+    def from_cache(topic: str) -> str:
+        return polish.invoke({"draft": cache["draft"]})
+
+    chain = RunnableLambda(lambda q: q.strip()) | RunnableLambda(from_cache)
+    tracer = OptoTracer(chain)
+    with caplog.at_level(logging.WARNING, logger="opto_adapters.langchain"):
+        for _ in range(3):
+            graph = tracer.run(" cats ").graph
+    warnings = [r.getMessage() for r in caplog.records if "could not be linked" in r.getMessage()]
+    assert len(warnings) == 1 and "'ChatPromptTemplate'" in warnings[0]
+    prompt = next(n for n in graph.nodes if n.op is not None and n.op.kind == "prompt")
+    assert prompt.inputs["draft"].value == cache["draft"]  # shown as an input from outside
+    assert graph.links[(id(prompt), "input")] == "structure"  # fed by the step before it
+    assert sum(1 for n in graph.nodes if n.op is not None and n.op.kind == "llm") == 1

@@ -422,8 +422,8 @@ class _Build:
             arg = keys[0] if len(keys) == 1 else "call"
             inputs.add(arg, self.calls[span.links["tool_call_id"]], "link")
         else:
-            for key, value in span.inputs.items():
-                self.add_sources(inputs, key, value, flow)
+            for key, value in span.inputs.items():  # what fills a prompt is shown, found or not
+                self.add_sources(inputs, key, value, flow, leaf=span.kind == "prompt")
         self.add_parameters(inputs, span)
         if all(isinstance(n, Parameter) or id(n) in self.outsiders for n in inputs.values()):
             # nothing in the run explained its inputs
@@ -449,7 +449,7 @@ class _Build:
         start = len(self.produced)
         own: Sequence[Node] = flow
         if span.flow != "free" or span.keep:
-            own = _Lazy(lambda: [n for n, _ in self.sources(span.inputs, flow)[0]] or list(flow))
+            own = _Lazy(lambda: self.given(span, flow))
         if span.flow == "sequence":
             current = own
             for child in span.children:
@@ -491,6 +491,12 @@ class _Build:
         if not inputs:
             self.structural(span, inputs, own)
         return [self.make(span, inputs, span.output)]
+
+    def given(self, span: Span, flow: Sequence[Node]) -> list[Node]:
+        """The nodes a composition was given: the sources of its input (not leaves made for
+        its steps' unexplained inputs), else what its parent gave it."""
+        found = [n for n, _ in self.sources(span.inputs, flow)[0] if id(n) not in self.outsiders]
+        return found or list(flow)
 
     def free_output(self, span: Span, own: Sequence[Node], last: Sequence[Node]) -> list[Node]:
         """What a span whose children ran as user code returned: the nodes its output came
