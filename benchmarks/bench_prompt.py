@@ -1,18 +1,144 @@
-"""Size of the OptoPrime prompt for reference problems, with and without value budgets.
+"""Size of the OptoPrime prompt for reference problems, ours (with and without value budgets)
+next to trace-opt's OptoPrime on the same programs, in one process.
 
 Run: python benchmarks/bench_prompt.py
-Counts characters, and tokens when a tokenizer is available offline (tiktoken with the
-encoding cache that llama-index-core ships). For orientation: trace-opt's OptoPrime sent
-about 3,100 characters for a 3-parameter toy program, repeats the whole code for every run of
-a minibatch, and does not cut long values.
+Counts characters (system + user message), and tokens when a tokenizer is available offline
+(tiktoken with the encoding cache that llama-index-core ships). trace-opt has no value
+budget: its one column is compared with ours at the default budget (1,000 characters per
+value). trace-opt's OptoPrime refuses a minibatch whose runs got different feedback (it
+asserts one feedback text), so that row is ours only. Without trace-opt only our columns are filled (install: see benchmarks/peer.py).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from opto_adapters.optimizers import OptoPrime
-from opto_adapters.trace import Parameter, bundle, node
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import peer  # noqa: E402
+
+from opto_adapters import trace as ours  # noqa: E402
+from opto_adapters.optimizers import OptoPrime  # noqa: E402
+
+DOCS = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 880  # ~50 KB
+
+
+def fill(template, question):
+    """Fill the question into the template."""
+    return template.format(question=question)
+
+
+def call_model(prompt, temperature):
+    """The application model answers the prompt."""
+    return f"An answer to: {prompt[:60]}"
+
+
+def postprocess(text, suffix):
+    """Append the suffix to the answer."""
+    return text + suffix
+
+
+def step(x, k):
+    """One processing step."""
+    return x + k
+
+
+def retrieve(query):
+    """Return the documents retrieved for the query."""
+    return DOCS
+
+
+class Programs:
+    """The reference programs, written once, traced with either library's ``node``/``bundle``."""
+
+    def __init__(
+        self, node: Callable[..., Any], bundle: Callable[..., Any], backward: Callable[..., Any]
+    ):
+        self.node = node
+        self.fill, self.call_model, self.postprocess, self.step, self.retrieve = (
+            bundle(f) for f in (fill, call_model, postprocess, step, retrieve)
+        )
+        self.backward = backward
+
+    def toy(self) -> list[Any]:
+        template = self.node(
+            "Answer the question: {question}", "qa_template", "Prompt template of the QA step."
+        )
+        temperature = self.node(0.7, "temperature", "Sampling temperature.")
+        suffix = self.node("", "suffix", "Text appended to answers.")
+        out = self.postprocess(
+            self.call_model(self.fill(template, "What is 2+2?"), temperature), suffix
+        )
+        self.backward(out, "The answer should be the number 4 only.")
+        return [template, temperature, suffix]
+
+    def chain20(self, runs: int = 1, same_feedback: bool = True) -> list[Any]:
+        k = self.node(1, "k", "Increment of every step.")
+        for r in range(runs):
+            out = self.node(r, "start", None)
+            for _ in range(20):
+                out = self.step(out, k)
+            self.backward(
+                out, "the result should be 100" if same_feedback else f"run {r}: make it {100 + r}"
+            )
+        return [k]
+
+    def rag(self) -> list[Any]:
+        template = self.node(
+            "Context: {question}\nAnswer briefly.",
+            "rag_template",
+            "Prompt with the retrieved context.",
+        )
+        out = self.call_model(self.fill(template, self.retrieve("What is lorem ipsum?")), 0.0)
+        self.backward(out, "The answer ignores the context.")
+        return [template]
+
+
+def our_programs() -> Programs:
+    def node(value, name, description):
+        if description is None:
+            return ours.node(value, name=name)
+        kind = "prompt" if name.endswith("template") else None
+        extra = {"kind": kind} if kind else {}
+        return ours.node(value, name=name, trainable=True, description=description, **extra)
+
+    return Programs(node, lambda f: ours.bundle()(f), lambda out, fb: ours.backward(out, fb))
+
+
+def peer_programs() -> Programs:
+    import opto.trace as t
+
+    def node(value, name, description):
+        if description is None:
+            return t.node(value, name=name)
+        return t.node(value, name=name, trainable=True, description=description)
+
+    return Programs(node, lambda f: t.bundle()(f), lambda out, fb: out.backward(fb))
+
+
+def our_prompt(params: list[Any], budget: int | None = 1000) -> str:
+    return "\n".join(
+        m["content"] for m in OptoPrime(params, llm=None, value_budget=budget).messages()
+    )
+
+
+def peer_prompt(params: list[Any]) -> str:
+    optimizer = peer.load_optimizers().OptoPrime(params, llm=peer.StubPeerLLM(lambda m: "{}"))
+    system, user = optimizer.construct_prompt(optimizer.summarize())
+    return system + "\n" + user
+
+
+PROBLEMS = [
+    ("3 parameters (toy)", lambda p: p.toy()),
+    ("20-step chain", lambda p: p.chain20()),
+    ("minibatch of 8 x 20-step chain, one feedback text", lambda p: p.chain20(8)),
+    ("minibatch of 8 x 20-step chain, feedback per run", lambda p: p.chain20(8, False)),
+    ("RAG with 50 KB of documents", lambda p: p.rag()),
+]
 
 
 def tokenizer() -> Callable[[str], int] | None:
@@ -26,85 +152,34 @@ def tokenizer() -> Callable[[str], int] | None:
         return None
 
 
-@bundle()
-def fill(template, question):
-    """Fill the question into the template."""
-    return template.format(question=question)
-
-
-@bundle()
-def call_model(prompt, temperature):
-    """The application model answers the prompt."""
-    return f"An answer to: {prompt[:60]}"
-
-
-@bundle()
-def postprocess(text, suffix):
-    """Append the suffix to the answer."""
-    return text + suffix
-
-
-@bundle()
-def step(x, k):
-    """One processing step."""
-    return x + k
-
-
-@bundle()
-def retrieve(query):
-    """Return the documents retrieved for the query."""
-    return "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 880  # ~50 KB
-
-
-def toy() -> list[Parameter]:
-    template = node("Answer the question: {question}", name="qa_template", trainable=True,
-                    kind="prompt", description="Prompt template of the QA step.")
-    temperature = node(0.7, name="temperature", trainable=True, description="Sampling temperature.")
-    suffix = node("", name="suffix", trainable=True, description="Text appended to answers.")
-    out = postprocess(call_model(fill(template, "What is 2+2?"), temperature), suffix)
-    out.backward("The answer should be the number 4 only.")
-    return [template, temperature, suffix]
-
-
-def chain20(runs: int = 1) -> list[Parameter]:
-    k = node(1, name="k", trainable=True, description="Increment of every step.")
-    for r in range(runs):
-        out = node(r, name="start")
-        for _ in range(20):
-            out = step(out, k)
-        out.backward(f"run {r}: the result should be 100")
-    return [k]
-
-
-def rag() -> list[Parameter]:
-    template = node("Context: {question}\nAnswer briefly.", name="rag_template", trainable=True,
-                    kind="prompt", description="Prompt with the retrieved context.")
-    docs = retrieve("What is lorem ipsum?")
-    out = call_model(fill(template, docs), 0.0)
-    out.backward("The answer ignores the context.")
-    return [template]
-
-
 def main() -> None:
     count = tokenizer()
-    problems = [
-        ("3 parameters (toy)", toy),
-        ("20-step chain", chain20),
-        ("minibatch of 8 x 20-step chain", lambda: chain20(8)),
-        ("RAG with 50 KB of documents", rag),
-    ]
-    print("## OptoPrime prompt size\n")
-    print("| problem | budget | characters | tokens |")
-    print("|---|---|---:|---:|")
-    for label, build in problems:
-        params = build()
-        for budget_label, budget in [("1,000 chars/value", 1000), ("none", None)]:
-            opt = OptoPrime(params, llm=None, value_budget=budget)
-            text = "\n".join(m["content"] for m in opt.messages())
-            tokens = f"{count(text):,}" if count else "n/a"
-            print(f"| {label} | {budget_label} | {len(text):,} | {tokens} |")
-        for p in params:
-            p.zero_feedback()
+    peer_on = peer.available()
+    print("## OptoPrime prompt size: the same programs traced and rendered by each library\n")
+    if not peer_on:
+        print(peer.missing_note() + "\n")
+
+    def tok(text: str) -> str:
+        return f"{count(text):,}" if count else "n/a"
+
+    print(
+        "| problem | ours, 1,000 chars/value: chars | tokens | ours, no budget: chars "
+        "| trace-opt: chars | tokens | ours (1,000 chars/value) / trace-opt |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, build in PROBLEMS:
+        params = build(our_programs())
+        cut, whole = our_prompt(params, 1000), our_prompt(params, None)
+        row = [f"{len(cut):,}", tok(cut), f"{len(whole):,}"]
+        if peer_on and "feedback per run" in label:  # trace-opt asserts one feedback text
+            row += ["not possible", "", ""]
+        elif peer_on:
+            theirs = peer_prompt(build(peer_programs()))
+            peer.clear_graph()
+            row += [f"{len(theirs):,}", tok(theirs), f"{len(cut) / len(theirs):.2f}"]
+        else:
+            row += ["n/a", "n/a", "n/a"]
+        print(f"| {label} | " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def missing_note() -> str:
 
 
 def _stand_in(name: str, **attrs: Any) -> None:
-    if importlib.util.find_spec(name) is None and name not in sys.modules:
+    if name not in sys.modules and importlib.util.find_spec(name) is None:
         module = types.ModuleType(name)
         module.__dict__.update(attrs)
         module.__doc__ = "stand-in put by benchmarks/peer.py (the package is not installed)"
