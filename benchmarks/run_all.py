@@ -1,7 +1,16 @@
-"""Run every benchmark and write benchmarks/RESULTS.md: a summary table of the figures the
-issues asked for (with their aims), the machine it ran on, and each benchmark's full output.
+"""Run every benchmark and write benchmarks/RESULTS.md: a summary table (ours next to
+trace-opt measured in the same run, with the aims), the machine it ran on, and each
+benchmark's full output.
 
-Run: python benchmarks/run_all.py          (about two minutes on a 2-core machine)
+Run: python benchmarks/run_all.py          (about four minutes on a 2-core machine)
+
+The trace-opt columns need the peer library, a benchmark-only dependency (the `bench` extra
+of pyproject.toml names it; CI and the tests never install it). Install it with:
+
+    pip install --no-deps "trace-opt==0.1.3.8" graphviz
+
+(``--no-deps``: its litellm, xgboost and scikit-learn are not needed; see benchmarks/peer.py.)
+Without it every benchmark still runs our side and says how to install the peer.
 """
 
 from __future__ import annotations
@@ -17,7 +26,20 @@ from importlib import metadata
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_trace", "bench_prompt", "bench_langchain", "bench_llama_index", "bench_train"]
+sys.path.insert(0, str(HERE))
+
+import peer  # noqa: E402
+
+BENCHMARKS = [
+    "bench_trace",
+    "bench_prompt",
+    "bench_step",
+    "bench_import",
+    "bench_langchain",
+    "bench_llama_index",
+    "bench_train",
+]
+NA = "n/a"
 
 
 def run(name: str) -> tuple[str, float]:
@@ -35,43 +57,253 @@ def find(pattern: str, text: str, group: int = 1) -> str:
     return match.group(group) if match else "?"
 
 
-def summary(out: dict[str, str]) -> list[tuple[str, str, str]]:
-    """(figure, result, aim) rows read from the benchmarks' own output."""
-    t, p, lc, li, tr = (out[n] for n in BENCHMARKS)
+def row(text: str, *first: str) -> list[str] | None:
+    """The cells of the markdown table row whose first cells are ``first``."""
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cells[: len(first)] == list(first):
+                return cells
+    return None
 
-    def trace_row(shape: str, n: str, col: int) -> str:
-        row = find(rf"^\| {shape} \| {n} \|.*$", t, 0)
-        return row.split("|")[col].strip() if row != "?" else "?"
 
-    def prompt_row(label: str, budget: str) -> str:
-        row = find(rf"^\| {re.escape(label)} \| {re.escape(budget)} \|.*$", p, 0)
-        return row.split("|")[3].strip() if row != "?" else "?"
+def section(text: str, header: str) -> str:
+    """The table whose header line starts with ``header`` (up to the next blank line)."""
+    start = text.find("\n" + header)
+    if start < 0:
+        return ""
+    end = text.find("\n\n", start + 1)
+    return text[start : end if end > 0 else len(text)]
 
-    def train_row(concurrency: str, col: int) -> str:
-        row = find(rf"^\| {concurrency} \|.*$", tr, 0)
-        return row.split("|")[col].strip() if row != "?" else "?"
 
-    return [
-        ("traced call (core)", find(r'traced call: ([\d.]+) us', t) + " us", "<= 4.7 us (10x trace-opt's ~47 us)"),
-        ("backward, chain N=1,000", trace_row('chain', '1,000', 4) + " ms", "<= 4.1 ms (10x trace-opt's 41 ms)"),
-        ("backward, chain N=4,000", trace_row('chain', '4,000', 4) + " ms", "<= 52 ms (10x trace-opt's 524 ms)"),
-        ("backward per node, chain N=10,000", trace_row('chain', '10,000', 5) + " us", "flat in N (linear)"),
-        ("render, fan-in N=1,000", trace_row('fan-in', '1,000', 6) + " ms", "<= 700 ms (10x trace-opt's 7 s)"),
-        ("OptoPrime prompt, 3-parameter toy", prompt_row('3 parameters (toy)', '1,000 chars/value') + " chars", "< ~3,100 chars (trace-opt)"),
-        ("OptoPrime prompt, RAG with 50 KB docs", prompt_row('RAG with 50 KB of documents', '1,000 chars/value') + " chars", "bounded"),
-        ("LangChain tracer vs collect_runs", find(r'OptoTracer \(callbacks\).*x ([\d.]+) vs collect_runs', lc) + "x", "<= 1.3x"),
-        ("LangChain memory, runs 2,500 -> 10,000", find(r'growth from 2,500 to 10,000 runs: ([+\-\d.]+ KiB)', lc), "flat"),
-        ("LlamaIndex traced query vs untraced", find(r'traced \(graph per query\).*ratio ([\d.]+)x', li) + "x", "<= 1.3x"),
-        ("LlamaIndex memory, queries 5,000 -> 10,000", find(r'RSS growth: .*?([+\-\d.]+ MB) over the second half', li), "flat"),
-        ("trainer overhead per evaluation, concurrency 1", train_row('1', 6) + " us", "(measured)"),
-        ("trainer overhead per evaluation, concurrency 16", train_row('16', 6) + " us", "(measured)"),
-        ("store writes, concurrency 16", train_row('16', 7) + " evaluations/s", "(measured)"),
+def cell(text: str, first: tuple[str, ...], col: int) -> str:
+    cells = row(text, *first)
+    return cells[col] if cells and col < len(cells) and cells[col] else "?"
+
+
+def number(text: str) -> float | None:
+    """The figure in a cell such as '1.04', '87.7 ms', '1.34 s', '12,345', in base units of the
+    cell (seconds for times with a unit)."""
+    match = re.match(r"^([\d,.]+)\s*(s|ms|us)?$", text.strip())
+    if not match:
+        return None
+    value = float(match.group(1).replace(",", ""))
+    scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6, None: 1.0}[match.group(2)]
+    return value * scale
+
+
+def seconds_text(value: float | None) -> str:
+    if value is None:
+        return "?"
+    if value >= 1:
+        return f"{value:.2f} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.2f} ms"
+    return f"{value * 1e6:.2f} us"
+
+
+def tenth(theirs: str) -> str:
+    """The '10x faster than trace-opt' aim, from the measured trace-opt figure."""
+    value = number(theirs)
+    return f"<= {seconds_text(value / 10)} (a tenth of trace-opt's)" if value else NA
+
+
+def fewer(theirs: str) -> str:
+    return f"< {theirs} (fewer than trace-opt)" if number(theirs) else NA
+
+
+def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
+    """(what is compared, opto_adapters, trace-opt in the same run, aim) rows, read from the
+    benchmarks' own output."""
+    t, p, st, im, lc, li, tr = (out[n] for n in BENCHMARKS)
+    t, prompts = (
+        section(t, "| traced call |") + section(t, "| backward |"),
+        section(t, "| prompt |"),
+    )
+    rows: list[tuple[str, str, str, str]] = []
+
+    call_ours = cell(t, ("opto_adapters",), 1)
+    call_theirs = cell(t, ("trace-opt",), 1) if peer.available() else NA
+    rows.append(
+        (
+            "traced call: bundle'd 2-argument function on two nodes (min)",
+            f"{call_ours} us",
+            f"{call_theirs} us" if call_theirs != NA else NA,
+            tenth(f"{call_theirs} us") if call_theirs != NA else "<= a tenth of trace-opt's",
+        )
+    )
+    for shape, n in [
+        ("chain", "1,000"),
+        ("chain", "4,000"),
+        ("chain", "10,000"),
+        ("fan-in", "1,000"),
+        ("fan-in", "4,000"),
+    ]:
+        theirs = cell(t, (shape, n), 5)
+        rows.append(
+            (
+                f"backward, {shape} of {n} operations (min)",
+                cell(t, (shape, n), 2),
+                theirs if number(theirs) else NA,
+                tenth(theirs) if number(theirs) else "<= a tenth of trace-opt's",
+            )
+        )
+    rows.append(
+        (
+            "backward per operation, chain of 1,000 -> 10,000",
+            f"{cell(t, ('chain', '1,000'), 4)} -> {cell(t, ('chain', '10,000'), 4)} us",
+            "quadratic (see backward rows)" if number(cell(t, ("chain", "10,000"), 5)) else NA,
+            "flat in N (linear)",
+        )
+    )
+    theirs = cell(prompts, ("fan-in", "1,000"), 7)
+    rows.append(
+        (
+            "OptoPrime prompt build time, fan-in of 1,000 (min)",
+            cell(prompts, ("fan-in", "1,000"), 5),
+            theirs if number(theirs) else NA,
+            tenth(theirs) if number(theirs) else "<= a tenth of trace-opt's",
+        )
+    )
+    for shape in ("chain", "fan-in"):
+        theirs = cell(prompts, (shape, "1,000"), 3)
+        rows.append(
+            (
+                f"OptoPrime prompt characters, {shape} of 1,000",
+                cell(prompts, (shape, "1,000"), 2),
+                theirs if number(theirs) else NA,
+                fewer(theirs),
+            )
+        )
+    for label, problem in [
+        ("3-parameter toy", "3 parameters (toy)"),
+        ("20-step chain", "20-step chain"),
+        (
+            "minibatch of 8 x 20-step chain, one feedback",
+            "minibatch of 8 x 20-step chain, one feedback text",
+        ),
+    ]:
+        theirs = cell(p, (problem,), 4)
+        rows.append(
+            (
+                f"OptoPrime prompt characters, {label}",
+                cell(p, (problem,), 1),
+                theirs if number(theirs) else NA,
+                fewer(theirs),
+            )
+        )
+    theirs = cell(p, ("RAG with 50 KB of documents",), 4)
+    rows.append(
+        (
+            "OptoPrime prompt characters, RAG with 50 KB of documents (ours: 1,000 chars/value)",
+            cell(p, ("RAG with 50 KB of documents",), 1),
+            theirs if number(theirs) else NA,
+            "bounded",
+        )
+    )
+    for label, first in [("short reply", "short reply"), ("32 KB reply", "32 KB reply")]:
+        theirs = cell(st, (first,), 4)
+        rows.append(
+            (
+                f"optimizer step, stub LLM, 3-parameter toy, {label} (min)",
+                f"{cell(st, (first,), 2)} us",
+                f"{theirs} us" if number(theirs) else NA,
+                f"<= {theirs} us (trace-opt's)" if number(theirs) else "<= trace-opt's",
+            )
+        )
+    theirs = cell(im, ("import opto_adapters.optimizers",), 4)
+    rows.append(
+        (
+            "import opto_adapters.optimizers vs opto.optimizers (litellm, black stand-ins), -X importtime (min)",
+            f"{cell(im, ('import opto_adapters.optimizers',), 1)} ms",
+            f"{theirs} ms" if number(theirs) else NA,
+            "< 100 ms",
+        )
+    )
+    theirs = cell(im, ("import opto_adapters.trace",), 4)
+    rows.append(
+        (
+            "import opto_adapters.trace vs opto.trace, -X importtime (min)",
+            f"{cell(im, ('import opto_adapters.trace',), 1)} ms",
+            f"{theirs} ms" if number(theirs) else NA,
+            "(measured)",
+        )
+    )
+    rows += [
+        (
+            "LangChain 5-step chain: OptoTracer (callbacks) / collect_runs",
+            find(r"OptoTracer \(callbacks\).*x\s*([\d.]+) vs collect_runs", lc) + "x",
+            NA,
+            "<= 1.1x",
+        ),
+        (
+            "LangChain 5-step chain: OptoTracer (callbacks) / no callbacks",
+            find(r"OptoTracer \(callbacks\)\s.*?x\s*([\d.]+) vs no callbacks", lc) + "x",
+            NA,
+            "(measured)",
+        ),
+        (
+            "LangChain memory, tracemalloc, first run -> 10,000 runs",
+            find(r"growth from the first run to [\d,]+ runs: ([+\-\d.]+ KiB)", lc),
+            NA,
+            "flat",
+        ),
+        (
+            "LangChain memory, tracemalloc, after warm-up (200 -> 10,000 runs)",
+            find(r"growth after warm-up, [\d,]+ to [\d,]+ runs: ([+\-\d.]+ KiB)", lc),
+            NA,
+            "flat",
+        ),
+        (
+            "LangChain create_agent loop of 1,000 iterations: graph build per iteration (min)",
+            cell(lc, ("1,000",), 4) + " us",
+            NA,
+            "flat in iterations (linear)",
+        ),
+        (
+            "LlamaIndex traced query / untraced (median)",
+            find(r"traced \(graph per query\).*ratio ([\d.]+)x", li) + "x",
+            NA,
+            "<= 1.1x",
+        ),
+        (
+            "LlamaIndex memory, RSS, queries 5,000 -> 10,000",
+            find(r"RSS growth: .*?([+\-\d.]+ MB) over the second half", li),
+            NA,
+            "flat",
+        ),
+        (
+            "trainer overhead per evaluation, concurrency 1 (min / median of 5)",
+            cell(tr, ("1",), 5) + " us",
+            NA,
+            "(measured)",
+        ),
+        (
+            "trainer overhead per evaluation, concurrency 16 (min / median of 5)",
+            cell(tr, ("16",), 5) + " us",
+            NA,
+            "(measured)",
+        ),
+        (
+            "store writes with graphs, 16 threads (max / median of 5)",
+            cell(tr, ("16",), 6) + " evaluations/s",
+            NA,
+            "(measured)",
+        ),
     ]
+    return rows
+
+
+def load() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def machine() -> str:
     versions = []
-    for dist in ("langchain-core", "langchain", "llama-index-core", "openai"):
+    for dist in ("langchain-core", "langchain", "llama-index-core", "openai", "trace-opt"):
         try:
             versions.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -83,29 +315,49 @@ def machine() -> str:
 
 
 def main() -> None:
+    if not peer.available():
+        print(peer.missing_note(), flush=True)
     outputs: dict[str, str] = {}
     seconds: dict[str, float] = {}
+    load_before = load()
     for name in BENCHMARKS:
         print(f"running {name} ...", flush=True)
         outputs[name], seconds[name] = run(name)
+    rows = summary(outputs)
+    peer_note = (
+        f"trace-opt {peer.version()} measured in the same run, in the same process as ours for "
+        "each benchmark, order flipped each repetition"
+        if peer.available()
+        else f"trace-opt not installed, its column is empty ({peer.INSTALL})"
+    )
     lines = [
         "# Benchmark results",
         "",
         f"Machine: {machine()}  ",
-        f"Date: {_dt.date.today().isoformat()}  ",
-        "Command: `python benchmarks/run_all.py`",
+        f"Date: {_dt.date.today().isoformat()}; load average (1/5/15 min) {load_before} before, "
+        f"{load()} after  ",
+        "Command: `python benchmarks/run_all.py`  ",
+        f"Peer: {peer_note}",
         "",
-        "| figure | result | aim |",
-        "|---|---:|---|",
-        *[f"| {f} | {r} | {a} |" for f, r, a in summary(outputs)],
+        "| what is compared | opto_adapters | trace-opt (same run) | aim |",
+        "|---|---:|---:|---|",
+        *[f"| {f} | {o} | {th} | {a} |" for f, o, th, a in rows],
         "",
     ]
+    table_end = len(lines)
     for name in BENCHMARKS:
-        lines += [f"## {name} ({seconds[name]:.0f} s)", "", "```", outputs[name].rstrip(), "```", ""]
+        lines += [
+            f"## {name} ({seconds[name]:.0f} s)",
+            "",
+            "```",
+            outputs[name].rstrip(),
+            "```",
+            "",
+        ]
     target = HERE / "RESULTS.md"
     target.write_text("\n".join(lines), encoding="utf-8")
-    print("\n".join(lines[:8 + len(summary(outputs))]))
-    print(f"\nwrote {target}")
+    print("\n".join(lines[:table_end]))
+    print(f"wrote {target}")
 
 
 if __name__ == "__main__":
