@@ -2,7 +2,8 @@
 trace-opt measured in the same run, with the aims), the machine it ran on, and each
 benchmark's full output.
 
-Run: python benchmarks/run_all.py          (about four minutes on a 2-core machine)
+Run: python benchmarks/run_all.py [--readme]   (about four minutes on a 2-core machine;
+     --readme also copies the summary table and machine line into README's Benchmarks section)
 
 The trace-opt columns need the peer library, a benchmark-only dependency (the `bench` extra
 of pyproject.toml names it; CI and the tests never install it). Install it with:
@@ -40,6 +41,7 @@ BENCHMARKS = [
     "bench_train",
 ]
 NA = "n/a"
+NONE = "-"  # no trace-opt counterpart
 
 
 def run(name: str) -> tuple[str, float]:
@@ -98,14 +100,22 @@ def seconds_text(value: float | None) -> str:
     if value >= 1:
         return f"{value:.2f} s"
     if value >= 1e-3:
-        return f"{value * 1e3:.2f} ms"
-    return f"{value * 1e6:.2f} us"
+        return f"{value * 1e3:.3g} ms"
+    return f"{value * 1e6:.3g} us"
 
 
 def tenth(theirs: str) -> str:
     """The '10x faster than trace-opt' aim, from the measured trace-opt figure."""
     value = number(theirs)
     return f"<= {seconds_text(value / 10)} (a tenth of trace-opt's)" if value else NA
+
+
+def per_op(at_1000: str, at_10000: str) -> str:
+    """trace-opt's backward per operation at N=1,000 and N=10,000, from its totals."""
+    low, high = number(at_1000), number(at_10000)
+    if low is None or high is None:
+        return NA
+    return f"{low / 1_000 * 1e6:.3g} -> {high / 10_000 * 1e6:.3g} us"
 
 
 def fewer(theirs: str) -> str:
@@ -152,7 +162,7 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
         (
             "backward per operation, chain of 1,000 -> 10,000",
             f"{cell(t, ('chain', '1,000'), 4)} -> {cell(t, ('chain', '10,000'), 4)} us",
-            "quadratic (see backward rows)" if number(cell(t, ("chain", "10,000"), 5)) else NA,
+            per_op(cell(t, ("chain", "1,000"), 5), cell(t, ("chain", "10,000"), 5)),
             "flat in N (linear)",
         )
     )
@@ -233,61 +243,61 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
         (
             "LangChain 5-step chain: OptoTracer (callbacks) / collect_runs",
             find(r"OptoTracer \(callbacks\).*x\s*([\d.]+) vs collect_runs", lc) + "x",
-            NA,
+            NONE,
             "<= 1.1x",
         ),
         (
             "LangChain 5-step chain: OptoTracer (callbacks) / no callbacks",
             find(r"OptoTracer \(callbacks\)\s.*?x\s*([\d.]+) vs no callbacks", lc) + "x",
-            NA,
+            NONE,
             "(measured)",
         ),
         (
             "LangChain memory, tracemalloc, first run -> 10,000 runs",
             find(r"growth from the first run to [\d,]+ runs: ([+\-\d.]+ KiB)", lc),
-            NA,
-            "flat",
+            NONE,
+            "(measured: one-time caches and the 100 kept graphs)",
         ),
         (
             "LangChain memory, tracemalloc, after warm-up (200 -> 10,000 runs)",
             find(r"growth after warm-up, [\d,]+ to [\d,]+ runs: ([+\-\d.]+ KiB)", lc),
-            NA,
+            NONE,
             "flat",
         ),
         (
             "LangChain create_agent loop of 1,000 iterations: graph build per iteration (min)",
             cell(lc, ("1,000",), 4) + " us",
-            NA,
+            NONE,
             "flat in iterations (linear)",
         ),
         (
             "LlamaIndex traced query / untraced (median)",
             find(r"traced \(graph per query\).*ratio ([\d.]+)x", li) + "x",
-            NA,
+            NONE,
             "<= 1.1x",
         ),
         (
             "LlamaIndex memory, RSS, queries 5,000 -> 10,000",
             find(r"RSS growth: .*?([+\-\d.]+ MB) over the second half", li),
-            NA,
+            NONE,
             "flat",
         ),
         (
             "trainer overhead per evaluation, concurrency 1 (min / median of 5)",
             cell(tr, ("1",), 5) + " us",
-            NA,
+            NONE,
             "(measured)",
         ),
         (
             "trainer overhead per evaluation, concurrency 16 (min / median of 5)",
             cell(tr, ("16",), 5) + " us",
-            NA,
+            NONE,
             "(measured)",
         ),
         (
             "store writes with graphs, 16 threads (max / median of 5)",
             cell(tr, ("16",), 6) + " evaluations/s",
-            NA,
+            NONE,
             "(measured)",
         ),
     ]
@@ -312,6 +322,22 @@ def machine() -> str:
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; {', '.join(versions)}"
     )
+
+
+README_START = "Machine: "
+README_END = "\nReference figures"
+
+
+def update_readme(machine_line: str, table: list[str]) -> None:
+    """Put the machine line and summary table into README's Benchmarks section."""
+    readme = HERE.parent / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    section = text.index("## Benchmarks")
+    start = text.index(README_START, section)
+    end = text.index(README_END, start)
+    new = machine_line + "\n\n" + "\n".join(table) + "\n"
+    readme.write_text(text[:start] + new + text[end:], encoding="utf-8")
+    print(f"updated {readme}")
 
 
 def main() -> None:
@@ -358,6 +384,14 @@ def main() -> None:
     target.write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines[:table_end]))
     print(f"wrote {target}")
+    if "--readme" in sys.argv[1:]:
+        table_start = lines.index(
+            "| what is compared | opto_adapters | trace-opt (same run) | aim |"
+        )
+        update_readme(
+            f"Machine: {machine()}; load average {load_before} before the run",
+            lines[table_start : table_end - 1],
+        )
 
 
 if __name__ == "__main__":
