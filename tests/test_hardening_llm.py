@@ -74,7 +74,11 @@ def test_closing_twice_is_harmless_and_still_spares_the_callers_client(scripted_
 def imported_after(statement: str) -> set[str]:
     code = f"import sys\n{statement}\nprint(' '.join(sorted(sys.modules)))"
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
         env={"PYTHONPATH": str(ROOT), "PATH": ""},
     )
     return set(done.stdout.split())
@@ -91,3 +95,50 @@ def test_creating_a_client_imports_openai():
         "from opto_adapters.llm import LLM\nLLM('m', base_url='http://127.0.0.1:9/v1')"
     )
     assert "openai" in modules
+
+
+# --------------------------------------------------------------------------- shared rules
+def test_llama_index_tools_and_texts_follow_the_shared_rules():
+    """LlamaIndex discovery refuses and explains exactly as ``opto_adapters.rules`` does (the
+    LangChain adapter uses the same rules), so the two adapters tell the optimizer the same."""
+    from llama_index.core.agent.workflow import FunctionAgent
+    from llama_index.core.tools import FunctionTool
+
+    from opto_adapters import rules
+    from opto_adapters.llama_index import discover
+
+    from .llama_index_fakes import ScriptedToolLLM
+
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    long = "Adds two integers. " * 70
+    tools = [
+        FunctionTool.from_defaults(add, name="add", description="Add two numbers."),
+        FunctionTool.from_defaults(add, name="plus", description=long),
+    ]
+    agent = FunctionAgent(tools=tools, llm=ScriptedToolLLM(["ok"]), system_prompt="Be brief.")
+    found = {p.name: p for p in discover(agent).parameters}
+    for name, original in (("tool.add", "Add two numbers."), ("tool.plus", long)):
+        param = found[name]
+        assert param.constraint == rules.tool_description_constraint(original)
+        for suggestion in ("", "x" * 1025, long + "x", 7, "Adds a and b."):
+            assert param.validator(suggestion) == rules.tool_description_problem(
+                suggestion, original
+            )
+    system = found["agent.system_prompt"]
+    for suggestion in ("  ", "Be terse."):
+        assert system.validator(suggestion) == rules.text_problem(suggestion, "Be brief.")
+
+
+def test_an_overlong_tool_description_is_told_it_may_only_shrink():
+    long = "y" * 1500
+    assert rules_problem("y" * 1501, long).endswith("it may only get shorter")
+    assert "may only" not in rules_problem("x" * 1025, "short")
+
+
+def rules_problem(suggestion, original):
+    from opto_adapters import rules
+
+    return rules.tool_description_problem(suggestion, original)

@@ -368,7 +368,9 @@ class LLM:
     # ------------------------------------------------------------------ internals
     def _chat(self, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> _Completion:
         if self._closed:
-            raise LLMError(f"this LLM ({self.base_url}) was closed; create a new LLM to send requests")
+            raise LLMError(
+                f"this LLM ({self.base_url}) was closed; create a new LLM to send requests"
+            )
         kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature
