@@ -42,7 +42,9 @@ from llama_index.core.response_synthesizers.base import BaseSynthesizer
 from llama_index.core.tools.types import BaseTool, ToolMetadata
 
 from ..runs.matching import renderings
-from ..trace import Binding, Parameter, safe_name, template_variables
+from ..trace import Binding, Parameter
+from ..trace.names import safe_name
+from ..trace.templates import template_variables
 from .recorder import is_workflow
 from .steps import Held, scan_workflow
 from .templates import (

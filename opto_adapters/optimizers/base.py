@@ -10,7 +10,7 @@ from typing import Any
 
 from ..trace import Feedback, Graph, Node, Parameter, Subgraph, ValidationError, apply_updates
 from ..trace import backward as trace_backward
-from ..trace.modules import _by_name
+from ..trace.parameters import parameters_by_name
 from ..trace.tracer import TracedRun
 
 __all__ = ["Optimizer", "Proposal", "StepRecord"]
@@ -79,7 +79,7 @@ class Optimizer:
                     f"optimizers take Parameter objects, got {type(p).__name__}: {p!r:.80}; "
                     "make values trainable with node(value, trainable=True)"
                 )
-        self.parameters: list[Parameter] = list(_by_name(params).values())
+        self.parameters: list[Parameter] = list(parameters_by_name(params).values())
         self.records: list[StepRecord] = []
         self._lock = threading.Lock()
 

@@ -13,7 +13,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from .nodes import ExceptionNode, Node, Op, Parameter, check_name
+from .names import check_name
+from .nodes import ExceptionNode, Node, Op
+from .parameters import Parameter
 
 __all__ = ["Bundle", "ExecutionError", "bundle"]
 

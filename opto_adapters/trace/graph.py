@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping
 from functools import cached_property
 from typing import Any
 
-from .nodes import ExceptionNode, Feedback, Node, Parameter, iter_parameters
+from .nodes import ExceptionNode, Feedback, Node
+from .parameters import Parameter, iter_parameters
 
 __all__ = [
     "Graph",

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .graph import Subgraph, display_names
-from .nodes import ExceptionNode, Node, Parameter, iter_parameters
+from .nodes import ExceptionNode, Node
+from .parameters import Parameter, iter_parameters
 
 __all__ = ["ProblemInstance", "format_value", "render", "short_repr", "value_text"]
 
