@@ -9,7 +9,7 @@ from .bundle import ExecutionError, bundle
 from .graph import Graph, Subgraph, backward, zero_feedback
 from .modules import Module, load_parameters, model, parameter_values, save_parameters
 from .nodes import ExceptionNode, Feedback, Node, Op
-from .parameters import Binding, Parameter, ValidationError, apply_updates, node
+from .parameters import Binding, Parameter, RestoreError, ValidationError, apply_updates, node
 from .render import ProblemInstance, render
 from .tracer import TracedRun, TracerBase
 
@@ -24,6 +24,7 @@ __all__ = [
     "Op",
     "Parameter",
     "ProblemInstance",
+    "RestoreError",
     "Subgraph",
     "TracedRun",
     "TracerBase",

@@ -10,7 +10,7 @@ import json
 import math
 from typing import Any
 
-__all__ = ["as_number", "as_text", "json_type", "like_json"]
+__all__ = ["as_number", "as_text", "differs", "json_type", "like_json", "unencodable"]
 
 
 def as_text(value: Any) -> str:
@@ -73,3 +73,44 @@ def json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
+
+
+def unencodable(value: Any) -> str | None:
+    """Why ``value`` (text, or a JSON value holding text) is not valid Unicode, or ``None``.
+
+    A lone surrogate such as ``"\\udcff"`` (left by decoding bytes with
+    ``errors="surrogateescape"``, or by a broken model reply) has no UTF-8 form: it cannot be
+    stored, sent to a model or written to a file.
+    """
+    stack = [value]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                char = item[exc.start]
+                context = item[max(exc.start - 20, 0) : exc.start].encode("utf-8", "backslashreplace")
+                return (
+                    f"the text holds a lone surrogate {char!r} (U+{ord(char):04X}) at position "
+                    f"{exc.start} (after {context.decode('ascii', 'backslashreplace')!r}), which "
+                    "is not valid Unicode and cannot be stored; write the intended character or "
+                    "leave it out"
+                )
+        elif isinstance(item, (list, tuple, dict)) and id(item) not in seen:
+            seen.add(id(item))
+            if isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            else:
+                stack.extend(item)
+    return None
+
+
+def differs(new: Any, old: Any) -> bool:
+    """``new != old``, where values too deeply nested to compare count as different."""
+    try:
+        return bool(new != old)
+    except RecursionError:
+        return True

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .coercion import as_number, as_text, like_json
+from .coercion import as_number, as_text, like_json, unencodable
 from .nodes import Node
 from .templates import template_variables
 
@@ -20,6 +20,7 @@ __all__ = [
     "KINDS",
     "Binding",
     "Parameter",
+    "RestoreError",
     "ValidationError",
     "apply_updates",
     "iter_parameters",
@@ -146,7 +147,7 @@ class Parameter(Node):
             typed = self._typed(value)
         except ValueError as exc:
             raise ValidationError({self.name: str(exc)}) from None
-        reason = self._reason(typed)
+        reason = unencodable(typed) or self._reason(typed)
         if reason is not None:
             raise ValidationError({self.name: reason})
         return typed
@@ -177,6 +178,8 @@ class Parameter(Node):
                 compile(value, f"<{self.name}>", "exec")
             except SyntaxError as exc:
                 return f"code does not compile: {exc.msg} (line {exc.lineno})"
+            except (ValueError, RecursionError, MemoryError) as exc:
+                return f"code cannot be compiled: {type(exc).__name__}: {exc}"
         if self.kind == "number" and self.bounds is not None:
             lo, hi = self.bounds
             if lo is not None and value < lo:
@@ -232,11 +235,27 @@ class Parameter(Node):
             self._feedback = []
 
 
+class RestoreError(RuntimeError):
+    """A write failed part way and putting the previous values back failed too: the named
+    live objects may hold half-written values. The write's own error is ``__cause__``."""
+
+    def __init__(self, failed: Parameter, error: BaseException, unrestored: Mapping[str, str]) -> None:
+        self.unrestored = dict(unrestored)
+        lines = "; ".join(f"{name}: {reason}" for name, reason in self.unrestored.items())
+        super().__init__(
+            f"writing {failed.name!r} failed ({type(error).__name__}: {error}) and restoring the "
+            f"previous value failed too for {lines}; these live objects may hold half-written "
+            "values: check them, or set them again"
+        )
+
+
 def apply_updates(updates: Mapping[Parameter, Any]) -> dict[Parameter, Any]:
     """Write several new values atomically: all are valid and written, or none is.
 
-    Returns the previous values. Raises ``ValidationError`` listing every rejected value; if a
-    binding fails mid-way, the values already written are restored and the error re-raised.
+    Returns the previous values. Raises ``ValidationError`` listing every rejected value. If a
+    binding fails mid-way, every parameter touched (the failing one too, since its binding may
+    have changed the live object before it raised) gets its previous value back and the error
+    is re-raised; if a restore fails as well, ``RestoreError`` says which.
     """
     typed: dict[Parameter, Any] = {}
     errors: dict[str, str] = {}
@@ -250,14 +269,20 @@ def apply_updates(updates: Mapping[Parameter, Any]) -> dict[Parameter, Any]:
     if errors:
         raise ValidationError(errors)
     previous = {param: param.value for param in typed}
-    written: list[Parameter] = []
+    touched: list[Parameter] = []
     try:
         for param, value in typed.items():
+            touched.append(param)
             param._write(value)
-            written.append(param)
-    except BaseException:
-        for param in reversed(written):
-            param._write(previous[param])
+    except BaseException as exc:
+        unrestored: dict[str, str] = {}
+        for param in reversed(touched):
+            try:
+                param._write(previous[param])
+            except Exception as restore_exc:
+                unrestored[param.name] = f"{type(restore_exc).__name__}: {restore_exc}"
+        if unrestored:
+            raise RestoreError(touched[-1], exc, unrestored) from exc
         raise
     return previous
 
