@@ -119,7 +119,8 @@ def _describe(stmt: ast.stmt) -> str:
         return f"a class definition ({stmt.name})"
     if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
         return f"another function definition ({stmt.name})"
-    return f"a {type(stmt).__name__.lower()} statement"
+    kind = type(stmt).__name__.lower()
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} statement"
 
 
 def check_function(source: str, shape: FunctionShape) -> str | None:
