@@ -25,8 +25,8 @@ import string
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .trace import safe_name
-from .trace import template_variables as _python_variables
+from .trace.names import safe_name
+from .trace.templates import template_variables as _python_variables
 
 __all__ = [
     "AGENT_SYSTEM_PROMPT",

@@ -30,7 +30,8 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..trace import ExceptionNode, Graph, Node, Op, Parameter, safe_name
+from ..trace import ExceptionNode, Graph, Node, Op, Parameter
+from ..trace.names import safe_name
 from .matching import TextUse, find_use
 from .spans import Span
 from .values import Message, atoms, display, strong
