@@ -274,3 +274,31 @@ def test_settings_are_one_config_and_keywords_override_it(scripted_llm):
     result = optimize(app, data(4), guide=guide, optimizer=OptoPrime([app.prompt], llm_for(scripted_llm)),
                       config=TrainConfig(batch_size=2, max_steps=1, progress=False))
     assert result.status == "max_steps" and len(result.history) == 1
+
+
+def test_tools_and_agents_seen_by_two_tracers_bind_the_same_slots():
+    from langchain.agents import create_agent
+    from llama_index.core.agent.workflow import FunctionAgent
+    from llama_index.core.tools import FunctionTool
+
+    from opto_adapters.train.apps import adopt_parameters
+
+    from .langchain_fakes import RecordingChatModel as ChatModel
+    from .llama_index_fakes import ScriptedToolLLM
+    from .test_langchain_writeback import make_tool
+
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    lc_agent = create_agent(ChatModel(responses=["x"]), [make_tool()], system_prompt="You are a weather bot.")
+    li_agent = FunctionAgent(tools=[FunctionTool.from_defaults(add)], llm=ScriptedToolLLM(["ok"]), system_prompt="Add.")
+    for first, second in (
+        (LangChainTracer(lc_agent), LangChainTracer(lc_agent)),
+        (LlamaIndexTracer(li_agent), LlamaIndexTracer(li_agent)),
+    ):
+        adopted, n = adopt_parameters(first.parameters, second.parameters)
+        assert n == len(first.parameters) >= 2
+        assert [id(p) for p in adopted] == [id(second.parameter(p.name)) for p in first.parameters]
+    other = create_agent(ChatModel(responses=["x"]), [make_tool()], system_prompt="You are a weather bot.")
+    assert adopt_parameters(LangChainTracer(other).parameters, LangChainTracer(lc_agent).parameters)[1] == 0
