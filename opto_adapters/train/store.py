@@ -422,6 +422,57 @@ class Store:
         )
         return int(cursor.lastrowid)
 
+    def open_run(
+        self,
+        config: Mapping[str, Any],
+        examples: Mapping[str, Iterable[Any]],
+        values: Mapping[str, Any],
+        *,
+        name: str = "",
+        run_id: int | None = None,
+    ) -> tuple[int, int]:
+        """Open a run in one transaction: its row, its examples per split and its parameter
+        version 0 (the baseline and current version), or nothing if any part fails or is
+        interrupted. ``run_id`` re-opens a run that never got its version 0 (its examples are
+        replaced). Returns (run id, version id)."""
+        if self.readonly:
+            raise StoreError(f"{self.path} was opened read-only")
+        config_text = to_json(dict(config))
+        rows = [(split, i, to_json(ex)) for split, exs in examples.items() for i, ex in enumerate(exs)]
+        text, digest = _values_json(values), values_hash(values)
+        now = time.time()
+        with self._lock, self._conn:
+            conn = self._conn
+            if run_id is None:
+                cursor = conn.execute(
+                    "INSERT INTO runs(name, status, config, created_at, updated_at) VALUES (?, 'running', ?, ?, ?)",
+                    (name, config_text, now, now),
+                )
+                run_id = int(cursor.lastrowid)
+            else:
+                conn.execute("DELETE FROM examples WHERE run_id = ?", (run_id,))
+                conn.execute(
+                    "UPDATE runs SET status = 'running', message = NULL, config = ?, updated_at = ? WHERE id = ?",
+                    (config_text, now, run_id),
+                )
+            conn.executemany(
+                "INSERT INTO examples(run_id, split, idx, example) VALUES (?, ?, ?, ?)",
+                [(run_id, *row) for row in rows],
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO versions(run_id, hash, parent_id, step, values_json, created_at) "
+                "VALUES (?, ?, NULL, NULL, ?, ?)",
+                (run_id, digest, text, now),
+            )
+            version_id = int(
+                conn.execute("SELECT id FROM versions WHERE run_id = ? AND hash = ?", (run_id, digest)).fetchone()[0]
+            )
+            conn.execute(
+                "UPDATE runs SET baseline_version_id = ?, current_version_id = ? WHERE id = ?",
+                (version_id, version_id, run_id),
+            )
+        return run_id, version_id
+
     def update_run(self, run_id: int, **fields: Any) -> None:
         """Set run columns (``status``, ``message``, ``best_score``, the version ids...)."""
         if "config" in fields:
