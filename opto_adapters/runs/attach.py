@@ -237,9 +237,11 @@ class Attacher:
         if not texts:
             return
         hits: list[tuple[_Live, str]] = []
+        explicit = {id(p) for _, p in span.parameters} | attached
+        taken = {live.text for live in self.templates if id(live.parameter) in explicit}
         for live in self.templates:
-            if id(live.parameter) in attached or id(live.parameter) in {id(p) for _, p in span.parameters}:
-                continue
+            if id(live.parameter) in explicit or live.text in taken:
+                continue  # (a twin of a template the step's evidence named: the same use)
             if live.literal < MIN_LITERAL:
                 continue
             for text in texts:

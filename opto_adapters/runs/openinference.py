@@ -23,7 +23,7 @@ from typing import Any
 from .attach import Evidence
 from .feedback import normal_id
 from .records import TraceFormatError, group_traces, read_records
-from .spans import Span
+from .spans import Span, tree
 from .values import Document, Message, ToolCall
 
 __all__ = ["RecordedSpan", "is_otlp", "is_phoenix", "read_traces", "to_spans"]
@@ -206,14 +206,14 @@ def to_spans(spans: list[RecordedSpan]) -> tuple[Span, dict[str, Evidence]]:
     for s in spans:
         if s.parent_id in ids:
             children.setdefault(s.parent_id, []).append(s)
-    outer_llm = set()  # an LLM span around another (LlamaIndex's predict -> complete): one call
-    for s in spans:
+    outer_llm: dict[str, str] = {}  # an LLM span around another (LlamaIndex's predict ->
+    for s in spans:  # complete) is one model call: the innermost one, given the outer's evidence
         if _kind(s) == "llm":
             stack = list(children.get(s.span_id, ()))
             while stack:
-                c = stack.pop()
+                c = stack.pop(0)
                 if _kind(c) == "llm":
-                    outer_llm.add(s.span_id)
+                    outer_llm[s.span_id] = c.span_id
                     break
                 stack.extend(children.get(c.span_id, ()))
     made: list[Span] = []
@@ -224,8 +224,14 @@ def to_spans(spans: list[RecordedSpan]) -> tuple[Span, dict[str, Evidence]]:
         span.parent_id = s.parent_id if s.parent_id in ids else None
         made.append(span)
         evidence[span.id] = ev
-    from .spans import tree
-
+    for outer in sorted(outer_llm, key=lambda i: -[s.span_id for s in spans].index(i)):
+        inner = outer_llm[outer]
+        while inner in outer_llm:
+            inner = outer_llm[inner]
+        evidence[inner].templates[:0] = evidence[outer].templates
+        evidence[inner].variables = {**evidence[outer].variables, **evidence[inner].variables}
+        evidence[inner].tools.extend(t for t in evidence[outer].tools if t not in evidence[inner].tools)
+        evidence[outer] = Evidence(name=evidence[outer].name)
     roots = tree(made)
     if len(roots) == 1:
         return roots[0], evidence
