@@ -97,8 +97,8 @@ def test_openinference_spans_of_a_langchain_chain(shape, tmp_path):
 
 def test_openinference_spans_of_a_llama_index_query_engine(tmp_path):
     from llama_index.core import Document, VectorStoreIndex
-    from opto_adapters.llama_index import OptoTracer as LlamaTracer
 
+    from opto_adapters.llama_index import OptoTracer as LlamaTracer
     from tests.llama_index_fakes import RecordingLLM, WordEmbedding
 
     docs = ["The sky is blue.", "Grass is green.", "Paris is the capital of France."]

@@ -109,7 +109,7 @@ def read_runs(source: Any, *, window: int = 1000) -> Iterator[RecordedRun]:
                     parents[run.id] = run.trace_id
             yield run
 
-    for tid, group, _complete in group_traces(
+    for _tid, group, _complete in group_traces(
         runs(), trace_of=lambda r: normal_id(r.trace_id), is_root=lambda r: r.parent_run_id is None,
         window=window,
     ):
