@@ -17,7 +17,9 @@ from llama_index.core.prompts.mixin import PromptMixin
 from llama_index.core.tools.types import BaseTool, ToolMetadata
 
 from .. import rules
-from ..trace import Binding, Parameter, safe_name, template_variables
+from ..trace import Binding, Parameter
+from ..trace.names import safe_name
+from ..trace.templates import template_variables
 from .describe import CONSTRAINTS, describe_prompt, path_suffix, purpose_of
 from .found import Discovery, Trainable
 from .recorder import is_workflow
