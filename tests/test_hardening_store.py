@@ -290,3 +290,24 @@ def test_graph_blob_is_valid_utf8_json():
     eid = store.add_evaluation(run, v, "train", 0, phase="baseline", score=1.0, graph=graph)
     (blob,) = store._conn.execute("SELECT data FROM graphs WHERE evaluation_id = ?", (eid,)).fetchone()
     assert json.loads(zlib.decompress(blob).decode("utf-8"))["nodes"][0] == {"name": SHOWN, "role": "input", "value": SHOWN}
+
+
+def test_check_finds_what_breaks_the_store_invariants(scripted_llm, tmp_path):
+    path = tmp_path / "runs.sqlite"
+    scripted_llm.script(json.dumps(reply("ANSWER {q}!")))
+    app = make_app("Reply {q}")
+    result = optimize(app, data(2), data(2, "v"), guide=guide, optimizer=OptoPrime([app.prompt], llm_for(scripted_llm)),
+                      batch_size=2, max_steps=1, store=str(path), progress=False)
+    assert result.history[0].status == "accepted"
+    with Store(path) as store:
+        assert store.check() == []
+        other = store.create_run({})
+        foreign = store.version(other, {"prompt": "x"})
+        store.update_run(result.run_id, best_version_id=foreign)
+        store.update_candidate(store.candidates(result.run_id)[0].id, status="rejected")
+        store._write("UPDATE versions SET values_json = ? WHERE id = 1", ('{"prompt": "changed"}',))
+        assert store.check() == [
+            "version 1: its values do not match its hash",
+            f"run {result.run_id}: best_version_id is version {foreign}, not one of the run's",
+            f"step 1 of run {result.run_id} is accepted but names no accepted candidate of it",
+        ]

@@ -757,6 +757,70 @@ class Store:
             params.append(step)
         return [_evaluation(r) for r in self._rows(sql + " ORDER BY e.id DESC", params)]
 
+    # -- checking ----------------------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        """What is wrong with the store, or ``[]``: SQLite's integrity check, then the store's own
+        invariants (every id points into the same run, versions match their hash, graphs load,
+        an accepted step names its accepted candidate, a finished run has no unfinished step)."""
+        problems = [
+            f"integrity: {r[0]}" for r in self._rows("PRAGMA integrity_check") if r[0] != "ok"
+        ]
+        if problems:
+            return problems
+        versions = {r["id"]: r for r in self._rows("SELECT * FROM versions")}
+        for v in versions.values():
+            try:
+                values = json.loads(v["values_json"])
+            except ValueError:
+                problems.append(f"version {v['id']}: its values are not JSON")
+                continue
+            if values_hash(values) != v["hash"]:
+                problems.append(f"version {v['id']}: its values do not match its hash")
+            if v["parent_id"] is not None and v["parent_id"] not in versions:
+                problems.append(f"version {v['id']}: parent {v['parent_id']} does not exist")
+
+        def own(run_id: int, version_id: int | None, what: str) -> None:
+            if version_id is not None and (version_id not in versions or versions[version_id]["run_id"] != run_id):
+                problems.append(f"run {run_id}: {what} is version {version_id}, not one of the run's")
+
+        for run in self._rows("SELECT * FROM runs"):
+            for column in ("baseline_version_id", "current_version_id", "best_version_id"):
+                own(run["id"], run[column], column)
+        unfinished_ok = {"running", "interrupted", "failed", "time_limit", "budget_exhausted"}
+        for step in self._rows("SELECT s.*, r.status AS run_status FROM steps s JOIN runs r ON r.id = s.run_id"):
+            where = f"step {step['step']} of run {step['run_id']}"
+            own(step["run_id"], step["version_id"], f"{where}'s version")
+            own(step["run_id"], step["result_version_id"], f"{where}'s result")
+            if step["status"] == "started" and step["run_status"] not in unfinished_ok:
+                problems.append(f"{where} never finished, yet the run is {step['run_status']}")
+            if step["status"] == "accepted":
+                accepted = self._rows(
+                    "SELECT status, version_id FROM candidates WHERE id = ? AND run_id = ? AND step = ?",
+                    (step["accepted_candidate_id"], step["run_id"], step["step"]),
+                )
+                if not accepted or accepted[0]["status"] != "accepted":
+                    problems.append(f"{where} is accepted but names no accepted candidate of it")
+                elif accepted[0]["version_id"] != step["result_version_id"]:
+                    problems.append(f"{where}: its result is not the accepted candidate's version")
+        for c in self._rows("SELECT id, run_id, version_id, values_json, invalid_json FROM candidates"):
+            own(c["run_id"], c["version_id"], f"candidate {c['id']}'s version")
+            for column in ("values_json", "invalid_json"):
+                try:
+                    json.loads(c[column])
+                except ValueError:
+                    problems.append(f"candidate {c['id']}: {column} is not JSON")
+        for e in self._rows("SELECT id, run_id, version_id FROM evaluations"):
+            own(e["run_id"], e["version_id"], f"evaluation {e['id']}'s version")
+        orphans = self._rows("SELECT evaluation_id FROM graphs WHERE evaluation_id NOT IN (SELECT id FROM evaluations)")
+        problems.extend(f"graph of evaluation {r['evaluation_id']}: no such evaluation" for r in orphans)
+        for g in self._rows("SELECT evaluation_id, data FROM graphs"):
+            try:
+                json.loads(zlib.decompress(g["data"]))
+            except (zlib.error, ValueError):
+                problems.append(f"graph of evaluation {g['evaluation_id']} does not load")
+        return problems
+
 
 def _params(params: Iterable[Any]) -> tuple[Any, ...]:
     """SQL parameters with every text made encodable (the last guard: JSON columns are made
