@@ -295,8 +295,11 @@ def store_problems(path: Path) -> list[str]:
         conn.close()
     if verdict != "ok":
         problems.append(f"integrity_check: {verdict}")
-    with Store(path, readonly=True) as store:
-        problems.extend(store.check())
+    try:
+        with Store(path, readonly=True) as store:
+            problems.extend(store.check())
+    except Exception as exc:  # a store that cannot even be opened is the worst problem
+        problems.append(f"the store cannot be opened: {exc}")
     return problems
 
 

@@ -311,3 +311,21 @@ def test_check_finds_what_breaks_the_store_invariants(scripted_llm, tmp_path):
             f"run {result.run_id}: best_version_id is version {foreign}, not one of the run's",
             f"step 1 of run {result.run_id} is accepted but names no accepted candidate of it",
         ]
+
+
+def test_the_schema_is_created_in_one_transaction(tmp_path, monkeypatch):
+    """A process killed while it creates the store must not leave half a schema behind (it
+    would be refused forever as 'not an opto_adapters store')."""
+    import opto_adapters.train.store as store_module
+
+    path = tmp_path / "runs.sqlite"
+    broken = store_module._SCHEMA.replace("CREATE TABLE graphs", "CREATE TABLE graphs (oops")
+    monkeypatch.setattr(store_module, "_SCHEMA", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        Store(path)
+    monkeypatch.undo()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []  # nothing was kept
+    conn.close()
+    with Store(path) as store:  # and the file is usable
+        assert store.create_run({}) == 1

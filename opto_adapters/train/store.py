@@ -40,9 +40,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -407,12 +407,12 @@ class Store:
                 )
             if self.readonly:
                 raise StoreError(f"{where} is empty: it holds no runs")
-            with self._conn:
-                self._conn.executescript(_SCHEMA)
-                self._conn.executemany(
-                    "INSERT INTO meta(key, value) VALUES (?, ?)",
-                    [("schema_version", str(SCHEMA_VERSION)), ("created_by", "opto_adapters")],
-                )
+            # one transaction (executescript alone commits table by table): a process killed
+            # while it creates the store leaves an empty file, never half a schema
+            self._conn.executescript(
+                f"BEGIN; {_SCHEMA} INSERT INTO meta(key, value) VALUES "
+                f"('schema_version', '{SCHEMA_VERSION}'), ('created_by', 'opto_adapters'); COMMIT;"
+            )
         else:
             row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             try:
