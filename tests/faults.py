@@ -40,13 +40,12 @@ GOOD_SYSTEM = [f"You are helpful. {MARK}", "Be brief.", f"Be brief. {MARK}", "Yo
 GOOD_HUMAN = ["Question: {question}", "{question}"]
 ALLOWED = {"prompt.system": {SYSTEM, *GOOD_SYSTEM}, "prompt.human": {HUMAN, *GOOD_HUMAN}}
 
-KINDS = ("http500", "timeout", "malformed", "fenced", "surrogate", "huge", "unknown_var", "bad_template")
-WEIGHTS = {"ok": 6, "http500": 2, "timeout": 1, "malformed": 2, "fenced": 2, "surrogate": 2,
-           "huge": 1, "unknown_var": 2, "bad_template": 2}
-# A surrogate inside a suggested value: the core must refuse it (issue 11, item 2). Until it
-# does, such a value is written into the prompt and the next optimizer request dies in the
-# openai client (UnicodeEncodeError): see tests/test_faults.py for the marked case.
+# "surrogate_value": a lone surrogate inside a suggested value (the core refuses it)
 SURROGATE_IN_VALUE = "surrogate_value"
+KINDS = ("http500", "timeout", "malformed", "fenced", "surrogate", "huge", "unknown_var",
+         "bad_template", SURROGATE_IN_VALUE)
+WEIGHTS = {"ok": 6, "http500": 2, "timeout": 1, "malformed": 2, "fenced": 2, "surrogate": 2,
+           "huge": 1, "unknown_var": 2, "bad_template": 2, SURROGATE_IN_VALUE: 2}
 CLIENT_TIMEOUT = 0.25
 
 
@@ -78,7 +77,7 @@ def make_chain() -> tuple[Any, Any]:
 
 def live_problems(prompt: Any) -> list[str]:
     """What is invalid in the live prompt objects (empty when all is well)."""
-    from opto_adapters.trace.nodes import template_variables
+    from opto_adapters.trace.templates import template_variables
 
     problems = []
     for name, message, want in (("prompt.system", prompt.messages[0], frozenset()),
@@ -256,7 +255,7 @@ def _context() -> Any:
 
 
 def spawn(seed: int, store: Path, log: Path, *, resume: bool = False, kill: tuple[str, float] | None = None,
-          kinds: tuple[str, ...] = KINDS, memory_size: int = 0, timeout: float = 120) -> int | None:
+          kinds: tuple[str, ...] = KINDS, memory_size: int = 5, timeout: float = 120) -> int | None:
     """Run ``run_trainer`` in a fresh process; its exit code (-9: killed)."""
     proc = _context().Process(target=run_trainer, args=(seed, str(store), str(log)),
                               kwargs={"resume": resume, "kill": kill, "kinds": kinds, "memory_size": memory_size})
@@ -303,11 +302,11 @@ def store_problems(path: Path) -> list[str]:
     return problems
 
 
-def run_seed(seed: int, workdir: Path, kinds: tuple[str, ...] = KINDS, *, memory_size: int = 0,
+def run_seed(seed: int, workdir: Path, kinds: tuple[str, ...] = KINDS, *, memory_size: int = 5,
              kill: tuple[str, float] | None = None) -> SeedOutcome:
-    """Reference run, killed run, resumed run; every check of item 7. ``memory_size=0``: the
-    optimizer shows no memory of earlier steps (a resumed trainer does not restore it; see
-    tests/test_faults.py); ``kill`` overrides the random kill point."""
+    """Reference run, killed run, resumed run; every check of item 7. ``memory_size``: the
+    optimizer's memory of earlier steps (OptoPrime's default; a resumed run restores it from
+    the store); ``kill`` overrides the random kill point."""
     workdir.mkdir(parents=True, exist_ok=True)
     problems: list[str] = []
     ref_log, run_log = workdir / "reference.jsonl", workdir / "run.jsonl"

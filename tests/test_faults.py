@@ -42,27 +42,12 @@ def test_a_kill_during_the_first_optimizer_request_resumes_to_the_same_values(tm
     assert outcome.resumed["best_values"] == outcome.reference["best_values"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in the trainer (opto_adapters/train/trainer.py, Trainer._open_run): OptoPrime "
-    "remembers (values, feedback) after every proposal (optimizers/optoprime.py _propose), but on "
-    "resume only rejected candidates are replayed into remember(); the resumed optimizer's first "
-    "prompt lacks the #Memory of earlier steps, asks differently and ends with other best values. "
-    "The other fault tests run with memory_size=0. Remove this mark when resume restores the memory.",
-)
 def test_resume_with_the_optimizer_memory_ends_like_an_uninterrupted_run(tmp_path):
     outcome = run_seed(3, tmp_path, memory_size=5, kill=("guide", 10))
     assert outcome.killed
     assert outcome.problems == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lone surrogate inside a suggested value must be refused (issue 11 item 2, the core's "
-    "part, being done in opto_adapters/trace); until then it is written into the live prompt "
-    "(an invalid value) and the next optimizer request dies in the openai client. Remove this "
-    "mark when the core refuses it.",
-)
 def test_a_surrogate_in_a_suggested_value_is_refused(tmp_path):
     outcome = run_seed(1, tmp_path, kinds=(SURROGATE_IN_VALUE,), kill=("guide", 1))
     assert outcome.faults[SURROGATE_IN_VALUE] >= 1

@@ -155,13 +155,6 @@ def test_a_run_whose_outputs_feedback_and_optimizer_reply_hold_surrogates_comple
     assert cand.reasoning == "add the marker \\udcff" and "\\udcff" in cand.reply
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="bug outside the store (opto_adapters/llm.py, LLM._create_with_retries): a lone surrogate "
-    "in an app output shown in the optimizer prompt makes the openai client raise UnicodeEncodeError "
-    "while it serialises the request; it ends the run. Remove this mark when the client escapes it.",
-)
 def test_a_surrogate_in_a_train_output_shown_to_the_optimizer_does_not_end_the_run(scripted_llm):
     store, result = surrogate_run(scripted_llm, shout, guide)
     assert result.status == "completed"

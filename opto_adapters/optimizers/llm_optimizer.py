@@ -92,6 +92,20 @@ class LLMOptimizer(Optimizer):
             if not self.memory or differs(self.memory[-1], entry):  # n candidates, one entry
                 self.memory.append(entry)
 
+    def memory_state(self) -> list[dict[str, Any]]:
+        """The memory as plain data (what ``restore_memory`` takes back), oldest first."""
+        with self._memory_lock:  # values as [name, value] pairs: JSON writers may sort keys
+            return [{"values": [[k, v] for k, v in e.values.items()], "feedback": e.feedback} for e in self.memory]
+
+    def restore_memory(self, entries: list[dict[str, Any]]) -> None:
+        """Replace the memory with ``memory_state()``'s output (a resumed run's)."""
+        with self._memory_lock:
+            self.memory.clear()
+            for entry in entries:
+                values = entry["values"]
+                pairs = values.items() if isinstance(values, dict) else values
+                self.memory.append(MemoryEntry({str(k): v for k, v in pairs}, str(entry["feedback"])))
+
     def memory_text(self) -> str:
         with self._memory_lock:
             entries = list(self.memory)

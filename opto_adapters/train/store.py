@@ -101,6 +101,14 @@ def _json_text(text: str) -> str:
     inside its strings, where the doubled backslash loads back as the visible escape."""
     return encodable(text, escape="\\\\")
 
+_MEMORY_TABLE = """
+CREATE TABLE IF NOT EXISTS optimizer_memory (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    entries TEXT NOT NULL
+);
+"""
+
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE runs (
@@ -194,7 +202,11 @@ CREATE TABLE graphs (
     dot TEXT,
     text TEXT
 );
-"""
+""" + _MEMORY_TABLE
+
+# The optimizer's memory after the last finished step, so a resumed run asks exactly what the
+# uninterrupted one would. Added to schema version 1 without a new version: a store made before
+# gets the table when opened for writing; one without it resumes as before (replaying rejections).
 
 _RUN_FIELDS = frozenset(
     {
@@ -426,6 +438,9 @@ class Store:
                     f"{where} has schema version {version}, written by a newer opto_adapters; "
                     f"this one reads up to version {SCHEMA_VERSION}: upgrade opto_adapters"
                 )
+        if not self.readonly and "optimizer_memory" not in tables and "meta" in tables:
+            with self._conn:
+                self._conn.execute(_MEMORY_TABLE)
         if self.path != MEMORY and not self.readonly:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -631,6 +646,35 @@ class Store:
     def update_step(self, run_id: int, step: int, **fields: Any) -> None:
         self._update("steps", _STEP_FIELDS, "run_id = ? AND step = ?", (run_id, step), fields)
 
+    def finish_step(self, run_id: int, step: int, *, memory: list[Any] | None = None, **fields: Any) -> None:
+        """Record a step's decision and, in the same transaction, the optimizer's memory
+        after it (``memory``: JSON-able entries), so a resume never sees one without the other."""
+        self._check_writable()
+        unknown = set(fields) - _STEP_FIELDS
+        if unknown:
+            raise TypeError(f"cannot set {sorted(unknown)} on steps; settable: {sorted(_STEP_FIELDS)}")
+        values = [self._cut(v) if name in _FREE_TEXT else v for name, v in fields.items()]
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        with self._lock, self._conn:
+            if fields:
+                self._conn.execute(
+                    f"UPDATE steps SET {sets} WHERE run_id = ? AND step = ?",
+                    _params([*values, run_id, step]),
+                )
+            if memory is not None:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO optimizer_memory(run_id, step, entries) VALUES (?, ?, ?)",
+                    _params([run_id, step, self._json(memory)]),
+                )
+
+    def optimizer_memory(self, run_id: int) -> list[Any] | None:
+        """The optimizer's memory after the run's last finished step, if it was stored."""
+        try:
+            rows = self._rows("SELECT entries FROM optimizer_memory WHERE run_id = ?", (run_id,))
+        except sqlite3.OperationalError:  # an older store opened read-only: no such table
+            return None
+        return json.loads(rows[0]["entries"]) if rows else None
+
     def steps(self, run_id: int) -> list[StoredStep]:
         return [_step(r) for r in self._rows("SELECT * FROM steps WHERE run_id = ? ORDER BY step", (run_id,))]
 
@@ -656,13 +700,35 @@ class Store:
         completion_tokens: int = 0,
         status: str = "pending",
         reason: str | None = None,
+        memory: list[Any] | None = None,
     ) -> int:
-        """Record a proposal; returns the candidate id."""
-        cursor = self._write(
+        """Record a proposal; returns the candidate id. ``memory``: the optimizer's memory
+        after it, kept in the same transaction (a resumed step that reuses this proposal
+        starts from the memory the proposal left)."""
+        self._check_writable()
+        with self._lock, self._conn:
+            cursor = self._add_candidate(
+                run_id, step, k, values, invalid, reasoning, prompt, reply, error,
+                prompt_tokens, completion_tokens, status, reason,
+            )
+            if memory is not None:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO optimizer_memory(run_id, step, entries) VALUES (?, ?, ?)",
+                    _params([run_id, step, self._json(memory)]),
+                )
+        return int(cursor.lastrowid)
+
+    def _add_candidate(
+        self, run_id: int, step: int, k: int, values: Mapping[str, Any],
+        invalid: Mapping[str, str] | None, reasoning: str, prompt: str, reply: str,
+        error: str | None, prompt_tokens: int, completion_tokens: int, status: str,
+        reason: str | None,
+    ) -> sqlite3.Cursor:
+        return self._conn.execute(
             "INSERT OR REPLACE INTO candidates(run_id, step, k, values_json, invalid_json, reasoning, prompt, "
             "reply, error, prompt_tokens, completion_tokens, status, reason, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
+            _params((
                 run_id,
                 step,
                 k,
@@ -677,9 +743,8 @@ class Store:
                 status,
                 self._cut(reason),
                 time.time(),
-            ),
+            )),
         )
-        return int(cursor.lastrowid)
 
     def update_candidate(self, candidate_id: int, **fields: Any) -> None:
         self._update("candidates", _CANDIDATE_FIELDS, "id = ?", (candidate_id,), fields)

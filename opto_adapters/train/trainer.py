@@ -252,8 +252,13 @@ class Trainer:
             return
         self._probe = None
         self._write(self.store.version_values(self._current))
+        stored = self.store.optimizer_memory(self.run_id)
+        restore = getattr(self.optimizer, "restore_memory", None)
+        if stored is not None and restore is not None:
+            restore(stored)  # exactly what it remembered after the last finished step
+            return
         remember = getattr(self.optimizer, "remember", None)
-        if remember is not None:
+        if remember is not None:  # a store from before the memory was kept
             for cand in self.store.candidates(self.run_id):
                 if cand.status == "rejected":
                     remember(cand.values, f"REJECTED: {cand.reason}")
@@ -408,8 +413,9 @@ class Trainer:
 
         status, reason, accepted = self._decide(step, scored, gate_score, gate_split, gate_now)
         val_score = self.store.mean_score(run_id, self._current, "val")[0] if self.val else None
-        self.store.update_step(
-            run_id, step, status=status, reason=reason, accepted_candidate_id=accepted,
+        self.store.finish_step(
+            run_id, step, memory=self._memory_state(),
+            status=status, reason=reason, accepted_candidate_id=accepted,
             result_version_id=self._current, val_score=val_score, finished_at=time.time(),
         )
         logger.info("step %d: %s (%s)", step, status, reason)
@@ -454,6 +460,11 @@ class Trainer:
             self._consider_best(self._current, score)
         return "accepted", reason, cid
 
+    def _memory_state(self) -> list[Any] | None:
+        """The optimizer's memory as data, to store (``None``: it keeps none)."""
+        state = getattr(self.optimizer, "memory_state", None)
+        return state() if state is not None else None
+
     def _proposals(self, step: int, forward: list[Result]) -> list[tuple[int, dict[str, Any]]]:
         """(candidate id, suggested values): the stored ones of a resumed step, then new ones."""
         run_id = self.run_id
@@ -488,6 +499,7 @@ class Trainer:
                 prompt_tokens=usage.get("prompt_tokens", 0),
                 completion_tokens=usage.get("completion_tokens", 0),
                 status="pending" if proposal.values else "no_change", reason=reason,
+                memory=self._memory_state(),
             )
             if proposal.values:
                 out.append((cid, proposal.values))
