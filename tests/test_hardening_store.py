@@ -322,3 +322,21 @@ def test_the_schema_is_created_in_one_transaction(tmp_path, monkeypatch):
     conn.close()
     with Store(path) as store:  # and the file is usable
         assert store.create_run({}) == 1
+
+
+def test_examples_holding_a_lone_surrogate_are_trained_on_and_stored(scripted_llm):
+    """Text decoded with errors="surrogateescape" (a file with a stray byte) in the data."""
+    from opto_adapters.train.data import fingerprint
+
+    train = [{"input": "caf\udce9"}, {"input": "tea"}]
+    assert fingerprint(train) != fingerprint([{"input": "cafe"}, {"input": "tea"}])
+    app = make_app("Reply {q}")
+    scripted_llm.script(json.dumps({"reasoning": "shorter", "suggestion": {"prompt": "Say {q}"}}))
+    store = Store()
+    result = optimize(
+        app, train, guide=lambda ex, out: 0.5, optimizer=OptoPrime([app.prompt], llm_for(scripted_llm)),
+        batch_size=2, max_steps=1, store=store, progress=False,
+    )
+    assert result.status == "completed"
+    stored = store.examples(result.run_id, "train")
+    assert stored[0] == {"input": "caf\\udce9"}  # kept, with the surrogate escaped

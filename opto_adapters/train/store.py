@@ -332,7 +332,7 @@ class StoredEvaluation:
 
 def values_hash(values: Mapping[str, Any]) -> str:
     """A stable hash of parameter values (the identity of a version)."""
-    return hashlib.sha256(_values_json(values).encode()).hexdigest()[:24]
+    return hashlib.sha256(_values_json(values).encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def _values_json(values: Mapping[str, Any]) -> str:
@@ -517,8 +517,8 @@ class Store:
         replaced). Returns (run id, version id)."""
         if self.readonly:
             raise StoreError(f"{self.path} was opened read-only")
-        config_text = to_json(dict(config))
-        rows = [(split, i, to_json(ex)) for split, exs in examples.items() for i, ex in enumerate(exs)]
+        config_text = self._json(dict(config))
+        rows = [(split, i, self._json(ex)) for split, exs in examples.items() for i, ex in enumerate(exs)]
         text, digest = _values_json(values), values_hash(values)
         now = time.time()
         with self._lock, self._conn:
@@ -526,7 +526,7 @@ class Store:
             if run_id is None:
                 cursor = conn.execute(
                     "INSERT INTO runs(name, status, config, created_at, updated_at) VALUES (?, 'running', ?, ?, ?)",
-                    (name, config_text, now, now),
+                    _params((name, config_text, now, now)),
                 )
                 run_id = int(cursor.lastrowid)
             else:
