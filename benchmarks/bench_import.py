@@ -109,7 +109,10 @@ def main() -> None:
     for depth, cumulative, name in top:
         print(f"  {'  ' * depth}{name:<40} {cumulative / 1e3:8.1f} ms")
     openai = sum(c for d, c, n in entries if n == "openai")
-    print(f"  of which `openai` (all places it is first imported): {openai / 1e3:.1f} ms")
+    if openai:
+        print(f"  of which `openai` (all places it is first imported): {openai / 1e3:.1f} ms")
+    else:
+        print("  `openai` is not imported by it")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ every side-by-side benchmark uses (min and median over repetitions, order flippe
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib.util
+import io
 import statistics
 import sys
 import time
@@ -62,7 +64,8 @@ def load_optimizers() -> Any:
     """``opto.optimizers`` with stand-ins for ``litellm`` and ``black`` if those are absent."""
     _stand_in("litellm")
     _stand_in("black", format_str=lambda text, mode=None: text, FileMode=_FileMode)
-    import opto.optimizers
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints which LLM backend it chose
+        import opto.optimizers
 
     return opto.optimizers
 

@@ -2,7 +2,7 @@
 trace-opt measured in the same run, with the aims), the machine it ran on, and each
 benchmark's full output.
 
-Run: python benchmarks/run_all.py [--readme]   (about four minutes on a 2-core machine;
+Run: python benchmarks/run_all.py [--readme]   (about five minutes on a 2-core machine;
      --readme also copies the summary table and machine line into README's Benchmarks section)
 
 The trace-opt columns need the peer library, a benchmark-only dependency (the `bench` extra
@@ -39,6 +39,7 @@ BENCHMARKS = [
     "bench_langchain",
     "bench_llama_index",
     "bench_train",
+    "bench_faults",
 ]
 NA = "n/a"
 NONE = "-"  # no trace-opt counterpart
@@ -125,7 +126,7 @@ def fewer(theirs: str) -> str:
 def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
     """(what is compared, opto_adapters, trace-opt in the same run, aim) rows, read from the
     benchmarks' own output."""
-    t, p, st, im, lc, li, tr = (out[n] for n in BENCHMARKS)
+    t, p, st, im, lc, li, tr, fa = (out[n] for n in BENCHMARKS)
     t, prompts = (
         section(t, "| traced call |") + section(t, "| backward |"),
         section(t, "| prompt |"),
@@ -247,6 +248,12 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
             "<= 1.1x",
         ),
         (
+            "LangChain 5-step chain: OptoTracer + graph read every run / collect_runs",
+            find(r"OptoTracer \+ graph read.*x\s*([\d.]+) vs collect_runs", lc) + "x",
+            NONE,
+            "(measured)",
+        ),
+        (
             "LangChain 5-step chain: OptoTracer (callbacks) / no callbacks",
             find(r"OptoTracer \(callbacks\)\s.*?x\s*([\d.]+) vs no callbacks", lc) + "x",
             NONE,
@@ -265,8 +272,8 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
             "flat",
         ),
         (
-            "LangChain create_agent loop of 1,000 iterations: graph build per iteration (min)",
-            cell(lc, ("1,000",), 4) + " us",
+            "LangChain create_agent loop: graph build per iteration (min), 10 / 100 / 1,000 iterations",
+            " / ".join(cell(lc, (n,), 4) for n in ("10", "100", "1,000")) + " us",
             NONE,
             "flat in iterations (linear)",
         ),
@@ -275,6 +282,12 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
             find(r"traced \(graph per query\).*ratio ([\d.]+)x", li) + "x",
             NONE,
             "<= 1.1x",
+        ),
+        (
+            "LlamaIndex traced query + graph read every query / untraced (median)",
+            find(r"traced \+ graph read.*ratio ([\d.]+)x", li) + "x",
+            NONE,
+            "(measured)",
         ),
         (
             "LlamaIndex memory, RSS, queries 5,000 -> 10,000",
@@ -299,6 +312,14 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
             cell(tr, ("16",), 6) + " evaluations/s",
             NONE,
             "(measured)",
+        ),
+        (
+            "fault injection, 50 seeds: faults survived",
+            find(r"^\| all faults \| (\d+) \| (\d+) \|", fa, 2)
+            + " of "
+            + find(r"^\| all faults \| (\d+) \|", fa),
+            NONE,
+            "all (no invalid value, store intact, resume = uninterrupted)",
         ),
     ]
     return rows

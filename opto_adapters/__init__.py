@@ -24,15 +24,21 @@ from .trace import (
 )
 
 if TYPE_CHECKING:
+    from .traces import from_traces
     from .train import Trainer, TrainResult, optimize
 
 __version__ = "0.1.0"
 
-_LAZY = {"optimize": "opto_adapters.train", "Trainer": "opto_adapters.train", "TrainResult": "opto_adapters.train"}
+_LAZY = {
+    "optimize": "opto_adapters.train",
+    "Trainer": "opto_adapters.train",
+    "TrainResult": "opto_adapters.train",
+    "from_traces": "opto_adapters.traces",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """Load the training API on first use, so ``import opto_adapters`` stays light."""
+    """Load the training and import APIs on first use, so ``import opto_adapters`` stays light."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'opto_adapters' has no attribute {name!r}")
@@ -58,6 +64,7 @@ __all__ = [
     "ValidationError",
     "backward",
     "bundle",
+    "from_traces",
     "model",
     "node",
     "optimize",

@@ -25,8 +25,8 @@ import string
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .trace import safe_name
-from .trace import template_variables as _python_variables
+from .trace.names import safe_name
+from .trace.templates import template_variables as _python_variables
 
 __all__ = [
     "AGENT_SYSTEM_PROMPT",
@@ -282,7 +282,10 @@ def tool_description_problem(suggestion: Any, original: Any) -> str | None:
         return _EMPTY
     limit = tool_description_limit(original)
     if len(suggestion) > limit:
-        return f"{len(suggestion)} characters; this tool's description must be at most {limit}"
+        problem = f"{len(suggestion)} characters; this tool's description must be at most {limit}"
+        if limit > TOOL_DESCRIPTION_LIMIT:
+            problem += ", the length it started with: it may only get shorter"
+        return problem
     return None
 
 

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from opto_adapters.trace import Node, Parameter, format_value
+from opto_adapters.trace import Node, Parameter
+from opto_adapters.trace.render import format_value
 
 __all__ = [
     "MIN_PIECE",

@@ -443,7 +443,7 @@ def test_long_framework_names_still_give_a_graph_with_valid_names():
     so the graph is still recorded (a too-long name used to make Node() raise and drop it)."""
     from langchain_core.tools import StructuredTool
 
-    from opto_adapters.trace.nodes import check_name
+    from opto_adapters.trace.names import check_name
 
     long_tool = StructuredTool.from_function(
         lambda city: f"sunny in {city}", name="t" * 200, description="Weather for a city."

@@ -8,14 +8,9 @@ from llama_index.core.tools import FunctionTool
 
 from opto_adapters.llama_index import OptoTracer
 from opto_adapters.llama_index.templates import literal_chunks
-from opto_adapters.trace import (
-    ExceptionNode,
-    ValidationError,
-    apply_updates,
-    safe_name,
-    template_variables,
-)
-from opto_adapters.trace.nodes import check_name
+from opto_adapters.trace import ExceptionNode, ValidationError, apply_updates
+from opto_adapters.trace.names import check_name, safe_name
+from opto_adapters.trace.templates import template_variables
 
 from .llama_index_fakes import ScriptedToolLLM, tool_description
 

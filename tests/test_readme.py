@@ -1,5 +1,7 @@
 """Every code block of the README runs, offline: Python blocks in-process against the scripted
-server, shell blocks as written (the set-up block is what CI runs)."""
+server, shell blocks as written (the set-up block is what CI runs, then the main job's dry run).
+The one line that needs a real endpoint (the main job without ``--dry-run``, the README's second
+block) is run only without one, to check that it is the same job and says what to set."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TEXT = (ROOT / "README.md").read_text(encoding="utf-8")
 PYTHON = re.findall(r"```python\n(.*?)```", TEXT, flags=re.S)
 BASH = re.findall(r"```bash\n(.*?)```", TEXT, flags=re.S)
+SETUP, FOR_REAL, *OTHER_BASH = BASH  # the first two blocks, before any section
+ENDPOINT_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPTO_MODEL")
 
 
 def commands(block: str) -> list[str]:
@@ -23,23 +27,56 @@ def commands(block: str) -> list[str]:
 
 
 def block_with(word: str) -> str:
-    (block,) = [b for b in BASH if b.startswith(word)]
+    (block,) = [b for b in OTHER_BASH if b.startswith(word)]
     return block
 
 
+def offline_env() -> dict[str, str]:
+    """This environment without any endpoint: no OPENAI_* or OPTO_* variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "OPTO_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
 def test_every_bash_block_is_covered_below():
-    kinds = ["pip install", "export ", "opto-adapters ", "python recipes/"]
-    assert sorted(kinds) == sorted(k for b in BASH for k in kinds if k in b.splitlines()[0])
-    assert len(BASH) == len(kinds)
+    kinds = ["export ", "opto-adapters ", "python recipes/"]
+    assert sorted(kinds) == sorted(k for b in OTHER_BASH for k in kinds if k in b.splitlines()[0])
+    assert len(OTHER_BASH) == len(kinds)
 
 
-def test_readme_starts_with_the_two_setup_commands_that_ci_runs():
-    assert TEXT.index("```bash") < TEXT.index("## ")  # before any section
-    setup = commands(BASH[0])
-    assert setup == ['pip install -e ".[dev]"', "pytest"]
+def test_readme_starts_with_the_two_setup_commands_that_ci_runs_then_the_main_job():
+    assert TEXT.index(FOR_REAL) < TEXT.index("## ")  # both blocks before any section
+    setup = commands(SETUP)
+    assert setup[:2] == ['pip install -e ".[dev]"', "pytest"]
+    assert setup[2:] == ["opto-adapters optimize recipes/langchain_qa.py --dry-run"]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
-    for command in setup:
+    for command in setup[:2]:
         assert command in ci
+
+
+def test_the_main_job_dry_run_runs_offline_as_written(tmp_path):
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    command = commands(SETUP)[2]
+    done = subprocess.run(command, shell=True, cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+    out = done.stdout
+    assert "#Variables" in out and "prompt.system" in out and "prompt.human" in out
+    assert "#Feedback" in out  # the whole optimizer prompt, built without calling a model
+    assert [p.name for p in tmp_path.iterdir()] == ["recipes"]  # a dry run stores nothing
+
+
+def test_the_main_job_for_real_is_the_same_command_and_names_the_endpoint_it_needs(tmp_path):
+    (for_real,) = commands(FOR_REAL)
+    assert for_real + " --dry-run" == commands(SETUP)[2]
+    between = TEXT[TEXT.index(SETUP) + len(SETUP) : TEXT.index(FOR_REAL)]
+    assert all(f"`{name}`" in between for name in ENDPOINT_VARIABLES)
+    # Not run against an endpoint here; without one it must stop at once and say what to set.
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
+    done = subprocess.run(for_real, shell=True, cwd=tmp_path, env=offline_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, f"{done.stdout}\n{done.stderr}"
+    assert all(name in done.stderr for name in ENDPOINT_VARIABLES)
+    assert "--dry-run" in done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["recipes"]  # stopped before any store
 
 
 def test_endpoint_block_sets_the_variables_it_names():
@@ -52,9 +89,8 @@ def test_endpoint_block_sets_the_variables_it_names():
 
 @pytest.fixture
 def shell_env(scripted_llm):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "OPTO_"))}
+    env = offline_env()
     env.update(scripted_llm.env(model="readme-model"))
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     scripted_llm.set_default(json.dumps({"reasoning": "scripted", "suggestion": {}}))
     return env
 

@@ -258,3 +258,23 @@ def test_framework_tracers_warn_once_per_step_kind(caplog):
             tracer._unlinked(span, "no predecessor")
     warnings = [r for r in caplog.records if "could not be linked" in r.getMessage()]
     assert len(warnings) == 1 and "'Orphan'" in warnings[0].getMessage()
+
+
+def test_short_outputs_count_inside_later_texts_only_where_they_stand_apart():
+    yes = llm("a", [Message("human", "is it blue?")], "Yes.")
+    no = llm("b", [Message("human", "is it red?")], "no")  # 2 characters: never looked for
+    summary = llm("c", [Message("human", "Answers: Yes.\nknow more")], "done")
+    graph = build_graph(Span("r", inputs={"input": "q"}, output="done", children=[yes, no, summary]))
+    [combined] = [n for n in graph.nodes if n.op is not None and n.op.name == "combine"]
+    assert [p.value for p in combined.inputs.values()] == ["Yes."]  # not "no" inside "know"
+
+
+def test_a_step_kept_as_its_own_node_takes_its_inputs_before_its_steps_run():
+    # a synthesis given a text; its own LLM call later returns text that the input contains
+    given = Span("g", kind="retriever", name="Retriever", inputs={"query": "q"}, output=[Document("fact one is here", id="d")])
+    call = llm("m", [Message("human", "Context: fact one is here")], "fact one")
+    synth = Span("s", kind="synthesize", name="Synth", keep=True, inputs={"nodes": [Document("fact one is here", id="d")]}, output="fact one", children=[call])
+    graph = build_graph(Span("r", inputs={"input": "q"}, output="fact one", children=[given, synth]))
+    node = next(n for n in graph.nodes if n.op is not None and n.op.kind == "synthesize")
+    assert node.inputs["nodes"].op.kind == "retriever"  # what it was given, not its own call
+    assert [n.op.kind for n in node.inputs.values()] == ["retriever", "llm"]

@@ -272,7 +272,7 @@ def test_saved_file_is_readable_like_any_other(tmp_path):
 
 
 def test_safe_name_makes_any_text_a_valid_name():
-    from opto_adapters.trace import safe_name
+    from opto_adapters.trace.names import safe_name
 
     assert safe_name("My Tool (v2)!") == "My_Tool_v2"
     assert safe_name("2nd step") == "_2nd_step"

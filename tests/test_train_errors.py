@@ -143,12 +143,12 @@ def test_apps_without_parameters_or_with_foreign_ones(scripted_llm):
         return f"answer {q}"
 
     with pytest.raises(AppError, match="has no trainable parameters"):
-        Trainer(untraced, data(2), guide=guide, llm=llm_for(scripted_llm), progress=False)
+        Trainer(untraced, data(2), guide=guide, llm=llm_for(scripted_llm), progress=False).fit()
     own = make_app()
     tracer = PythonApp(own, [own.prompt])
     other = node("ANSWER {q}", name="prompt", trainable=True, kind="prompt")
     with pytest.raises(AppError, match="same names are not enough"):
-        Trainer(tracer, data(2), guide=guide, optimizer=OptoPrime([other], llm_for(scripted_llm)))
+        Trainer(tracer, data(2), guide=guide, optimizer=OptoPrime([other], llm_for(scripted_llm))).fit()
     with pytest.raises(TypeError, match="guide must be a function"):
         optimize(own, data(2), guide="exact match", optimizer=OptoPrime([own.prompt], llm_for(scripted_llm)))
 

@@ -22,7 +22,8 @@ from langchain_core.prompt_values import ChatPromptValue, PromptValue
 from langchain_core.tracers.schemas import Run
 
 from ..runs import Document, Message, Span, ToolCall
-from ..trace import Parameter, safe_name
+from ..trace import Parameter
+from ..trace.names import safe_name
 from .discovery import STAMP_KEY, Discovered
 from .writeback import schema_holder
 

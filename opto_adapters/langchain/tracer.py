@@ -33,7 +33,8 @@ from langchain_core.tracers.context import register_configure_hook
 from langchain_core.tracers.schemas import Run
 
 from .. import runs
-from ..trace import Graph, Parameter, TracedRun, TracerBase, select_parameters
+from ..trace import Graph, Parameter, TracedRun, TracerBase
+from ..trace.tracer import select_parameters
 from .discovery import STAMP_KEY, discover, object_stamp
 from .spans import ERROR_KEY, Translator, root_input_name
 

@@ -18,7 +18,8 @@ from typing import Any
 from llama_index.core.prompts import ChatPromptTemplate, PromptTemplate, SelectorPromptTemplate
 
 from ..runs import Document, Message, Span, TextUse, ToolCall
-from ..trace import Parameter, safe_name
+from ..trace import Parameter
+from ..trace.names import safe_name
 from .discovery import Discovery
 from .recorder import RunRecord, SpanRecord
 from .templates import STAMP_KEY, RichPromptTemplate

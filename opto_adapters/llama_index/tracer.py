@@ -42,7 +42,8 @@ from llama_index.core.chat_engine.types import BaseChatEngine
 from llama_index.core.instrumentation import get_dispatcher
 
 from .. import runs
-from ..trace import Graph, Parameter, TracedRun, TracerBase, select_parameters
+from ..trace import Graph, Parameter, TracedRun, TracerBase
+from ..trace.tracer import select_parameters
 from .discovery import Discovery, check_used_by, discover
 from .recorder import EventHandler, Recorder, RunRecord, SpanHandler, is_workflow
 from .spans import text_uses, translate

@@ -10,7 +10,8 @@ from typing import Any
 
 from ..trace import Feedback, Graph, Node, Parameter, Subgraph, ValidationError, apply_updates
 from ..trace import backward as trace_backward
-from ..trace.modules import _by_name
+from ..trace.coercion import differs
+from ..trace.parameters import parameters_by_name
 from ..trace.tracer import TracedRun
 
 __all__ = ["Optimizer", "Proposal", "StepRecord"]
@@ -64,7 +65,11 @@ class Optimizer:
     Subclasses implement ``_propose``. ``backward`` records feedback on the parameters,
     ``propose`` asks for new values (changing nothing), ``apply`` validates and writes them
     all at once through the parameters' bindings, ``step`` does both and keeps a record.
+    A failure while proposing or applying becomes the record's ``error``, except the
+    ``fatal_errors`` the caller must act on (they are raised).
     """
+
+    fatal_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, parameters: Iterable[Parameter]) -> None:
         params = list(parameters)
@@ -79,7 +84,7 @@ class Optimizer:
                     f"optimizers take Parameter objects, got {type(p).__name__}: {p!r:.80}; "
                     "make values trainable with node(value, trainable=True)"
                 )
-        self.parameters: list[Parameter] = list(_by_name(params).values())
+        self.parameters: list[Parameter] = list(parameters_by_name(params).values())
         self.records: list[StepRecord] = []
         self._lock = threading.Lock()
 
@@ -128,7 +133,13 @@ class Optimizer:
                 "no feedback to optimize from: call optimizer.backward(output, feedback) on at "
                 "least one run that used these parameters first"
             )
-        return self._propose()
+        try:
+            return self._propose()
+        except self.fatal_errors:
+            raise
+        except Exception as exc:  # e.g. a value too deep to render, a failing binding read
+            logger.warning("the optimizer could not make a proposal", exc_info=True)
+            return Proposal(error=f"the optimizer could not make a proposal: {_reason(exc)}")
 
     def _propose(self) -> Proposal:
         raise NotImplementedError
@@ -152,7 +163,7 @@ class Optimizer:
             except ValidationError as exc:
                 proposal.rejected[name] = exc.errors.get(name, str(exc))
                 continue
-            if typed != param.value:
+            if differs(typed, param.value):
                 proposal.values[name] = typed
 
     def apply(self, update: Proposal | Mapping[str, Any]) -> StepRecord:
@@ -176,6 +187,12 @@ class Optimizer:
             record.rejected.update(exc.errors)
             record.error = record.error or str(exc)
             return record
+        except self.fatal_errors:
+            raise
+        except Exception as exc:  # a binding failed: apply_updates put the old values back
+            logger.warning("the optimizer could not write its proposal", exc_info=True)
+            record.error = f"the new values could not be written: {_reason(exc)}"
+            return record
         record.applied = {p.name: (old, p.value) for p, old in previous.items()}
         return record
 
@@ -191,3 +208,12 @@ class Optimizer:
         for name, reason in record.rejected.items():
             logger.info("optimizer step %d rejected %s: %s", record.step, name, reason)
         return record
+
+
+def _reason(exc: BaseException, limit: int = 500) -> str:
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except Exception:
+        text = type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..llm import LLM, AuthenticationError, BudgetExceeded, LLMError, LLMResponseError
 from ..trace import Parameter, Subgraph
+from ..trace.coercion import differs
 from ..trace.render import cut, value_text
 from .base import Optimizer, Proposal
 
@@ -44,8 +45,11 @@ class LLMOptimizer(Optimizer):
     """An optimizer that asks an LLM (any OpenAI-compatible endpoint, see ``LLM``).
 
     ``memory_size`` earlier (values, feedback) pairs are shown with each request;
-    ``remember`` adds one (the trainer records rejected candidates this way).
+    ``remember`` adds one (the trainer records rejected candidates this way). A missing key
+    (``AuthenticationError``) or a spent ``Budget`` (``BudgetExceeded``) is raised.
     """
+
+    fatal_errors = (AuthenticationError, BudgetExceeded)
 
     def __init__(
         self,
@@ -85,8 +89,22 @@ class LLMOptimizer(Optimizer):
             return
         entry = MemoryEntry(dict(values), feedback)
         with self._memory_lock:
-            if not self.memory or self.memory[-1] != entry:  # n candidates, one entry
+            if not self.memory or differs(self.memory[-1], entry):  # n candidates, one entry
                 self.memory.append(entry)
+
+    def memory_state(self) -> list[dict[str, Any]]:
+        """The memory as plain data (what ``restore_memory`` takes back), oldest first."""
+        with self._memory_lock:  # values as [name, value] pairs: JSON writers may sort keys
+            return [{"values": [[k, v] for k, v in e.values.items()], "feedback": e.feedback} for e in self.memory]
+
+    def restore_memory(self, entries: list[dict[str, Any]]) -> None:
+        """Replace the memory with ``memory_state()``'s output (a resumed run's)."""
+        with self._memory_lock:
+            self.memory.clear()
+            for entry in entries:
+                values = entry["values"]
+                pairs = values.items() if isinstance(values, dict) else values
+                self.memory.append(MemoryEntry({str(k): v for k, v in pairs}, str(entry["feedback"])))
 
     def memory_text(self) -> str:
         with self._memory_lock:

@@ -30,7 +30,8 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..trace import ExceptionNode, Graph, Node, Op, Parameter, safe_name
+from ..trace import ExceptionNode, Graph, Node, Op, Parameter
+from ..trace.names import safe_name
 from .matching import TextUse, find_use
 from .spans import Span
 from .values import Message, atoms, display, strong
@@ -39,7 +40,8 @@ __all__ = ["build_graph"]
 
 logger = logging.getLogger("opto_adapters.runs")
 
-_MIN_TEXT = 12  # shorter produced texts are not looked for inside other values
+_MIN_TEXT = 12  # shorter produced texts count inside other values only as whole words
+_MIN_SHORT_TEXT = 4  # shorter ones are never looked for
 _MIN_PART = 8  # shorter values are not looked for inside earlier outputs
 _MAX_SCAN = 2000  # produced texts scanned per containment search (most recent first)
 _MAX_PART_SCAN = 64
@@ -207,7 +209,7 @@ class _Build:
             self.plain.setdefault(text, set()).add(id(node))
         for a in found:
             self.index.setdefault(a, []).append(node)
-            if isinstance(a, str) and len(a) >= _MIN_TEXT:
+            if isinstance(a, str) and len(a) >= _MIN_SHORT_TEXT:
                 self.texts.pop(a, None)
                 self.texts[a] = node
         for call_id in _tool_call_ids(raw):
@@ -267,13 +269,13 @@ class _Build:
 
     def containing(self, text: str) -> list[Node]:
         """Producers of earlier texts found inside ``text`` (not the ones inside another hit)."""
-        if len(text) < _MIN_TEXT:
+        if len(text) < _MIN_SHORT_TEXT + 1:
             return []
         hits: list[tuple[str, Node]] = []
         for scanned, (produced, node) in enumerate(reversed(self.texts.items())):
             if scanned >= _MAX_SCAN or len(hits) >= _MAX_HITS:
                 break
-            if len(produced) < len(text) and produced in text:
+            if len(produced) < len(text) and _inside(produced, text):
                 hits.append((produced, node))
         if len(hits) > 1:
             hits.sort(key=lambda h: -len(h[0]))
@@ -447,6 +449,10 @@ class _Build:
 
     def container(self, span: Span, flow: Sequence[Node]) -> list[Node]:
         start = len(self.produced)
+        inputs = self.new_inputs()
+        if span.keep:  # a step of its own: its inputs are what it was given, before its steps ran
+            for key, value in span.inputs.items():
+                self.add_sources(inputs, key, value, flow)
         own: Sequence[Node] = flow
         if span.flow != "free" or span.keep:
             own = _Lazy(lambda: self.given(span, flow))
@@ -468,17 +474,13 @@ class _Build:
             out = self.free_output(span, own, previous)
         dangling = [
             n for n in self.produced[start:]
-            if id(n) not in self.consumed and all(n is not m for m in out)
+            if id(n) not in self.consumed and not inputs.has(n) and all(n is not m for m in out)
         ]
         failed = [n for n in out if isinstance(n, ExceptionNode)]
         if span.error is not None and failed == out and len(failed) == 1 and not dangling and not span.keep:
             return failed  # the error of its one failed step
         if span.error is None and not dangling and not span.keep and out:
             return out
-        inputs = self.new_inputs()
-        if span.keep:
-            for key, value in span.inputs.items():
-                self.add_sources(inputs, key, value, own)
         for arg, n in self.named(out, span.output):
             if span.kind in ("tool", "retriever"):
                 arg = "result"  # what the runnables it called returned
@@ -652,6 +654,22 @@ def _tool_call_ids(raw: Any) -> list[str]:
                 found.extend(_tool_call_ids(v))
         return found
     return []
+
+
+def _inside(part: str, text: str) -> bool:
+    """Whether ``part`` occurs in ``text``; a short ``part`` only where it stands apart (not
+    inside a longer word: "Yes." in "Response: Yes.", not "no" in "know")."""
+    if len(part) >= _MIN_TEXT:
+        return part in text
+    start = text.find(part)
+    while start >= 0:
+        end = start + len(part)
+        before = text[start - 1] if start else " "
+        after = text[end] if end < len(text) else " "
+        if not (before.isalnum() or before == "_") and not (after.isalnum() or after == "_"):
+            return True
+        start = text.find(part, start + 1)
+    return False
 
 
 def _plain(value: Any, depth: int = 0) -> set[str]:

@@ -12,7 +12,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from ..trace import Parameter, template_fields
+from ..trace import Parameter
+from ..trace.templates import template_fields
 
 __all__ = ["MIN_LITERAL", "TextUse", "find_use", "literal_pieces", "match_template"]
 

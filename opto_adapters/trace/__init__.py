@@ -1,33 +1,20 @@
 """The OPTO core: nodes, tracing (``node``, ``bundle``, ``model``), backward and rendering.
 
-Pure Python; imports no framework.
+Pure Python; imports no framework. This namespace holds what users call; helpers used by
+the adapters live in their modules (``names``, ``templates``, ``coercion``, ``graph``,
+``render``, ``tracer``, ``code``).
 """
 
-from .bundle import Bundle, ExecutionError, bundle
-from .graph import Graph, Subgraph, backward, display_names, topological_order, zero_feedback
+from .bundle import ExecutionError, bundle
+from .graph import Graph, Subgraph, backward, zero_feedback
 from .modules import Module, load_parameters, model, parameter_values, save_parameters
-from .nodes import (
-    KINDS,
-    Binding,
-    ExceptionNode,
-    Feedback,
-    Node,
-    Op,
-    Parameter,
-    ValidationError,
-    apply_updates,
-    node,
-    safe_name,
-    template_fields,
-    template_variables,
-)
-from .render import ProblemInstance, format_value, render
-from .tracer import TracedRun, TracerBase, select_parameters
+from .nodes import ExceptionNode, Feedback, Node, Op
+from .parameters import Binding, Parameter, RestoreError, ValidationError, apply_updates, node
+from .render import ProblemInstance, render
+from .tracer import TracedRun, TracerBase
 
 __all__ = [
-    "KINDS",
     "Binding",
-    "Bundle",
     "ExceptionNode",
     "ExecutionError",
     "Feedback",
@@ -37,6 +24,7 @@ __all__ = [
     "Op",
     "Parameter",
     "ProblemInstance",
+    "RestoreError",
     "Subgraph",
     "TracedRun",
     "TracerBase",
@@ -44,18 +32,11 @@ __all__ = [
     "apply_updates",
     "backward",
     "bundle",
-    "display_names",
-    "format_value",
     "load_parameters",
     "model",
     "node",
     "parameter_values",
     "render",
-    "safe_name",
     "save_parameters",
-    "select_parameters",
-    "template_fields",
-    "template_variables",
-    "topological_order",
     "zero_feedback",
 ]

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import ast
-import hashlib
 import inspect
-import linecache
-import sys
-import textwrap
 import threading
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from .nodes import ExceptionNode, Node, Op, Parameter, check_name
+from .code import FunctionShape, check_function, compile_function, function_source
+from .names import check_name
+from .nodes import ExceptionNode, Node, Op
+from .parameters import Parameter, ValidationError
 
 __all__ = ["Bundle", "ExecutionError", "bundle"]
 
@@ -90,6 +88,7 @@ class Bundle:
                     self._var_positional = p.name
         self._positional = tuple(positional)
         self.parameter: Parameter | None = None
+        self._shape: FunctionShape | None = None
         self._compiled: tuple[str, Callable[..., Any]] | None = None
         self._compile_lock = threading.Lock()
         if trainable:
@@ -98,15 +97,21 @@ class Bundle:
     # -- trainable code ----------------------------------------------------------------------
 
     def _code_parameter(self, constraint: str) -> Parameter:
+        fname = getattr(self.fn, "__name__", self.__name__)
         try:
-            source = inspect.getsource(self.fn)
+            source = function_source(self.fn, drop=lambda obj: obj is bundle or obj is Bundle)
         except (OSError, TypeError) as exc:
             raise TypeError(
                 f"bundle(trainable=True) needs the source of {self.__name__!r} ({exc}); "
                 "define it in a .py file, not in the interactive prompt or with exec"
             ) from None
-        source = _strip_decorators(textwrap.dedent(source))
-        fname = self.fn.__name__
+        try:
+            shape = FunctionShape.of(source, fname)
+        except ValueError as exc:
+            raise TypeError(
+                f"bundle(trainable=True) needs a function defined with def: {exc}"
+            ) from None
+        self._shape = shape
         self._compiled = (source, self.fn)
         return Parameter(
             source,
@@ -114,19 +119,26 @@ class Bundle:
             kind="code",
             description=f"The Python source of {fname}(); a new version is run on the next call.",
             constraint=constraint
-            or f"Keep a function named {fname} with the same arguments; only module globals are in scope.",
-            validator=lambda src: _defines_function(src, fname),
+            or (
+                f"Exactly one function: keep `{shape.shown}` (its name, arguments, defaults and "
+                "decorators) and change only the body; nothing else at the top level (imports go "
+                "inside the function); only module globals are in scope."
+            ),
+            validator=lambda src: check_function(src, shape),
         )
 
     def _function(self) -> Callable[..., Any]:
-        if self.parameter is None:
+        if self.parameter is None or self._shape is None:
             return self.fn
         source = self.parameter.value
         compiled = self._compiled
         if compiled is not None and compiled[0] == source:
             return compiled[1]
         with self._compile_lock:
-            fn = _compile_function(source, self.fn)
+            try:
+                fn = compile_function(source, self._shape, self.fn)
+            except ValueError as exc:  # a value that bypassed the parameter's validator
+                raise ValidationError({self.parameter.name: f"refused to run: {exc}"}) from None
             self._compiled = (source, fn)
         return fn
 
@@ -208,38 +220,6 @@ def _take(name: str, arg: Any, inputs: dict[str, Node]) -> Any:
     except ValueError:  # e.g. a dict key that is not a valid name: keep the value, unnamed
         inputs[name] = _new_node(Node, arg, "value", {}, None)
     return arg
-
-
-def _strip_decorators(source: str) -> str:
-    lines = source.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith(("def ", "async def ")):
-            return "".join(lines[i:])
-    return source
-
-
-def _defines_function(source: str, fname: str) -> str | None:
-    try:
-        tree = ast.parse(source)
-    except SyntaxError as exc:
-        return f"code does not compile: {exc.msg} (line {exc.lineno})"
-    for stmt in tree.body:
-        if isinstance(stmt, ast.FunctionDef) and stmt.name == fname:
-            return None
-    return f"the code must define a top-level function named {fname!r}"
-
-
-def _compile_function(source: str, original: Callable[..., Any]) -> Callable[..., Any]:
-    digest = hashlib.sha1(source.encode()).hexdigest()[:10]
-    filename = f"<bundle {original.__name__} {digest}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
-    namespace: dict[str, Any] = {}
-    module_globals = getattr(original, "__globals__", None)
-    if module_globals is None:
-        module = sys.modules.get(getattr(original, "__module__", ""), None)
-        module_globals = vars(module) if module else {}
-    exec(compile(source, filename, "exec"), module_globals, namespace)
-    return namespace[original.__name__]
 
 
 @overload

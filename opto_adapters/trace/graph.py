@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping
 from functools import cached_property
 from typing import Any
 
-from .nodes import ExceptionNode, Feedback, Node, Parameter, iter_parameters
+from .nodes import ExceptionNode, Feedback, Node
+from .parameters import Parameter, iter_parameters
 
 __all__ = [
     "Graph",
@@ -25,6 +26,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("opto_adapters.trace")
+
+MAX_DRAWN_DEPTH = 64
+"""``Graph.to_text`` draws indentation this many levels deep, then marks lines ``[depth N]``."""
 
 
 def topological_order(output: Node) -> list[Node]:
@@ -161,17 +165,24 @@ class Graph:
         return "\n".join(lines) + "\n"
 
     def to_text(self, *, value_chars: int = 60) -> str:
-        """A plain-text tree from the output down to the leaves; shared nodes appear once."""
+        """A plain-text tree from the output down to the leaves; shared nodes appear once.
+
+        Indentation is drawn for the first ``MAX_DRAWN_DEPTH`` levels; deeper lines keep that
+        indentation and start with ``[depth N]``, so the text grows linearly with the graph.
+        """
         from .render import short_repr
 
         names = self.names()
         shown: set[int] = set()
         lines: list[str] = []
-        stack: list[tuple[Node, str, str, str, Node | None]] = [(self.output, "", "", "", None)]
+        stack: list[tuple[Node, str, str, str, Node | None, int]] = [
+            (self.output, "", "", "", None, 0)
+        ]
         while stack:
-            n, prefix, branch, arg, parent_of = stack.pop()
+            n, prefix, branch, arg, parent_of, depth = stack.pop()
             how = self.links.get((id(parent_of), arg)) if parent_of is not None else None
-            label = (f"{arg} [by {how}]: " if how else f"{arg}: ") if arg else ""
+            label = f"[depth {depth}] " if depth > MAX_DRAWN_DEPTH else ""
+            label += (f"{arg} [by {how}]: " if how else f"{arg}: ") if arg else ""
             label += names[id(n)]
             if id(n) in shown:
                 lines.append(f"{prefix}{branch}{label} (shown above)")
@@ -186,12 +197,18 @@ class Graph:
             lines.append(f"{prefix}{branch}{label} -> {short_repr(self.value_of(n), value_chars)}")
             if not self._expanded(n):
                 continue
-            child_prefix = prefix + ("" if not branch else ("    " if branch == "└── " else "│   "))
+            if not branch or depth >= MAX_DRAWN_DEPTH:
+                child_prefix = prefix
+            else:
+                child_prefix = prefix + ("    " if branch == "└── " else "│   ")
             items = list(n.inputs.items())
             for i in range(len(items) - 1, -1, -1):
                 a, p = items[i]
-                stack.append((p, child_prefix, "└── " if i == len(items) - 1 else "├── ", a, n))
-        return "\n".join(lines) + "\n"
+                stack.append(
+                    (p, child_prefix, "└── " if i == len(items) - 1 else "├── ", a, n, depth + 1)
+                )
+        lines.append("")
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(output={self.output.name!r}, nodes={len(self.nodes)})"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .bundle import Bundle
-from .nodes import Parameter, apply_updates, iter_parameters
+from .parameters import Parameter, apply_updates, parameters_by_name
 
 __all__ = ["Module", "load_parameters", "model", "parameter_values", "save_parameters"]
 
@@ -29,7 +29,7 @@ class Module:
 
     def named_parameters(self) -> dict[str, Parameter]:
         """Trainable parameters by name; raises if two share a name."""
-        return _by_name(self.parameters())
+        return parameters_by_name(self.parameters())
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the parameter values as JSON (see ``save_parameters``)."""
@@ -78,25 +78,14 @@ def _collect(root: Any) -> list[Parameter]:
     return found
 
 
-def _by_name(parameters: Iterable[Parameter]) -> dict[str, Parameter]:
-    named: dict[str, Parameter] = {}
-    for p in iter_parameters(list(parameters)):
-        if p.name in named:
-            raise ValueError(
-                f"two parameters are named {p.name!r}; give them distinct names to save or load"
-            )
-        named[p.name] = p
-    return named
-
-
 def parameter_values(parameters: Iterable[Parameter]) -> dict[str, Any]:
     """``{name: value}`` for the parameters."""
-    return {name: p.value for name, p in _by_name(parameters).items()}
+    return {name: p.value for name, p in parameters_by_name(parameters).items()}
 
 
 def save_parameters(parameters: Iterable[Parameter], path: str | os.PathLike[str]) -> Path:
     """Write ``{name: {kind, value}}`` as JSON, atomically (a crash never leaves half a file)."""
-    named = _by_name(parameters)
+    named = parameters_by_name(parameters)
     doc = {
         "format": FORMAT,
         "version": VERSION,
@@ -156,7 +145,7 @@ def load_parameters(
     Unknown names in the file are an error; so are missing ones unless ``strict=False``.
     Returns the previous values by name.
     """
-    named = _by_name(parameters)
+    named = parameters_by_name(parameters)
     values = read_parameter_file(path)
     unknown = sorted(set(values) - set(named))
     if unknown:

@@ -14,8 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .coercion import differs
 from .graph import Subgraph, display_names
-from .nodes import ExceptionNode, Node, Parameter, iter_parameters
+from .nodes import ExceptionNode, Node
+from .parameters import Parameter, iter_parameters
 
 __all__ = ["ProblemInstance", "format_value", "render", "short_repr", "value_text"]
 
@@ -35,21 +37,100 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _DEFAULT_REPR = re.compile(r"^<([\w.]+) object>$")
 
 
+MAX_NESTING = 100
+"""Containers nested deeper than this are shown cut, with a marker (see ``value_text``)."""
+_CONTAINERS = (list, tuple, dict)
+
+
 def value_text(value: Any) -> str:
     """The full text shown for a value: strings as they are, containers as JSON, objects by a
-    repr without memory addresses."""
+    repr without memory addresses. Containers nested deeper than ``MAX_NESTING`` levels are
+    cut there with a ``[cut: ...]`` marker (a deep value never raises ``RecursionError``)."""
     if isinstance(value, str):
         return value
     if isinstance(value, BaseException):
-        return f"{type(value).__name__}: {value}"
+        return f"{type(value).__name__}: {_safe_str(value)}"
     if value is None or isinstance(value, (bool, int, float)):
         return repr(value)
-    if isinstance(value, (list, tuple, dict)):
+    if isinstance(value, _CONTAINERS):
+        nesting = _nesting(value, MAX_NESTING)
+        if nesting is not None and nesting > MAX_NESTING:
+            value = _cut_nesting(value, MAX_NESTING)
         try:
             return json.dumps(value, ensure_ascii=False, default=_object_text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             pass
     return _object_text(value)
+
+
+def _safe_str(value: BaseException) -> str:
+    try:
+        return str(value)
+    except Exception:  # a broken or too deep __str__ must not break rendering
+        return f"<{type(value).__name__} message not shown>"
+
+
+def _nesting(value: Any, limit: int) -> int | None:
+    """How many container levels ``value`` has, counted up to ``limit + 1`` (then the walk
+    stops); ``None`` for a cycle (``json`` refuses those; the repr shows them as ``[...]``).
+    Iterative, and each shared container is walked once."""
+    heights: dict[int, int] = {}
+    on_path = {id(value)}
+    stack = [(value, iter(_children(value)))]
+    while stack:
+        current, children = stack[-1]
+        for child in children:
+            if not isinstance(child, _CONTAINERS):
+                continue
+            if id(child) in on_path:
+                return None
+            known = heights.get(id(child))
+            if known is not None:
+                if len(stack) + known > limit:
+                    return limit + 1
+                continue
+            if len(stack) >= limit:
+                return limit + 1
+            on_path.add(id(child))
+            stack.append((child, iter(_children(child))))
+            break
+        else:
+            stack.pop()
+            on_path.discard(id(current))
+            heights[id(current)] = 1 + max(
+                (heights[id(c)] for c in _children(current) if isinstance(c, _CONTAINERS)), default=0
+            )
+    return heights[id(value)]
+
+
+def _children(value: Any) -> Iterable[Any]:
+    return value.values() if isinstance(value, dict) else value
+
+
+def _cut_nesting(value: Any, limit: int) -> Any:
+    """A copy of ``value`` whose containers at level ``limit`` are replaced by a marker."""
+    marker = f"...[cut: nested deeper than {limit} levels]"
+
+    def empty(c: Any) -> Any:
+        return {} if isinstance(c, dict) else []
+
+    root = empty(value)
+    stack = [(value, root, 1)]
+    while stack:
+        src, dst, level = stack.pop()
+        items = src.items() if isinstance(src, dict) else enumerate(src)
+        for key, child in items:
+            if isinstance(child, _CONTAINERS):
+                copy = marker if level >= limit else empty(child)
+                if copy is not marker:
+                    stack.append((child, copy, level + 1))
+            else:
+                copy = child
+            if isinstance(dst, dict):
+                dst[key] = copy
+            else:
+                dst.append(copy)
+    return root
 
 
 def _object_text(value: Any) -> str:
@@ -216,7 +297,7 @@ def _used_values(runs: Sequence[_Run]) -> dict[int, Any]:
     used: dict[int, Any] = {}
     for run in runs:
         for p in run.sub.parameters_reached:
-            if id(p) in run.sub.values and run.sub.values[id(p)] != p.value:
+            if id(p) in run.sub.values and differs(run.sub.values[id(p)], p.value):
                 used.setdefault(id(p), run.sub.values[id(p)])
     return used
 

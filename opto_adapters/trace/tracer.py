@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from .graph import Graph
-from .modules import _by_name, load_parameters, save_parameters
-from .nodes import Parameter
+from .modules import load_parameters, save_parameters
+from .parameters import Parameter, parameters_by_name
 
 __all__ = ["TracedRun", "TracerBase", "select_parameters"]
 
@@ -69,7 +69,7 @@ class TracerBase:
             raise ValueError(f"max_graphs must be a positive int, got {max_graphs!r}")
         self.max_graphs = max_graphs
         self._parameters = list(parameters)
-        _by_name(self._parameters)  # names must be unique: they key suggestions and files
+        parameters_by_name(self._parameters)  # names must be unique: they key suggestions and files
         self._graphs: OrderedDict[str, Graph | Callable[[], Graph | None]] = OrderedDict()
         self._graph_lock = threading.Lock()
         self._build_lock = threading.Lock()
@@ -91,7 +91,7 @@ class TracerBase:
         """Add a parameter of your own (e.g. a retriever's ``k`` bound to the live object)."""
         if not isinstance(parameter, Parameter):
             raise TypeError(f"expected a Parameter, got {type(parameter).__name__}")
-        _by_name([*self._parameters, parameter])
+        parameters_by_name([*self._parameters, parameter])
         self._parameters.append(parameter)
         return parameter
 

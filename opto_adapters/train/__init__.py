@@ -6,9 +6,11 @@
 
 from ..trace import Feedback
 from .apps import AppTracer, PythonApp, as_tracer
+from .config import TrainConfig
 from .errors import AppError, DatasetError, GuideError, RecipeError, StoreError, TrainingError
+from .result import Scores, StepSummary, TrainResult, build_result
 from .store import Store
-from .trainer import Scores, StepSummary, Trainer, TrainResult, build_result, optimize
+from .trainer import Trainer, optimize
 
 __all__ = [
     "AppError",
@@ -22,6 +24,7 @@ __all__ = [
     "StepSummary",
     "Store",
     "StoreError",
+    "TrainConfig",
     "TrainResult",
     "Trainer",
     "TrainingError",

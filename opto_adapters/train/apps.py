@@ -14,6 +14,7 @@ import importlib
 import inspect
 import sys
 import traceback
+import types
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
@@ -23,7 +24,7 @@ from ..trace.bundle import Bundle
 from ..trace.tracer import TracedRun, TracerBase
 from .errors import AppError
 
-__all__ = ["AppTracer", "PythonApp", "as_tracer", "no_parameters_error"]
+__all__ = ["AppTracer", "PythonApp", "adopt_parameters", "as_tracer", "binding_target", "no_parameters_error"]
 
 _APP_OP = Op("app", "The app as a whole (it raised outside any traced operation).")
 
@@ -251,3 +252,77 @@ def no_parameters_error(tracer: Any) -> AppError:
         "optimize(tracer, train, ...). To choose among found parameters, use "
         "OptoTracer(app, include=[...], exclude=[...]) with name patterns such as 'prompt.*'."
     )
+
+
+# -- the same live slot, seen by two tracers ---------------------------------------------------
+
+_PLAIN = (str, bytes, int, float, bool, type(None))
+_DEPTH = 8
+
+
+def binding_target(param: Parameter) -> Any:
+    """A key for where ``param``'s binding reads and writes: equal for two parameters bound to
+    the same slot of the same live objects (two tracers over one app), different otherwise;
+    ``None`` without a binding.
+
+    A binding's functions are compared by their code and what they close over: live objects
+    (prompts, messages, tools, engines) by identity, plain values (attribute names, paths) by
+    value, and the adapters' own helper objects (slots, holders) by their contents, since each
+    tracer makes its own.
+    """
+    binding = getattr(param, "binding", None)
+    if binding is None:
+        return None
+    return (param.kind, _target(binding.get, 0), _target(binding.set, 0))
+
+
+def _target(value: Any, depth: int) -> Any:
+    if depth > _DEPTH:
+        return ("id", id(value))
+    if isinstance(value, _PLAIN):
+        return ("value", type(value).__name__, value)
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_target(v, depth + 1) for v in value))
+    if isinstance(value, frozenset) and all(isinstance(v, _PLAIN) for v in value):
+        return ("frozenset", value)
+    if isinstance(value, types.MethodType):
+        return ("method", value.__func__, _target(value.__self__, depth + 1))
+    if isinstance(value, types.FunctionType):
+        cells = []
+        for cell in value.__closure__ or ():
+            try:
+                cells.append(_target(cell.cell_contents, depth + 1))
+            except ValueError:  # an empty cell
+                cells.append(("empty",))
+        return ("function", value.__code__, tuple(cells))
+    module = type(value).__module__ or ""
+    if module.startswith("opto_adapters.") and hasattr(value, "__dict__"):
+        return (
+            "helper",
+            type(value),
+            tuple((k, _target(v, depth + 1)) for k, v in sorted(vars(value).items())),
+        )
+    return ("id", id(value))
+
+
+def adopt_parameters(wanted: Iterable[Parameter], app: Iterable[Parameter]) -> tuple[list[Parameter], int]:
+    """``wanted`` with each parameter that is not one of ``app``'s, but is bound to the same
+    live slot as exactly one of them, replaced by that one; and how many were replaced."""
+    app = list(app)
+    mine = {id(p) for p in app}
+    by_target: dict[Any, list[Parameter]] = {}
+    for p in app:
+        key = binding_target(p)
+        if key is not None:
+            by_target.setdefault(key, []).append(p)
+    out, adopted = [], 0
+    for p in wanted:
+        if id(p) not in mine:
+            key = binding_target(p)
+            same = by_target.get(key, []) if key is not None else []
+            if len(same) == 1:
+                out.append(same[0])
+                adopted += 1
+                continue
+        out.append(p)
+    return out, adopted

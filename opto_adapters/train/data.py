@@ -55,7 +55,9 @@ def fingerprint(examples: Sequence[Any]) -> str:
     """A short hash of a dataset, to tell on resume whether it changed."""
     digest = hashlib.sha256()
     for example in examples:
-        digest.update(to_json(example).encode())
+        # "surrogatepass": an example holding a lone surrogate (text decoded with
+        # errors="surrogateescape") is hashed, not refused
+        digest.update(to_json(example).encode("utf-8", "surrogatepass"))
         digest.update(b"\n")
     return digest.hexdigest()[:16]
 

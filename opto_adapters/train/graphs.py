@@ -4,21 +4,28 @@
 JSON cannot hold are kept as their readable text. ``graph_from_json`` rebuilds a graph whose
 parameter nodes are the live ``Parameter`` objects of the same name, so feedback on a stored
 run reaches them as if the run had just happened (used when a run is resumed).
+
+``bound_graph_json`` cuts node values (and tracebacks, descriptions) to a character budget with
+the optimizer prompt's explicit marker, so a stored graph stays small whatever the app returned;
+a cut entry records its full length (``"cut"``), and a cut parameter value the hash of the
+whole value, so a rebuilt graph still uses the live parameter's whole value when it is the same.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from ..trace import ExceptionNode, Graph, Node, Op, Parameter
-from ..trace.render import value_text
+from ..trace.render import cut, value_text
 
-__all__ = ["FORMAT_VERSION", "StoredError", "graph_from_json", "graph_to_json"]
+__all__ = ["FORMAT_VERSION", "StoredError", "bound_graph_json", "graph_from_json", "graph_to_json"]
 
 FORMAT_VERSION = 1
 _PLAIN = (str, int, float, bool, type(None))
+_CUT_TEXT = ("traceback", "description", "doc", "constraint")  # texts cut beside the value
 
 
 class StoredError(Exception):
@@ -36,8 +43,51 @@ def _json_value(value: Any) -> tuple[Any, bool]:
     return value, False
 
 
-def graph_to_json(graph: Graph) -> dict[str, Any]:
-    """``{"nodes": [...], "edges": [[src, arg, dst], ...], "output": i}`` for ``graph``."""
+def _value_hash(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=value_text)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def _bound_entry(entry: Mapping[str, Any], budget: int) -> dict[str, Any] | None:
+    """A copy of a node entry cut to ``budget``, or ``None`` when nothing needs cutting."""
+    changed: dict[str, Any] = {}
+    value = entry.get("value")
+    if not isinstance(value, (int, float, bool, type(None))):
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if len(text) > budget:
+            changed["value"] = cut(text, budget)
+            changed["cut"] = len(text)
+            if not isinstance(value, str):
+                changed["value_type"] = entry.get("value_type", type(value).__name__)
+            if entry.get("role") == "parameter":
+                changed["value_hash"] = _value_hash(value)
+    for key in _CUT_TEXT:
+        text = entry.get(key)
+        if isinstance(text, str) and len(text) > budget:
+            changed[key] = cut(text, budget)
+    return {**entry, **changed} if changed else None
+
+
+def bound_graph_json(data: Mapping[str, Any], budget: int | None) -> Mapping[str, Any]:
+    """``data`` (from ``graph_to_json``) with node values longer than ``budget`` characters
+    cut with a marker (JSON values as their JSON text); ``data`` itself is left unchanged.
+    ``None`` keeps everything."""
+    if budget is None:
+        return data
+    nodes = data.get("nodes")
+    if not isinstance(nodes, list):
+        return data
+    bounded, changed = [], False
+    for entry in nodes:
+        new = _bound_entry(entry, budget) if isinstance(entry, Mapping) else None
+        changed = changed or new is not None
+        bounded.append(entry if new is None else new)
+    return {**data, "nodes": bounded} if changed else data
+
+
+def graph_to_json(graph: Graph, *, value_budget: int | None = None) -> dict[str, Any]:
+    """``{"nodes": [...], "edges": [[src, arg, dst], ...], "output": i}`` for ``graph``;
+    with ``value_budget``, node values are cut to it (see ``bound_graph_json``)."""
     nodes = graph.nodes
     names = graph.names()
     index = {id(n): i for i, n in enumerate(nodes)}
@@ -89,7 +139,7 @@ def graph_to_json(graph: Graph) -> dict[str, Any]:
     ]
     if links:
         data["links"] = links  # how inferred edges were found
-    return data
+    return dict(bound_graph_json(data, value_budget))
 
 
 def _frozen_parameter(entry: Mapping[str, Any]) -> Parameter | None:
@@ -127,8 +177,12 @@ def graph_from_json(data: Mapping[str, Any], parameters: Mapping[str, Parameter]
             op = ops.setdefault(key, Op(*key))
         role = entry["role"]
         if role == "parameter" and name in parameters:
-            built.append(parameters[name])
-            used[id(parameters[name])] = entry.get("value")
+            live = parameters[name]
+            built.append(live)
+            if "cut" in entry and entry.get("value_hash") == _value_hash(live.value):
+                used[id(live)] = live.value  # the run used the live value, whole
+            else:
+                used[id(live)] = entry.get("value")
         elif role == "parameter" and (frozen := _frozen_parameter(entry)) is not None:
             built.append(frozen)
         elif role == "error":

@@ -236,9 +236,11 @@ def _check(path: Path, ns: dict[str, Any]) -> None:
         if not isinstance(settings, dict):
             problems.append(f"`SETTINGS` must be a dict of Trainer options, got {type(settings).__name__}")
         else:
+            from .config import TrainConfig
             from .trainer import Trainer
 
-            known = set(inspect.signature(Trainer).parameters) - {"app", "train", "val", "guide"}
+            keywords = set(inspect.signature(Trainer).parameters) - {"app", "train", "val", "guide", "settings"}
+            known = keywords | TrainConfig.names()
             unknown = sorted(set(settings) - known)
             if unknown:
                 problems.append(f"`SETTINGS` has unknown option(s) {unknown}; known: {sorted(known)}")

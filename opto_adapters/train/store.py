@@ -24,6 +24,13 @@ Schema (version 1)::
                 feedback, duration, created_at)      -- UNIQUE (run_id, version_id, split, idx)
     graphs(evaluation_id PRIMARY KEY, data BLOB, dot, text)
 
+What is written is bounded and always encodable: free text (outputs, errors, feedback, the
+optimizer's prompt, reply and reasoning, reasons, messages) and the node values of stored graphs
+are cut to ``value_budget`` characters with an explicit ``...[cut: ...]`` marker (parameter
+versions are state and are kept whole), and a lone surrogate (``"\\udcff"``, which UTF-8 cannot
+hold) is stored as the visible escape ``\\udcff`` in every text column and JSON document, so
+reading it back gives text that can be shown.
+
 A store is safe to share between threads (one connection behind a lock; WAL journal for
 files, so ``opto-adapters runs`` can read while a run writes). A file that is not a store,
 is corrupt, or has a newer schema is refused with a clear error and never modified.
@@ -35,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -45,10 +53,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ..trace.render import cut
 from .data import to_json
 from .errors import StoreError
+from .graphs import bound_graph_json
 
 __all__ = [
+    "DEFAULT_VALUE_BUDGET",
     "SCHEMA_VERSION",
     "Store",
     "StoredCandidate",
@@ -62,6 +73,41 @@ logger = logging.getLogger("opto_adapters.train")
 
 SCHEMA_VERSION = 1
 MEMORY = ":memory:"
+DEFAULT_VALUE_BUDGET = 20_000
+"""Characters kept of one stored text or graph node value (the optimizer prompt shows 1,000)."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _join_pair(match: re.Match[str]) -> str:
+    high, low = (ord(c) for c in match.group())
+    return chr(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00))
+
+
+def encodable(text: str, *, escape: str = "\\") -> str:
+    """``text`` with every lone surrogate written as the visible escape ``\\udcff`` (UTF-8
+    cannot hold a lone surrogate; SQLite would raise ``UnicodeEncodeError``). A high and a low
+    surrogate in a row become the character they encode. ``escape`` is the backslash as it must
+    appear in the result (doubled inside a JSON document, so that it loads as the escape)."""
+    if _SURROGATE.search(text) is None:
+        return text
+    text = _PAIR.sub(_join_pair, text)
+    return _SURROGATE.sub(lambda m: f"{escape}u{ord(m.group()):04x}", text)
+
+
+def _json_text(text: str) -> str:
+    """A JSON document (``ensure_ascii=False``) made encodable: surrogates can only stand
+    inside its strings, where the doubled backslash loads back as the visible escape."""
+    return encodable(text, escape="\\\\")
+
+_MEMORY_TABLE = """
+CREATE TABLE IF NOT EXISTS optimizer_memory (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id),
+    step INTEGER NOT NULL,
+    entries TEXT NOT NULL
+);
+"""
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -156,7 +202,11 @@ CREATE TABLE graphs (
     dot TEXT,
     text TEXT
 );
-"""
+""" + _MEMORY_TABLE
+
+# The optimizer's memory after the last finished step, so a resumed run asks exactly what the
+# uninterrupted one would. Added to schema version 1 without a new version: a store made before
+# gets the table when opened for writing; one without it resumes as before (replaying rejections).
 
 _RUN_FIELDS = frozenset(
     {
@@ -184,6 +234,7 @@ _STEP_FIELDS = frozenset(
     }
 )
 _CANDIDATE_FIELDS = frozenset({"version_id", "score", "status", "reason"})
+_FREE_TEXT = frozenset({"message", "reason"})  # settable columns that are cut to the budget
 
 
 @dataclass(frozen=True)
@@ -281,12 +332,12 @@ class StoredEvaluation:
 
 def values_hash(values: Mapping[str, Any]) -> str:
     """A stable hash of parameter values (the identity of a version)."""
-    return hashlib.sha256(_values_json(values).encode()).hexdigest()[:24]
+    return hashlib.sha256(_values_json(values).encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def _values_json(values: Mapping[str, Any]) -> str:
     try:
-        return json.dumps(dict(values), ensure_ascii=False, sort_keys=True)
+        return _json_text(json.dumps(dict(values), ensure_ascii=False, sort_keys=True))
     except (TypeError, ValueError) as exc:
         raise StoreError(
             f"parameter values must be JSON to be stored ({exc}); the values are "
@@ -299,13 +350,27 @@ class Store:
 
     ``path`` is a file (created if missing) or ``":memory:"``; ``readonly=True`` opens an
     existing store without ever writing to it (what the CLI's inspecting commands do).
+    ``value_budget`` is how many characters of one stored text or graph node value are kept
+    (``None``: everything; pass ``store=Store(path, value_budget=...)`` to the trainer).
     """
 
-    def __init__(self, path: str | os.PathLike[str] = MEMORY, *, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = MEMORY,
+        *,
+        readonly: bool = False,
+        value_budget: int | None = DEFAULT_VALUE_BUDGET,
+    ) -> None:
+        if value_budget is not None and (isinstance(value_budget, bool) or not isinstance(value_budget, int) or value_budget < 1):
+            raise ValueError(
+                f"value_budget must be a positive number of characters or None (keep everything), got {value_budget!r}"
+            )
         self.path = str(path)
         self.readonly = readonly
+        self.value_budget = value_budget
         self._lock = threading.RLock()
         self._conn = self._connect()
+        self._conn.row_factory = sqlite3.Row  # rows are read by column name, never by position
         try:
             self._check_or_create()
         except BaseException:
@@ -338,7 +403,7 @@ class Store:
         where = "the in-memory store" if self.path == MEMORY else self.path
         try:
             tables = {
-                row[0]
+                row["name"]
                 for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }
         except sqlite3.DatabaseError as exc:
@@ -354,16 +419,16 @@ class Store:
                 )
             if self.readonly:
                 raise StoreError(f"{where} is empty: it holds no runs")
-            with self._conn:
-                self._conn.executescript(_SCHEMA)
-                self._conn.executemany(
-                    "INSERT INTO meta(key, value) VALUES (?, ?)",
-                    [("schema_version", str(SCHEMA_VERSION)), ("created_by", "opto_adapters")],
-                )
+            # one transaction (executescript alone commits table by table): a process killed
+            # while it creates the store leaves an empty file, never half a schema
+            self._conn.executescript(
+                f"BEGIN; {_SCHEMA} INSERT INTO meta(key, value) VALUES "
+                f"('schema_version', '{SCHEMA_VERSION}'), ('created_by', 'opto_adapters'); COMMIT;"
+            )
         else:
             row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             try:
-                version = int(row[0]) if row else None
+                version = int(row["value"]) if row else None
             except ValueError:
                 version = None
             if version is None:
@@ -373,6 +438,9 @@ class Store:
                     f"{where} has schema version {version}, written by a newer opto_adapters; "
                     f"this one reads up to version {SCHEMA_VERSION}: upgrade opto_adapters"
                 )
+        if not self.readonly and "optimizer_memory" not in tables and "meta" in tables:
+            with self._conn:
+                self._conn.execute(_MEMORY_TABLE)
         if self.path != MEMORY and not self.readonly:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -392,13 +460,24 @@ class Store:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+    def _cut(self, text: str | None) -> str | None:
+        """Free text as stored: cut to the budget (with a marker); ``None`` stays ``None``."""
+        return None if text is None else cut(str(text), self.value_budget)
+
+    def _json(self, value: Any) -> str:
+        """A JSON document as stored (encodable; see ``encodable``)."""
+        return _json_text(to_json(value))
+
+    def _check_writable(self) -> None:
         if self.readonly:
             raise StoreError(f"{self.path} was opened read-only")
-        with self._lock, self._conn:
-            return self._conn.execute(sql, tuple(params))
 
-    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        self._check_writable()
+        with self._lock, self._conn:
+            return self._conn.execute(sql, _params(params))
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchall()
 
@@ -408,8 +487,9 @@ class Store:
             raise TypeError(f"cannot set {sorted(unknown)} on {table}; settable: {sorted(allowed)}")
         if not fields:
             return
+        values = [self._cut(v) if name in _FREE_TEXT else v for name, v in fields.items()]
         assignments = ", ".join(f"{name} = ?" for name in fields)
-        self._write(f"UPDATE {table} SET {assignments} WHERE {where}", (*fields.values(), *key))
+        self._write(f"UPDATE {table} SET {assignments} WHERE {where}", (*values, *key))
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -418,14 +498,65 @@ class Store:
         now = time.time()
         cursor = self._write(
             "INSERT INTO runs(name, status, config, created_at, updated_at) VALUES (?, 'running', ?, ?, ?)",
-            (name, to_json(dict(config)), now, now),
+            (name, self._json(dict(config)), now, now),
         )
         return int(cursor.lastrowid)
+
+    def open_run(
+        self,
+        config: Mapping[str, Any],
+        examples: Mapping[str, Iterable[Any]],
+        values: Mapping[str, Any],
+        *,
+        name: str = "",
+        run_id: int | None = None,
+    ) -> tuple[int, int]:
+        """Open a run in one transaction: its row, its examples per split and its parameter
+        version 0 (the baseline and current version), or nothing if any part fails or is
+        interrupted. ``run_id`` re-opens a run that never got its version 0 (its examples are
+        replaced). Returns (run id, version id)."""
+        if self.readonly:
+            raise StoreError(f"{self.path} was opened read-only")
+        config_text = self._json(dict(config))
+        rows = [(split, i, self._json(ex)) for split, exs in examples.items() for i, ex in enumerate(exs)]
+        text, digest = _values_json(values), values_hash(values)
+        now = time.time()
+        with self._lock, self._conn:
+            conn = self._conn
+            if run_id is None:
+                cursor = conn.execute(
+                    "INSERT INTO runs(name, status, config, created_at, updated_at) VALUES (?, 'running', ?, ?, ?)",
+                    _params((name, config_text, now, now)),
+                )
+                run_id = int(cursor.lastrowid)
+            else:
+                conn.execute("DELETE FROM examples WHERE run_id = ?", (run_id,))
+                conn.execute(
+                    "UPDATE runs SET status = 'running', message = NULL, config = ?, updated_at = ? WHERE id = ?",
+                    (config_text, now, run_id),
+                )
+            conn.executemany(
+                "INSERT INTO examples(run_id, split, idx, example) VALUES (?, ?, ?, ?)",
+                [(run_id, *row) for row in rows],
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO versions(run_id, hash, parent_id, step, values_json, created_at) "
+                "VALUES (?, ?, NULL, NULL, ?, ?)",
+                (run_id, digest, text, now),
+            )
+            version_id = int(
+                conn.execute("SELECT id FROM versions WHERE run_id = ? AND hash = ?", (run_id, digest)).fetchone()[0]
+            )
+            conn.execute(
+                "UPDATE runs SET baseline_version_id = ?, current_version_id = ? WHERE id = ?",
+                (version_id, version_id, run_id),
+            )
+        return run_id, version_id
 
     def update_run(self, run_id: int, **fields: Any) -> None:
         """Set run columns (``status``, ``message``, ``best_score``, the version ids...)."""
         if "config" in fields:
-            fields["config"] = to_json(fields["config"])
+            fields["config"] = self._json(fields["config"])
         self._update("runs", _RUN_FIELDS, "id = ?", (run_id,), {**fields, "updated_at": time.time()})
 
     def run(self, run_id: int | None = None) -> StoredRun:
@@ -452,9 +583,8 @@ class Store:
     # -- examples ----------------------------------------------------------------------------
 
     def add_examples(self, run_id: int, split: str, examples: Iterable[Any]) -> None:
-        rows = [(run_id, split, i, to_json(ex)) for i, ex in enumerate(examples)]
-        if self.readonly:
-            raise StoreError(f"{self.path} was opened read-only")
+        rows = [(run_id, split, i, self._json(ex)) for i, ex in enumerate(examples)]
+        self._check_writable()
         with self._lock, self._conn:
             self._conn.executemany(
                 "INSERT OR REPLACE INTO examples(run_id, split, idx, example) VALUES (?, ?, ?, ?)",
@@ -466,7 +596,7 @@ class Store:
         rows = self._rows(
             "SELECT example FROM examples WHERE run_id = ? AND split = ? ORDER BY idx", (run_id, split)
         )
-        return [json.loads(r[0]) for r in rows]
+        return [json.loads(r["example"]) for r in rows]
 
     # -- versions ----------------------------------------------------------------------------
 
@@ -484,7 +614,7 @@ class Store:
         with self._lock:
             rows = self._rows("SELECT id FROM versions WHERE run_id = ? AND hash = ?", (run_id, digest))
             if rows:
-                return int(rows[0][0])
+                return int(rows[0]["id"])
             cursor = self._write(
                 "INSERT INTO versions(run_id, hash, parent_id, step, values_json, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (run_id, digest, parent_id, step, text, time.time()),
@@ -499,7 +629,7 @@ class Store:
         rows = self._rows("SELECT values_json FROM versions WHERE id = ?", (version_id,))
         if not rows:
             raise StoreError(f"{self.path} has no parameter version {version_id}")
-        return json.loads(rows[0][0])
+        return json.loads(rows[0]["values_json"])
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -515,6 +645,35 @@ class Store:
 
     def update_step(self, run_id: int, step: int, **fields: Any) -> None:
         self._update("steps", _STEP_FIELDS, "run_id = ? AND step = ?", (run_id, step), fields)
+
+    def finish_step(self, run_id: int, step: int, *, memory: list[Any] | None = None, **fields: Any) -> None:
+        """Record a step's decision and, in the same transaction, the optimizer's memory
+        after it (``memory``: JSON-able entries), so a resume never sees one without the other."""
+        self._check_writable()
+        unknown = set(fields) - _STEP_FIELDS
+        if unknown:
+            raise TypeError(f"cannot set {sorted(unknown)} on steps; settable: {sorted(_STEP_FIELDS)}")
+        values = [self._cut(v) if name in _FREE_TEXT else v for name, v in fields.items()]
+        sets = ", ".join(f"{name} = ?" for name in fields)
+        with self._lock, self._conn:
+            if fields:
+                self._conn.execute(
+                    f"UPDATE steps SET {sets} WHERE run_id = ? AND step = ?",
+                    _params([*values, run_id, step]),
+                )
+            if memory is not None:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO optimizer_memory(run_id, step, entries) VALUES (?, ?, ?)",
+                    _params([run_id, step, self._json(memory)]),
+                )
+
+    def optimizer_memory(self, run_id: int) -> list[Any] | None:
+        """The optimizer's memory after the run's last finished step, if it was stored."""
+        try:
+            rows = self._rows("SELECT entries FROM optimizer_memory WHERE run_id = ?", (run_id,))
+        except sqlite3.OperationalError:  # an older store opened read-only: no such table
+            return None
+        return json.loads(rows[0]["entries"]) if rows else None
 
     def steps(self, run_id: int) -> list[StoredStep]:
         return [_step(r) for r in self._rows("SELECT * FROM steps WHERE run_id = ? ORDER BY step", (run_id,))]
@@ -541,30 +700,51 @@ class Store:
         completion_tokens: int = 0,
         status: str = "pending",
         reason: str | None = None,
+        memory: list[Any] | None = None,
     ) -> int:
-        """Record a proposal; returns the candidate id."""
-        cursor = self._write(
+        """Record a proposal; returns the candidate id. ``memory``: the optimizer's memory
+        after it, kept in the same transaction (a resumed step that reuses this proposal
+        starts from the memory the proposal left)."""
+        self._check_writable()
+        with self._lock, self._conn:
+            cursor = self._add_candidate(
+                run_id, step, k, values, invalid, reasoning, prompt, reply, error,
+                prompt_tokens, completion_tokens, status, reason,
+            )
+            if memory is not None:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO optimizer_memory(run_id, step, entries) VALUES (?, ?, ?)",
+                    _params([run_id, step, self._json(memory)]),
+                )
+        return int(cursor.lastrowid)
+
+    def _add_candidate(
+        self, run_id: int, step: int, k: int, values: Mapping[str, Any],
+        invalid: Mapping[str, str] | None, reasoning: str, prompt: str, reply: str,
+        error: str | None, prompt_tokens: int, completion_tokens: int, status: str,
+        reason: str | None,
+    ) -> sqlite3.Cursor:
+        return self._conn.execute(
             "INSERT OR REPLACE INTO candidates(run_id, step, k, values_json, invalid_json, reasoning, prompt, "
             "reply, error, prompt_tokens, completion_tokens, status, reason, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
+            _params((
                 run_id,
                 step,
                 k,
                 _values_json(values),
-                json.dumps(dict(invalid or {}), ensure_ascii=False),
-                reasoning,
-                prompt,
-                reply,
-                error,
+                _json_text(json.dumps({str(k): self._cut(v) for k, v in (invalid or {}).items()}, ensure_ascii=False)),
+                self._cut(reasoning),
+                self._cut(prompt),
+                self._cut(reply),
+                self._cut(error),
                 prompt_tokens,
                 completion_tokens,
                 status,
-                reason,
+                self._cut(reason),
                 time.time(),
-            ),
+            )),
         )
-        return int(cursor.lastrowid)
 
     def update_candidate(self, candidate_id: int, **fields: Any) -> None:
         self._update("candidates", _CANDIDATE_FIELDS, "id = ?", (candidate_id,), fields)
@@ -612,10 +792,14 @@ class Store:
         dot: str | None = None,
         text: str | None = None,
     ) -> int:
-        """Record (or replace) the evaluation of one example under one version."""
-        blob = zlib.compress(json.dumps(graph, ensure_ascii=False).encode(), 6) if graph else None
-        if self.readonly:
-            raise StoreError(f"{self.path} was opened read-only")
+        """Record (or replace) the evaluation of one example under one version (texts and graph
+        node values cut to the store's ``value_budget``)."""
+        blob = None
+        if graph:
+            bounded = bound_graph_json(graph, self.value_budget)
+            blob = zlib.compress(_json_text(json.dumps(bounded, ensure_ascii=False)).encode(), 6)
+        output, error, feedback, text = (self._cut(t) for t in (output, error, feedback, text))
+        self._check_writable()
         with self._lock, self._conn:
             (eid,) = self._conn.execute(
                 "INSERT INTO evaluations(run_id, version_id, split, idx, phase, step, output, error, score, "
@@ -624,12 +808,12 @@ class Store:
                 "step=excluded.step, output=excluded.output, error=excluded.error, score=excluded.score, "
                 "feedback=excluded.feedback, duration=excluded.duration, created_at=excluded.created_at "
                 "RETURNING id",
-                (run_id, version_id, split, index, phase, step, output, error, score, feedback, duration, time.time()),
+                _params((run_id, version_id, split, index, phase, step, output, error, score, feedback or "", duration, time.time())),
             ).fetchone()
             if blob is not None:
                 self._conn.execute(
                     "INSERT OR REPLACE INTO graphs(evaluation_id, data, dot, text) VALUES (?, ?, ?, ?)",
-                    (eid, blob, dot, text),
+                    _params((eid, blob, dot, text)),
                 )
             else:
                 self._conn.execute("DELETE FROM graphs WHERE evaluation_id = ?", (eid,))
@@ -657,7 +841,7 @@ class Store:
             params.extend(sorted(wanted))
             wanted = None
         rows = self._rows(sql + " ORDER BY split, idx", params)
-        return [_evaluation(r) for r in rows if wanted is None or r[4] in wanted]
+        return [_evaluation(r) for r in rows if wanted is None or r["idx"] in wanted]
 
     def mean_score(self, run_id: int, version_id: int, split: str) -> tuple[float | None, int]:
         """(mean score, number of evaluations) of a version on a split."""
@@ -670,12 +854,12 @@ class Store:
     def graph(self, evaluation_id: int) -> dict[str, Any] | None:
         """The stored graph (nodes and edges) of an evaluation, or ``None``."""
         rows = self._rows("SELECT data FROM graphs WHERE evaluation_id = ?", (evaluation_id,))
-        return json.loads(zlib.decompress(rows[0][0])) if rows else None
+        return json.loads(zlib.decompress(rows[0]["data"])) if rows else None
 
     def graph_views(self, evaluation_id: int) -> tuple[str | None, str | None]:
         """(DOT, text) stored for a sampled evaluation (``None`` when not sampled)."""
         rows = self._rows("SELECT dot, text FROM graphs WHERE evaluation_id = ?", (evaluation_id,))
-        return (rows[0][0], rows[0][1]) if rows else (None, None)
+        return (rows[0]["dot"], rows[0]["text"]) if rows else (None, None)
 
     def sampled_evaluations(self, run_id: int, step: int | None = None) -> list[StoredEvaluation]:
         """Evaluations whose DOT and text views were stored, newest first."""
@@ -689,22 +873,117 @@ class Store:
             params.append(step)
         return [_evaluation(r) for r in self._rows(sql + " ORDER BY e.id DESC", params)]
 
+    # -- checking ----------------------------------------------------------------------------
 
-def _run(r: tuple[Any, ...]) -> StoredRun:
-    return StoredRun(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7], r[8], r[9], r[10])
+    def check(self) -> list[str]:
+        """What is wrong with the store, or ``[]``: SQLite's integrity check, then the store's own
+        invariants (every id points into the same run, versions match their hash, graphs load,
+        an accepted step names its accepted candidate, a finished run has no unfinished step)."""
+        problems = [
+            f"integrity: {r[0]}" for r in self._rows("PRAGMA integrity_check") if r[0] != "ok"
+        ]
+        if problems:
+            return problems
+        versions = {r["id"]: r for r in self._rows("SELECT * FROM versions")}
+        for v in versions.values():
+            try:
+                values = json.loads(v["values_json"])
+            except ValueError:
+                problems.append(f"version {v['id']}: its values are not JSON")
+                continue
+            if values_hash(values) != v["hash"]:
+                problems.append(f"version {v['id']}: its values do not match its hash")
+            if v["parent_id"] is not None and v["parent_id"] not in versions:
+                problems.append(f"version {v['id']}: parent {v['parent_id']} does not exist")
+
+        def own(run_id: int, version_id: int | None, what: str) -> None:
+            if version_id is not None and (version_id not in versions or versions[version_id]["run_id"] != run_id):
+                problems.append(f"run {run_id}: {what} is version {version_id}, not one of the run's")
+
+        for run in self._rows("SELECT * FROM runs"):
+            for column in ("baseline_version_id", "current_version_id", "best_version_id"):
+                own(run["id"], run[column], column)
+        unfinished_ok = {"running", "interrupted", "failed", "time_limit", "budget_exhausted"}
+        for step in self._rows("SELECT s.*, r.status AS run_status FROM steps s JOIN runs r ON r.id = s.run_id"):
+            where = f"step {step['step']} of run {step['run_id']}"
+            own(step["run_id"], step["version_id"], f"{where}'s version")
+            own(step["run_id"], step["result_version_id"], f"{where}'s result")
+            if step["status"] == "started" and step["run_status"] not in unfinished_ok:
+                problems.append(f"{where} never finished, yet the run is {step['run_status']}")
+            if step["status"] == "accepted":
+                accepted = self._rows(
+                    "SELECT status, version_id FROM candidates WHERE id = ? AND run_id = ? AND step = ?",
+                    (step["accepted_candidate_id"], step["run_id"], step["step"]),
+                )
+                if not accepted or accepted[0]["status"] != "accepted":
+                    problems.append(f"{where} is accepted but names no accepted candidate of it")
+                elif accepted[0]["version_id"] != step["result_version_id"]:
+                    problems.append(f"{where}: its result is not the accepted candidate's version")
+        for c in self._rows("SELECT id, run_id, version_id, values_json, invalid_json FROM candidates"):
+            own(c["run_id"], c["version_id"], f"candidate {c['id']}'s version")
+            for column in ("values_json", "invalid_json"):
+                try:
+                    json.loads(c[column])
+                except ValueError:
+                    problems.append(f"candidate {c['id']}: {column} is not JSON")
+        for e in self._rows("SELECT id, run_id, version_id FROM evaluations"):
+            own(e["run_id"], e["version_id"], f"evaluation {e['id']}'s version")
+        orphans = self._rows("SELECT evaluation_id FROM graphs WHERE evaluation_id NOT IN (SELECT id FROM evaluations)")
+        problems.extend(f"graph of evaluation {r['evaluation_id']}: no such evaluation" for r in orphans)
+        for g in self._rows("SELECT evaluation_id, data FROM graphs"):
+            try:
+                json.loads(zlib.decompress(g["data"]))
+            except (zlib.error, ValueError):
+                problems.append(f"graph of evaluation {g['evaluation_id']} does not load")
+        return problems
 
 
-def _version(r: tuple[Any, ...]) -> StoredVersion:
-    return StoredVersion(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
+def _params(params: Iterable[Any]) -> tuple[Any, ...]:
+    """SQL parameters with every text made encodable (the last guard: JSON columns are made
+    encodable before, with the escape JSON needs)."""
+    return tuple(encodable(p) if isinstance(p, str) else p for p in params)
 
 
-def _step(r: tuple[Any, ...]) -> StoredStep:
-    return StoredStep(r[0], r[1], r[2], r[3], json.loads(r[4]), *r[5:])
+def _run(r: sqlite3.Row) -> StoredRun:
+    return StoredRun(
+        id=r["id"], name=r["name"], status=r["status"], message=r["message"],
+        config=json.loads(r["config"]), created_at=r["created_at"], updated_at=r["updated_at"],
+        baseline_version_id=r["baseline_version_id"], current_version_id=r["current_version_id"],
+        best_version_id=r["best_version_id"], best_score=r["best_score"],
+    )
 
 
-def _candidate(r: tuple[Any, ...]) -> StoredCandidate:
-    return StoredCandidate(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), *r[6:])
+def _version(r: sqlite3.Row) -> StoredVersion:
+    return StoredVersion(
+        id=r["id"], run_id=r["run_id"], hash=r["hash"], parent_id=r["parent_id"], step=r["step"],
+        values=json.loads(r["values_json"]), created_at=r["created_at"],
+    )
 
 
-def _evaluation(r: tuple[Any, ...]) -> StoredEvaluation:
-    return StoredEvaluation(*r)
+def _step(r: sqlite3.Row) -> StoredStep:
+    return StoredStep(
+        run_id=r["run_id"], step=r["step"], epoch=r["epoch"], batch=r["batch"],
+        indices=json.loads(r["indices"]), version_id=r["version_id"], status=r["status"],
+        train_score=r["train_score"], gate_score=r["gate_score"], val_score=r["val_score"],
+        accepted_candidate_id=r["accepted_candidate_id"], result_version_id=r["result_version_id"],
+        reason=r["reason"], started_at=r["started_at"], finished_at=r["finished_at"],
+    )
+
+
+def _candidate(r: sqlite3.Row) -> StoredCandidate:
+    return StoredCandidate(
+        id=r["id"], run_id=r["run_id"], step=r["step"], k=r["k"],
+        values=json.loads(r["values_json"]), invalid=json.loads(r["invalid_json"]),
+        reasoning=r["reasoning"], prompt=r["prompt"], reply=r["reply"], error=r["error"],
+        prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
+        version_id=r["version_id"], score=r["score"], status=r["status"], reason=r["reason"],
+        created_at=r["created_at"],
+    )
+
+
+def _evaluation(r: sqlite3.Row) -> StoredEvaluation:
+    return StoredEvaluation(
+        id=r["id"], run_id=r["run_id"], version_id=r["version_id"], split=r["split"],
+        index=r["idx"], phase=r["phase"], step=r["step"], output=r["output"], error=r["error"],
+        score=r["score"], feedback=r["feedback"], duration=r["duration"], created_at=r["created_at"],
+    )

@@ -1,7 +1,7 @@
 """``LLM``: a thin, thread-safe chat client for any OpenAI-compatible endpoint.
 
 Works with OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp server and friends.
-Configuration comes from the constructor or the environment:
+Configuration comes from the constructor or the environment (see :mod:`.endpoint`):
 
 * ``OPENAI_API_KEY`` - API key (optional for servers on localhost/private hosts),
 * ``OPENAI_BASE_URL`` - endpoint, e.g. ``http://localhost:11434/v1`` for Ollama,
@@ -16,7 +16,6 @@ plain text) and parses the reply leniently.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -26,33 +25,19 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Literal
 
-import openai
+from .budget import Budget, Usage
+from .endpoint import DEFAULT_MODEL, MODEL_ENV, make_openai_client
+from .errors import AuthenticationError, LLMError, LLMRequestError, LLMResponseError
+from .json_repair import extract_json
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "LLM",
-    "AuthenticationError",
-    "Budget",
-    "BudgetExceeded",
-    "JSONMode",
-    "JSONResult",
-    "LLMError",
-    "LLMRequestError",
-    "LLMResponseError",
-    "Usage",
-    "extract_json",
-]
+if TYPE_CHECKING:
+    import openai
+
+__all__ = ["LLM", "JSONMode", "JSONResult", "Messages"]
 
 logger = logging.getLogger("opto_adapters.llm")
-
-DEFAULT_MODEL = "gpt-4o-mini"
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_AZURE_API_VERSION = "2024-10-21"
-LOCAL_PLACEHOLDER_API_KEY = "sk-no-key-required"
-MODEL_ENV = "OPTO_MODEL"
 
 JSONMode = Literal["json_schema", "json_object", "text"]
 Messages = str | Sequence[Mapping[str, Any]]
@@ -67,194 +52,6 @@ _FORMAT_HINTS = (
     "guided",
     "grammar",
 )
-
-
-# --------------------------------------------------------------------------- errors
-class LLMError(Exception):
-    """Base class of all errors raised by :class:`LLM`."""
-
-
-class AuthenticationError(LLMError):
-    """The endpoint rejected the credentials (HTTP 401/403) or no API key was configured."""
-
-
-class BudgetExceeded(LLMError):
-    """The :class:`Budget` is spent; no request was sent."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        calls_used: int,
-        tokens_used: int,
-        max_calls: int | None,
-        max_tokens: int | None,
-    ) -> None:
-        super().__init__(message)
-        self.calls_used = calls_used
-        self.tokens_used = tokens_used
-        self.max_calls = max_calls
-        self.max_tokens = max_tokens
-
-
-class LLMRequestError(LLMError):
-    """A request failed: a non-retryable HTTP error, or retries were exhausted."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status_code: int | None = None,
-        attempts: int = 1,
-        body: Any = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.attempts = attempts
-        self.body = body
-
-
-class LLMResponseError(LLMError):
-    """The model answered, but not with what was asked (e.g. no JSON object found).
-
-    ``raw_text`` holds the full reply so callers can record or display it.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        raw_text: str = "",
-        finish_reason: str | None = None,
-        mode: str | None = None,
-    ) -> None:
-        preview = raw_text if len(raw_text) <= 300 else raw_text[:300] + "…"
-        super().__init__(f"{message}; raw reply: {preview!r}")
-        self.reason = message
-        self.raw_text = raw_text
-        self.finish_reason = finish_reason
-        self.mode = mode
-
-
-# --------------------------------------------------------------------------- usage & budget
-@dataclass(frozen=True)
-class Usage:
-    """Token and call counters.
-
-    ``calls`` counts successful completions; ``requests`` counts every HTTP
-    attempt (including retries and rejected response formats); ``retries``
-    counts re-sent requests after transient failures.
-    """
-
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    requests: int = 0
-    retries: int = 0
-
-
-class Budget:
-    """Spending limit shared by every :class:`LLM` it is given to (thread-safe).
-
-    A call is refused (``BudgetExceeded``, no request sent) once ``max_calls``
-    successful calls are used or in flight, or ``max_tokens`` tokens are spent.
-    The call that crosses ``max_tokens`` completes; the next one is refused.
-    ``None`` means unlimited.
-    """
-
-    def __init__(self, max_calls: int | None = None, max_tokens: int | None = None) -> None:
-        for name, value in (("max_calls", max_calls), ("max_tokens", max_tokens)):
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0 or None, got {value}")
-        self.max_calls = max_calls
-        self.max_tokens = max_tokens
-        self._lock = threading.Lock()
-        self._calls = 0
-        self._tokens = 0
-        self._in_flight = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"Budget(max_calls={self.max_calls}, max_tokens={self.max_tokens}; "
-            f"used calls={self.calls_used}, tokens={self.tokens_used})"
-        )
-
-    @property
-    def calls_used(self) -> int:
-        """Successful calls charged to this budget."""
-        with self._lock:
-            return self._calls
-
-    @property
-    def tokens_used(self) -> int:
-        """Total tokens charged to this budget."""
-        with self._lock:
-            return self._tokens
-
-    @property
-    def remaining_calls(self) -> int | None:
-        """Calls left (``None`` when unlimited)."""
-        with self._lock:
-            if self.max_calls is None:
-                return None
-            return max(0, self.max_calls - self._calls - self._in_flight)
-
-    @property
-    def remaining_tokens(self) -> int | None:
-        """Tokens left (``None`` when unlimited)."""
-        with self._lock:
-            return None if self.max_tokens is None else max(0, self.max_tokens - self._tokens)
-
-    @property
-    def exhausted(self) -> bool:
-        """True when the next call would be refused."""
-        with self._lock:
-            return self._exceeded_locked() is not None
-
-    def check(self) -> None:
-        """Raise :class:`BudgetExceeded` if the next call would be refused."""
-        with self._lock:
-            self._raise_if_exceeded_locked()
-
-    def _exceeded_locked(self) -> str | None:
-        if self.max_tokens is not None and self._tokens >= self.max_tokens:
-            return (
-                f"LLM token budget spent: {self._tokens} tokens used of max_tokens="
-                f"{self.max_tokens} ({self._calls} calls). Raise it with "
-                "Budget(max_tokens=...) or pass budget=None for no limit."
-            )
-        if self.max_calls is not None and self._calls + self._in_flight >= self.max_calls:
-            in_flight = f" (+{self._in_flight} in flight)" if self._in_flight else ""
-            return (
-                f"LLM call budget spent: {self._calls} calls used{in_flight} of max_calls="
-                f"{self.max_calls} ({self._tokens} tokens). Raise it with "
-                "Budget(max_calls=...) or pass budget=None for no limit."
-            )
-        return None
-
-    def _raise_if_exceeded_locked(self) -> None:
-        reason = self._exceeded_locked()
-        if reason is not None:
-            raise BudgetExceeded(
-                reason,
-                calls_used=self._calls,
-                tokens_used=self._tokens,
-                max_calls=self.max_calls,
-                max_tokens=self.max_tokens,
-            )
-
-    def _reserve(self) -> None:
-        with self._lock:
-            self._raise_if_exceeded_locked()
-            self._in_flight += 1
-
-    def _settle(self, *, succeeded: bool, tokens: int) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            if succeeded:
-                self._calls += 1
-                self._tokens += tokens
 
 
 # --------------------------------------------------------------------------- results
@@ -279,120 +76,7 @@ class _Completion:
     usage: Usage
 
 
-# --------------------------------------------------------------------------- JSON parsing
-_THINK_RE = re.compile(r"<think>.*?</think>", re.S | re.I)
-_FENCE_RE = re.compile(r"```[ \t]*[A-Za-z0-9_+-]*[ \t]*\r?\n?(.*?)```", re.S)
-_MAX_OBJECT_STARTS = 64
-
-
-def _strip_trailing_commas(text: str) -> str:
-    """Remove commas directly before ``}``/``]`` (outside string literals)."""
-    out: list[str] = []
-    in_string = escaped = False
-    n = len(text)
-    for i, ch in enumerate(text):
-        if in_string:
-            out.append(ch)
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-            continue
-        if ch == '"':
-            in_string = True
-        elif ch == ",":
-            j = i + 1
-            while j < n and text[j].isspace():
-                j += 1
-            if j < n and text[j] in "}]":
-                continue
-        out.append(ch)
-    return "".join(out)
-
-
-def _loads_object(text: str) -> dict[str, Any] | None:
-    text = text.strip()
-    if not text.startswith("{"):
-        return None
-    for variant in (text, _strip_trailing_commas(text)):
-        try:
-            value = json.loads(variant)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
-
-
-def _balanced_objects(text: str) -> Iterator[str]:
-    """Yield ``{...}`` segments with balanced braces (string-aware), left to right."""
-    start = text.find("{")
-    tried = 0
-    while start != -1 and tried < _MAX_OBJECT_STARTS:
-        tried += 1
-        depth = 0
-        in_string = escaped = False
-        for i in range(start, len(text)):
-            ch = text[i]
-            if in_string:
-                if escaped:
-                    escaped = False
-                elif ch == "\\":
-                    escaped = True
-                elif ch == '"':
-                    in_string = False
-            elif ch == '"':
-                in_string = True
-            elif ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    yield text[start : i + 1]
-                    break
-        start = text.find("{", start + 1)
-
-
-def extract_json(text: str | None) -> dict[str, Any]:
-    """Parse the first JSON object in a model reply, leniently.
-
-    Accepts bare JSON, JSON in a Markdown code fence, JSON surrounded by prose,
-    ``<think>…</think>`` preambles and trailing commas.  Raises
-    :class:`LLMResponseError` (carrying the raw text) when no object is found.
-    """
-    raw = text or ""
-    if not raw.strip():
-        raise LLMResponseError("empty reply where a JSON object was expected", raw_text=raw)
-    cleaned = _THINK_RE.sub("", raw).strip()
-    candidates = [cleaned, *(m.group(1) for m in _FENCE_RE.finditer(cleaned))]
-    for candidate in candidates:
-        obj = _loads_object(candidate)
-        if obj is not None:
-            return obj
-    for segment in _balanced_objects(cleaned):
-        obj = _loads_object(segment)
-        if obj is not None:
-            return obj
-    raise LLMResponseError("no JSON object found in the reply", raw_text=raw)
-
-
 # --------------------------------------------------------------------------- helpers
-def _is_local_url(url: str) -> bool:
-    """True for loopback, private-network and single-label hosts (local model servers)."""
-    host = (urlsplit(url).hostname or "").lower()
-    if not host:
-        return False
-    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return "." not in host  # e.g. a docker-compose service name such as "vllm"
-    return ip.is_loopback or ip.is_private or ip.is_unspecified or ip.is_link_local
-
-
 def _error_message(exc: openai.APIStatusError) -> str:
     body = exc.body
     if isinstance(body, Mapping):
@@ -517,9 +201,15 @@ class LLM:
         self.budget = budget
         self.backoff_base = backoff_base
         self.max_backoff = max_backoff
-        self._client = self._make_client(
-            client, base_url, api_key, timeout, azure_endpoint, api_version
-        )
+        if client is not None:
+            # A copy with retries off; it shares the caller's connections, which stay theirs.
+            self._client = client.with_options(max_retries=0)
+            self._owns_client = False
+        else:
+            self._client = make_openai_client(
+                base_url, api_key, timeout, azure_endpoint, api_version
+            )
+            self._owns_client = True
         self.base_url = str(self._client.base_url)
         self._lock = threading.Lock()
         self._calls = self._prompt_tokens = self._completion_tokens = 0
@@ -527,53 +217,6 @@ class LLM:
         self._unsupported_modes: set[str] = set()
         self._json_mode: JSONMode | None = None
         self._closed = False
-
-    # ------------------------------------------------------------------ construction
-    @staticmethod
-    def _make_client(
-        client: openai.OpenAI | None,
-        base_url: str | None,
-        api_key: str | None,
-        timeout: float,
-        azure_endpoint: str | None,
-        api_version: str | None,
-    ) -> openai.OpenAI:
-        if client is not None:
-            return client.with_options(max_retries=0)
-        if azure_endpoint:
-            key = (
-                api_key
-                or os.environ.get("AZURE_OPENAI_API_KEY")
-                or os.environ.get("OPENAI_API_KEY")
-            )
-            if not key:
-                if not _is_local_url(azure_endpoint):
-                    raise AuthenticationError(
-                        f"No API key for Azure OpenAI endpoint {azure_endpoint}: pass api_key=... "
-                        "or set AZURE_OPENAI_API_KEY (or OPENAI_API_KEY)."
-                    )
-                key = LOCAL_PLACEHOLDER_API_KEY
-            return openai.AzureOpenAI(
-                azure_endpoint=azure_endpoint,
-                api_version=api_version
-                or os.environ.get("OPENAI_API_VERSION")
-                or DEFAULT_AZURE_API_VERSION,
-                api_key=key,
-                timeout=timeout,
-                max_retries=0,
-            )
-        url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        if not key:
-            if not _is_local_url(url):
-                raise AuthenticationError(
-                    f"No API key for {url}: set OPENAI_API_KEY (or pass api_key=...). For a local "
-                    "OpenAI-compatible server (vLLM, Ollama, llama.cpp) set OPENAI_BASE_URL to its "
-                    "/v1 URL and OPTO_MODEL to the served model name instead."
-                )
-            logger.debug("no API key set; using a placeholder key for local server %s", url)
-            key = LOCAL_PLACEHOLDER_API_KEY
-        return openai.OpenAI(base_url=url, api_key=key, timeout=timeout, max_retries=0)
 
     def __repr__(self) -> str:
         return f"LLM(model={self.model!r}, base_url={self.base_url!r})"
@@ -593,9 +236,14 @@ class LLM:
             )
 
     def close(self) -> None:
-        """Close the HTTP connections of the underlying client (also at ``with`` exit)."""
+        """Stop this LLM (also at ``with`` exit): it refuses requests from then on.
+
+        The HTTP connections are closed only when this LLM made its client; a client passed
+        as ``client=...`` stays open for its owner.
+        """
         self._closed = True
-        self._client.close()
+        if self._owns_client:
+            self._client.close()
 
     def __enter__(self) -> LLM:
         return self
@@ -720,7 +368,9 @@ class LLM:
     # ------------------------------------------------------------------ internals
     def _chat(self, messages: list[dict[str, Any]], params: Mapping[str, Any]) -> _Completion:
         if self._closed:
-            raise LLMError(f"this LLM ({self.base_url}) was closed; create a new LLM to send requests")
+            raise LLMError(
+                f"this LLM ({self.base_url}) was closed; create a new LLM to send requests"
+            )
         kwargs: dict[str, Any] = {"model": self.model, "messages": messages}
         if self.temperature is not None:
             kwargs["temperature"] = self.temperature
@@ -792,6 +442,8 @@ class LLM:
 
     def _create_with_retries(self, kwargs: dict[str, Any]) -> tuple[Any, int]:
         """Send the request, retrying transient failures; returns (response, attempts)."""
+        import openai  # already imported when the client was made
+
         attempts = self.max_retries + 1
         for attempt in range(1, attempts + 1):
             with self._lock:

@@ -1,0 +1,192 @@
+"""``from_traces``: runs recorded elsewhere (LangSmith, OpenInference, Phoenix) as OPTO graphs
+over the live app's parameters, with the feedback users left on them.
+
+The format is detected from the first record; each trace is read, matched to the app's
+parameters (``runs.attach``) and built into a graph by the one builder, so an optimizer
+step on an imported run changes the live app, exactly as on a run traced here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any
+
+from . import runs
+from .runs.attach import Attacher, Evidence, ImportReport
+from .runs.feedback import FeedbackRecord, combine, normal_id, read_feedback
+from .runs.records import TraceFormatError, read_records
+from .trace import Feedback, Parameter
+from .trace.tracer import TracedRun
+
+__all__ = ["ImportMismatchError", "ImportedRun", "ImportedRuns", "from_traces"]
+
+logger = logging.getLogger("opto_adapters.traces")
+
+FORMATS = ("langsmith", "otlp", "phoenix")
+
+
+class ImportMismatchError(ValueError):
+    """The imported runs used none of the app's parameters (runs of another app?)."""
+
+
+@dataclass
+class ImportedRun(TracedRun):
+    """One imported run: its graph (over the live parameters) and the feedback left on it."""
+
+    feedback: Feedback | None = None
+    trace_id: str = ""
+    source: str = ""
+
+
+class ImportedRuns(list):
+    """The imported runs, in file order, with ``report`` (what matched and why) and the live
+    ``parameters`` their graphs use (give these to the optimizer)."""
+
+    def __init__(self, items: Iterable[ImportedRun], report: ImportReport, parameters: list[Parameter]) -> None:
+        super().__init__(items)
+        self.report = report
+        self.parameters = parameters
+
+    @property
+    def with_feedback(self) -> list[ImportedRun]:
+        return [r for r in self if r.feedback is not None]
+
+
+def from_traces(
+    app: Any,
+    traces: Any,
+    feedback: Any = None,
+    *,
+    format: str | None = None,
+    window: int = 1000,
+) -> ImportedRuns:
+    """Import recorded runs of ``app`` (an app or its tracer) from ``traces``.
+
+    ``traces``: a path, an open file, or an iterable of records (or a list of paths): LangSmith
+    runs, OTLP JSON lines or Phoenix spans (``format`` to skip detection). ``feedback``: the
+    same kinds of source holding LangSmith feedback, span annotations or a
+    ``trace_id|span_id|run_id, score, comment`` table. Returns the runs with ``.graph`` and
+    ``.feedback``, ready for ``optimizer.backward(run.graph, run.feedback)``. Raises
+    ``ImportMismatchError`` when no run used any of the app's parameters.
+    """
+    from .train.apps import as_tracer
+
+    tracer = as_tracer(app)
+    parameters = list(tracer.parameters)
+    syntax = "llama" if type(tracer).__module__.startswith("opto_adapters.llama_index") else "fstring"
+    report = ImportReport()
+    attacher = Attacher(parameters, report, syntax=syntax)
+    wanted = _feedback_index(feedback)
+    out: list[ImportedRun] = []
+    for source in _sources(traces):
+        name = source if isinstance(source, (str, os.PathLike)) else type(source).__name__
+        for trace_id, root, evidence in _traces(source, format, window):
+            report.traces += 1
+            uses = attacher.attach(root, evidence)
+            graph = runs.build_graph(
+                root,
+                uses=uses,
+                input_name=_input_name,
+                metadata={"trace_id": trace_id, "source": str(name), "imported": True},
+            )
+            ids = {normal_id(s.id) for s in root.walk()} | {normal_id(trace_id)}
+            records = [r for i in ids for r in wanted.pop(i, ())]
+            steps = {normal_id(s.id): s.name for s in root.walk() if s is not root}
+            fb = combine(records, steps) if records else None
+            report.feedback += len(records)
+            out.append(ImportedRun(root.output, graph, _error(root), fb, trace_id, str(name)))
+    attacher.finish()
+    report.unknown_feedback = [r for records in wanted.values() for r in records]
+    if report.unknown_feedback:
+        logger.warning(
+            "%d feedback record(s) name no imported run (first: %s at line %d): were they "
+            "exported with these traces?",
+            len(report.unknown_feedback), report.unknown_feedback[0].target, report.unknown_feedback[0].line,
+        )
+    if out and not report.matched:
+        raise ImportMismatchError(
+            f"none of the app's parameters ({', '.join(p.name for p in parameters) or 'none'}) was "
+            f"used by the {report.traces} imported trace(s): are these runs of this app?\n"
+            + report.summary()
+        )
+    logger.info("opto_adapters: %s", report.summary().replace("\n", "; "))
+    return ImportedRuns(out, report, parameters)
+
+
+def _sources(traces: Any) -> list[Any]:
+    if isinstance(traces, (list, tuple)) and traces and all(isinstance(t, (str, os.PathLike)) for t in traces):
+        return list(traces)
+    return [traces]
+
+
+def _feedback_index(feedback: Any) -> dict[str, list[FeedbackRecord]]:
+    index: dict[str, list[FeedbackRecord]] = {}
+    if feedback is None:
+        return index
+    for source in _sources(feedback):
+        for record in read_feedback(source):
+            index.setdefault(record.target, []).append(record)
+    return index
+
+
+def _traces(source: Any, format: str | None, window: int) -> Iterator[tuple[str, runs.Span, dict[str, Evidence]]]:
+    records = read_records(source)
+    first = next(records, None)
+    if first is None:
+        return
+    kind = format or _detect(first[1], first[0])
+    if kind not in FORMATS:
+        raise ValueError(f"unknown trace format {format!r}; expected one of {FORMATS}")
+    stream = (record for _, record in chain([first], records))
+    if kind == "langsmith":
+        yield from _langsmith(stream, window)
+    else:
+        from .runs import openinference
+
+        for trace_id, spans in openinference.read_traces(stream, window=window):
+            root, evidence = openinference.to_spans(spans)
+            yield trace_id, root, evidence
+
+
+def _detect(record: dict[str, Any], line: int) -> str:
+    from .runs import langsmith, openinference
+
+    if langsmith.is_run(record):
+        return "langsmith"
+    if openinference.is_otlp(record):
+        return "otlp"
+    if openinference.is_phoenix(record):
+        return "phoenix"
+    raise TraceFormatError(
+        f"record {line} is in no format opto_adapters reads: keys {sorted(record)[:12]}. "
+        "Expected LangSmith runs ('id', 'run_type', 'parent_run_id'...), OTLP JSON "
+        "('resourceSpans') or Phoenix spans ('context.span_id', 'span_kind')"
+    )
+
+
+def _langsmith(records: Iterator[dict[str, Any]], window: int) -> Iterator[tuple[str, runs.Span, dict[str, Evidence]]]:
+    from .runs import langsmith
+
+    try:
+        from .langchain.discovery import Discovered
+        from .langchain.spans import Translator
+    except ImportError as exc:
+        raise ImportError(f"reading LangSmith runs needs langchain-core: pip install langchain-core ({exc})") from exc
+    translator = Translator(Discovered(), {})
+    for root in langsmith.read_runs(records, window=window):
+        evidence = {str(run.id): langsmith.evidence(run) for run in root.walk()}
+        yield root.trace_id or root.id, translator.translate(root), evidence
+
+
+def _input_name(key: str) -> str:
+    return "input" if key == "input" else f"input.{key}"
+
+
+def _error(root: runs.Span) -> BaseException | None:
+    if root.error is None:
+        return None
+    return root.error if isinstance(root.error, BaseException) else RuntimeError(str(root.error))

@@ -1,0 +1,81 @@
+"""The trainer's settings, in one small validated object.
+
+``TrainConfig`` holds the plain settings of a run, grouped by what they control; the objects a
+run works with (the app, the data, the guide, the optimizer, the store, the budget) are passed
+to ``Trainer``/``optimize`` directly. Every field can also be given to ``optimize(...)`` and
+``Trainer(...)`` as a keyword of the same name (``optimize(app, train, epochs=3)``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of a training run.
+
+    Minibatches and proposals: ``epochs``, ``batch_size``, ``shuffle``, ``seed`` (the order of
+    the minibatches), ``n_candidates`` (proposals per step; the best one is gated).
+
+    Limits: ``max_steps``, ``time_limit`` (seconds of one ``fit``); a token/call limit for the
+    optimizer's LLM is a ``Budget`` passed as ``budget=``.
+
+    Evaluation: ``max_concurrency`` (app runs in parallel threads), ``error_score`` (the score
+    of a run whose app raised, unless the guide scores it), ``tolerate_app_errors`` (do not stop
+    when the app raises on every training example).
+
+    Record: ``run_name`` (a label in the store), ``store_graphs`` (keep every run's graph, which
+    lets a resumed run reuse them), ``progress`` (tqdm bars on stderr).
+    """
+
+    epochs: int = 1
+    batch_size: int = 4
+    shuffle: bool = True
+    seed: int = 0
+    n_candidates: int = 1
+    max_steps: int | None = None
+    time_limit: float | None = None
+    max_concurrency: int = 4
+    error_score: float = 0.0
+    tolerate_app_errors: bool = False
+    run_name: str = ""
+    store_graphs: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "max_concurrency", "n_candidates"):
+            _positive_int(name, getattr(self, name))
+        if self.max_steps is not None:
+            _positive_int("max_steps", self.max_steps)
+        limit = self.time_limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+            raise ValueError(f"time_limit must be a positive number of seconds or None, got {limit!r}")
+        score = self.error_score
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise ValueError(f"error_score must be a finite number, got {score!r}")
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        """The settings' names (each is also a keyword of ``optimize`` and ``Trainer``)."""
+        return frozenset(f.name for f in fields(cls))
+
+    def with_settings(self, settings: dict[str, Any]) -> TrainConfig:
+        """A copy with ``settings`` changed; an unknown name is a ``TypeError`` naming the known ones."""
+        unknown = sorted(set(settings) - self.names())
+        if unknown:
+            raise TypeError(
+                f"unknown training option(s) {unknown}; the options are {sorted(self.names())} "
+                "(and app, train, val, guide, optimizer, llm, objective, parameters, input_key, "
+                "store, resume, budget, config)"
+            )
+        return replace(self, **settings) if settings else self
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")

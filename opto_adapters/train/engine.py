@@ -1,0 +1,251 @@
+"""The evaluation engine: run the app on examples (in parallel threads), score, store.
+
+Every evaluation is stored as it completes, keyed by (parameter version, split, example), so
+it is never computed twice in a run and a resumed run picks up where it stopped. When an
+evaluation stops early (an error, a spent budget, the time limit, Ctrl-C), the runs already
+in flight are waited for before the error goes on: whoever restores the parameters next never
+changes them under a running app.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from dataclasses import dataclass
+from statistics import fmean
+from typing import Any
+
+from tqdm import tqdm
+
+from ..llm import BudgetExceeded
+from ..trace import Feedback, Graph, Parameter
+from ..trace.render import value_text
+from ..trace.tracer import TracedRun
+from .apps import AppTracer
+from .data import call_guide
+from .graphs import graph_from_json, graph_to_json
+from .store import Store, StoredEvaluation
+
+__all__ = ["Evaluator", "Result", "Stop", "mean"]
+
+logger = logging.getLogger("opto_adapters.train")
+
+Guide = Callable[[Any, Any], Any]
+
+
+class Stop(Exception):
+    """Stop the loop cleanly (time limit, max_steps); everything done so far is stored."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Result:
+    """An evaluated example: its score and feedback, and its graph when one was needed."""
+
+    index: int
+    feedback: Feedback
+    error: str | None
+    graph: Graph | None = None
+
+    @property
+    def score(self) -> float:
+        return float(self.feedback.score)  # type: ignore[arg-type]  # guaranteed by the guide check
+
+
+@dataclass
+class _Outcome:
+    traced: TracedRun
+    feedback: Feedback
+    duration: float
+    graph_json: dict[str, Any] | None
+
+
+def mean(results: Sequence[Result]) -> float:
+    """The mean score of some results."""
+    return fmean(r.score for r in results)
+
+
+class Evaluator:
+    """Evaluates parameter versions of one run of ``store``; ``check`` is called between
+    runs (it raises ``Stop`` at the time limit). Use as a context manager: the worker threads
+    live until it is left."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        run_id: int,
+        tracer: AppTracer,
+        inputs: dict[str, list[Any]],
+        examples: dict[str, list[Any]],
+        guide: Guide,
+        parameters: dict[str, Parameter],
+        error_score: float,
+        max_concurrency: int,
+        store_graphs: bool,
+        progress: bool,
+        check: Callable[[], None],
+        probe: TracedRun | None = None,
+    ) -> None:
+        self.store, self.run_id, self.tracer = store, run_id, tracer
+        self.inputs, self.examples, self.guide = inputs, examples, guide
+        self.parameters = parameters
+        self.error_score, self.store_graphs, self.progress = error_score, store_graphs, progress
+        self.max_concurrency = max_concurrency
+        self.check = check
+        self.probe = probe  # a first run already made (discovery): train example 0's baseline
+        self.cache: dict[tuple[int, str, int], Graph] = {}
+        self._executor: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> Evaluator:
+        if self.max_concurrency > 1:
+            self._executor = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="opto-train")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._executor is not None:
+            # no run is in flight here: evaluate() waits for its own before it returns or raises
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def keep_graphs_of(self, version: int) -> None:
+        """Forget the cached graphs of every other version."""
+        self.cache = {k: g for k, g in self.cache.items() if k[0] == version}
+
+    def evaluate(
+        self,
+        version: int,
+        split: str,
+        indices: Iterable[int],
+        phase: str,
+        *,
+        step: int | None = None,
+        graphs: bool = False,
+    ) -> list[Result]:
+        """Results of ``version`` on examples of ``split``; stored ones are not run again."""
+        indices = list(indices)
+        stored = {
+            e.index: e
+            for e in self.store.evaluations(self.run_id, version_id=version, split=split, indices=indices)
+        }
+        results: dict[int, Result] = {}
+        todo = []
+        for i in indices:
+            e = stored.get(i)
+            graph = None
+            if e is not None and graphs:
+                graph = self.cache.get((version, split, i)) or self._restored_graph(e)
+            if e is None or (graphs and graph is None):
+                todo.append(i)
+            else:
+                results[i] = Result(i, Feedback(score=e.score, text=e.feedback), e.error, graph)
+        if todo:
+            desc = f"{phase} {split}" + (f" (step {step})" if step is not None else "")
+            self._run_all(version, split, todo, phase, step, graphs, results, desc)
+        return [results[i] for i in indices]
+
+    def _restored_graph(self, e: StoredEvaluation) -> Graph | None:
+        data = self.store.graph(e.id)
+        if data is None:
+            return None
+        try:
+            return graph_from_json(data, self.parameters)
+        except Exception:
+            logger.exception("could not rebuild the stored graph of evaluation %d; running again", e.id)
+            return None
+
+    def _run_all(
+        self,
+        version: int,
+        split: str,
+        todo: list[int],
+        phase: str,
+        step: int | None,
+        graphs: bool,
+        results: dict[int, Result],
+        desc: str,
+    ) -> None:
+        sampled = False
+
+        def record(i: int, outcome: _Outcome) -> None:
+            nonlocal sampled
+            traced, fb = outcome.traced, outcome.feedback
+            graph = traced.graph
+            error = f"{type(traced.error).__name__}: {traced.error}" if traced.error is not None else None
+            dot = text = None
+            if graph is not None and not sampled and self.store_graphs:
+                dot, text, sampled = graph.to_dot(), graph.to_text(), True
+            self.store.add_evaluation(
+                self.run_id, version, split, i, phase=phase, step=step, score=fb.score,
+                feedback=fb.text, output=None if error else value_text(traced.output),
+                error=error, duration=outcome.duration, graph=outcome.graph_json, dot=dot, text=text,
+            )
+            if split == "train" and graph is not None:  # a later minibatch may need it
+                self.cache[(version, split, i)] = graph
+            results[i] = Result(i, fb, error, graph if graphs else None)
+            bar.update()
+
+        bar = tqdm(total=len(todo), desc=desc, unit="ex", leave=False, disable=not self.progress)
+        try:
+            if self._executor is None:
+                for i in todo:
+                    self.check()
+                    record(i, self._run_one(split, i))
+                return
+            futures: dict[Future[_Outcome], int] = {
+                self._executor.submit(contextvars.copy_context().run, self._run_one, split, i): i
+                for i in todo
+            }
+            try:
+                for future in as_completed(futures):
+                    record(futures[future], future.result())
+                    self.check()
+            except BaseException as exc:
+                _settle(futures, interrupted=isinstance(exc, KeyboardInterrupt))
+                raise
+        finally:
+            bar.close()
+
+    def _run_one(self, split: str, i: int) -> _Outcome:
+        start = time.perf_counter()
+        if self.probe is not None and split == "train" and i == 0:
+            traced, self.probe = self.probe, None
+        else:
+            traced = self.tracer.run(self.inputs[split][i])
+        if isinstance(traced.error, BudgetExceeded):
+            raise traced.error
+        feedback = call_guide(
+            self.guide, self.examples[split][i], traced.output, traced.error,
+            split=split, index=i, error_score=self.error_score,
+        )
+        graph_json = graph_to_json(traced.graph) if traced.graph is not None and self.store_graphs else None
+        return _Outcome(traced, feedback, time.perf_counter() - start, graph_json)
+
+
+def _settle(futures: Iterable[Future[Any]], *, interrupted: bool) -> None:
+    """Cancel the runs not started and wait for those in flight (their results are dropped),
+    so the parameters are not changed under a running app. After Ctrl-C a second Ctrl-C
+    stops waiting."""
+    running = [f for f in futures if not f.cancel() and not f.done()]
+    if not running:
+        return
+    if interrupted:
+        logger.warning(
+            "waiting for %d app run(s) in flight before the parameters are restored; "
+            "press Ctrl-C again to stop without waiting", len(running),
+        )
+    try:
+        pending = set(running)
+        while pending:
+            _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+    except KeyboardInterrupt:
+        if not interrupted:
+            raise
+        logger.warning("stopped waiting: %d app run(s) may still see the parameters change", len(running))

@@ -1,0 +1,117 @@
+"""What a training run produced: scores, the history of its steps, the values it kept.
+
+``TrainResult`` is what ``optimize``/``Trainer.fit`` return; ``build_result`` reads one from a
+store, so a finished (or stopped) run can be looked at again later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .store import Store
+
+__all__ = ["DONE", "Scores", "StepSummary", "TrainResult", "build_result"]
+
+# the statuses of a finished step (a stopped run may have one "started")
+DONE = ("accepted", "rejected", "no_change")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Mean scores of one set of parameter values (``None`` where not evaluated)."""
+
+    train: float | None = None
+    val: float | None = None
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """What one step did.
+
+    ``train_score`` is the minibatch mean before the step; ``gate_score`` the current values'
+    score on the gate set (val, or the minibatch); ``candidate_scores`` the candidates' scores
+    there (``None`` for a candidate that changed nothing); ``val_score`` the val score of the
+    values kept after the step.
+    """
+
+    step: int
+    epoch: int
+    batch: list[int]
+    status: str
+    reason: str
+    train_score: float | None
+    gate_score: float | None
+    candidate_scores: list[float | None]
+    val_score: float | None
+
+
+@dataclass
+class TrainResult:
+    """The outcome of ``optimize``/``Trainer.fit``.
+
+    ``baseline`` scores the starting values, ``final`` the values training ended with, and
+    ``best`` the best values seen (on val, or on the full training set without val), which
+    are written back into the app. ``status`` is ``completed``, ``max_steps``,
+    ``interrupted``, ``budget_exhausted`` or ``time_limit``.
+    """
+
+    run_id: int
+    store_path: str
+    status: str
+    message: str | None
+    baseline: Scores
+    best: Scores
+    final: Scores
+    best_values: dict[str, Any]
+    history: list[StepSummary] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> int:
+        """How many steps changed the values."""
+        return sum(1 for s in self.history if s.status == "accepted")
+
+    @property
+    def steps_done(self) -> int:
+        """How many steps were completed (a stopped run may have one ``started``)."""
+        return sum(1 for s in self.history if s.status in DONE)
+
+
+
+def build_result(store: Store, run_id: int) -> TrainResult:
+    """A ``TrainResult`` from what a store holds about a run."""
+    run = store.run(run_id)
+
+    def scores(version: int | None) -> Scores:
+        if version is None:
+            return Scores()
+        return Scores(
+            train=store.mean_score(run_id, version, "train")[0],
+            val=store.mean_score(run_id, version, "val")[0],
+        )
+
+    by_step: dict[int, list[float | None]] = {}
+    for cand in store.candidates(run_id):
+        by_step.setdefault(cand.step, []).append(cand.score)
+    history = [
+        StepSummary(
+            step=s.step, epoch=s.epoch, batch=s.indices, status=s.status, reason=s.reason or "",
+            train_score=s.train_score, gate_score=s.gate_score,
+            candidate_scores=by_step.get(s.step, []), val_score=s.val_score,
+        )
+        for s in store.steps(run_id)
+    ]
+    best = run.best_version_id or run.current_version_id
+    return TrainResult(
+        run_id=run_id,
+        store_path=store.path,
+        status=run.status,
+        message=run.message,
+        baseline=scores(run.baseline_version_id),
+        best=scores(best),
+        final=scores(run.current_version_id),
+        best_values=store.version_values(best) if best is not None else {},
+        history=history,
+        usage=store.usage(run_id),
+    )

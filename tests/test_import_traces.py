@@ -1,0 +1,231 @@
+"""Importing runs recorded elsewhere (LangSmith runs, OpenInference OTLP and Phoenix spans),
+made offline by real instrumentation, into graphs over the live app's parameters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+
+from opto_adapters import from_traces
+from opto_adapters.langchain import OptoTracer
+from opto_adapters.runs.records import TraceFormatError, group_traces, read_records
+from opto_adapters.traces import ImportMismatchError
+from tests.import_fixtures import OpenInference, langsmith_runs, write_jsonl
+from tests.langchain_fakes import RecordingChatModel
+
+SYSTEM = "You answer questions about {topic} in one short sentence."
+X1 = {"topic": "geography", "question": "Capital of France?"}
+X2 = {"topic": "history", "question": "Who was Napoleon?"}
+
+
+def qa_chain(responses=("Paris.",)):
+    prompt = ChatPromptTemplate.from_messages([("system", SYSTEM), ("human", "{question}")])
+    return prompt | RecordingChatModel(responses=list(responses)) | StrOutputParser()
+
+
+def model_calls(graph) -> int:
+    return sum(1 for n in graph.nodes if getattr(n, "op", None) is not None and n.op.kind == "llm")
+
+
+def same_parameters(live, imported) -> bool:
+    ids = lambda g: sorted(id(p) for p in g.parameters)  # noqa: E731
+    return ids(live) == ids(imported)
+
+
+def test_langsmith_runs_become_graphs_over_the_live_parameters(tmp_path):
+    chain = qa_chain()
+    records = langsmith_runs(lambda: (chain.invoke(X1), chain.invoke(X2)))
+    path = tmp_path / "runs.jsonl"
+    write_jsonl(path, records)
+    roots = [r["id"] for r in records if r["parent_run_id"] is None]
+    llm_run = next(r["id"] for r in records if r["run_type"] == "llm" and r["trace_id"] == roots[1])
+    feedback = tmp_path / "feedback.jsonl"
+    write_jsonl(feedback, [{"run_id": llm_run, "key": "helpful", "score": 0, "comment": "Say why."}])
+
+    tracer = OptoTracer(chain)
+    imported = from_traces(tracer, str(path), feedback=str(feedback))
+    live = tracer.run(X1).graph
+
+    assert len(imported) == 2
+    for run in imported:
+        assert same_parameters(live, run.graph)
+        assert model_calls(run.graph) == model_calls(live) == 1
+    # the feedback on the second trace's model call is on the second run, naming the step
+    assert imported[0].feedback is None
+    assert imported[1].trace_id == roots[1]
+    assert imported[1].feedback.score == 0 and "helpful: Say why." in imported[1].feedback.text
+    assert "RecordingChatModel" in imported[1].feedback.text
+    assert imported[1].graph.value_of(imported[1].graph.output) == "Paris."
+    assert imported.report.parameters == ["prompt.human", "prompt.system"]
+    assert ("prompt.system", "template text") in imported.report.matched
+
+
+def test_a_prompt_edited_since_the_run_is_found_by_its_variables():
+    chain = qa_chain()
+    records = langsmith_runs(lambda: chain.invoke(X1))
+    tracer = OptoTracer(chain)
+    tracer.parameter("prompt.system").value = "Answer about {topic}, briefly and exactly."
+    imported = from_traces(tracer, records)
+    assert ("prompt.system", "template variables") in imported.report.matched
+    assert same_parameters(tracer.run(X1).graph, imported[0].graph)
+
+
+@pytest.mark.parametrize("shape", ["otlp", "phoenix"])
+def test_openinference_spans_of_a_langchain_chain(shape, tmp_path):
+    chain = qa_chain()
+    with OpenInference("langchain") as oi:
+        chain.invoke(X1)
+    rows = list(oi.otlp_lines() if shape == "otlp" else oi.phoenix_rows())
+    path = tmp_path / "spans.jsonl"
+    write_jsonl(path, rows)
+    root = next(s for s in oi.spans if s.parent is None)
+    trace_id = f"{root.context.trace_id:032x}"
+    feedback = tmp_path / "feedback.csv"
+    feedback.write_text(f"trace_id,score,comment\n{trace_id},0.5,Too terse.\n")
+
+    tracer = OptoTracer(chain)
+    imported = from_traces(tracer, path, feedback=feedback)
+    live = tracer.run(X1).graph
+    assert len(imported) == 1 and imported[0].trace_id == trace_id
+    assert same_parameters(live, imported[0].graph)
+    assert model_calls(imported[0].graph) == model_calls(live) == 1
+    assert imported[0].feedback.score == 0.5 and "Too terse." in imported[0].feedback.text
+
+
+def test_openinference_spans_of_a_llama_index_query_engine(tmp_path):
+    from llama_index.core import Document, VectorStoreIndex
+
+    from opto_adapters.llama_index import OptoTracer as LlamaTracer
+    from tests.llama_index_fakes import RecordingLLM, WordEmbedding
+
+    docs = ["The sky is blue.", "Grass is green.", "Paris is the capital of France."]
+    index = VectorStoreIndex.from_documents([Document(text=t) for t in docs], embed_model=WordEmbedding())
+    engine = index.as_query_engine(llm=RecordingLLM(), similarity_top_k=2)
+    with OpenInference("llama_index") as oi:
+        engine.query("What is the capital of France?")
+    llm_span = next(s for s in oi.spans if s.name.endswith(".complete"))
+    annotations = [{"span_id": f"{llm_span.context.span_id:016x}", "name": "correctness",
+                    "result": {"score": 0, "explanation": "Cite the context."}}]
+    tracer = LlamaTracer(engine)
+    try:
+        imported = from_traces(tracer, list(oi.otlp_lines()), feedback=annotations)
+        live = tracer.run("What is the capital of France?").graph
+    finally:
+        tracer.close()
+    assert same_parameters(live, imported[0].graph)
+    assert [p.name for p in imported[0].graph.parameters] == ["response_synthesizer.text_qa_template"]
+    assert model_calls(imported[0].graph) == model_calls(live) == 1
+    assert "correctness: Cite the context." in imported[0].feedback.text
+
+
+def test_optoprime_step_from_imported_runs_changes_the_live_prompt(scripted_llm):
+    from opto_adapters.llm import LLM
+    from opto_adapters.optimizers import OptoPrime
+
+    chain = qa_chain(["Paris."])
+    records = langsmith_runs(lambda: chain.invoke(X1))
+    root = next(r["id"] for r in records if r["parent_run_id"] is None)
+    tracer = OptoTracer(chain)
+    imported = from_traces(tracer, records, feedback=[{"run_id": root, "key": "user", "score": 0,
+                                                      "comment": "Give the reason too."}])
+    new = "You answer questions about {topic}; give the answer and one reason."
+    reply = {"reasoning": "The user wants a reason.", "suggestion": {"prompt.system": new}}
+    server = scripted_llm.script(reply)
+    opt = OptoPrime(imported.parameters, LLM(base_url=server.base_url, api_key="t", model="m"))
+    opt.zero_feedback()
+    for run in imported.with_feedback:
+        opt.backward(run, run.feedback)
+    record = opt.step()
+    prompt = server.prompts()[-1]
+    assert "Give the reason too." in prompt and "Capital of France?" in prompt
+    assert list(record.applied) == ["prompt.system"]
+    chain.invoke(X2)
+    model = chain.steps[1]
+    assert model.calls[-1].system == "You answer questions about history; give the answer and one reason."
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def test_a_truncated_file_names_the_line(tmp_path):
+    chain = qa_chain()
+    records = langsmith_runs(lambda: chain.invoke(X1))
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    path = tmp_path / "cut.jsonl"
+    path.write_text(text[: len(text) - 40])
+    with pytest.raises(TraceFormatError, match=rf"line {len(records)}: .*cut short"):
+        from_traces(OptoTracer(chain), path)
+    listed = tmp_path / "cut.json"
+    listed.write_text(json.dumps(records)[:-30])
+    with pytest.raises(TraceFormatError, match="cut short"):
+        from_traces(OptoTracer(chain), listed)
+
+
+def test_a_json_list_is_read_like_json_lines(tmp_path):
+    chain = qa_chain()
+    records = langsmith_runs(lambda: (chain.invoke(X1), chain.invoke(X2)))
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps(records, indent=2))
+    assert [r["id"] for _, r in read_records(path)] == [r["id"] for r in records]
+    assert len(from_traces(OptoTracer(chain), path)) == 2
+
+
+def test_an_unknown_format_is_a_clear_error(tmp_path):
+    path = tmp_path / "x.jsonl"
+    write_jsonl(path, [{"event": "click", "user": 3}])
+    with pytest.raises(TraceFormatError, match=r"no format .*'event'.*LangSmith.*OTLP.*Phoenix"):
+        from_traces(OptoTracer(qa_chain()), path)
+
+
+def test_spans_of_another_app_match_nothing_and_nothing_is_written():
+    other = ChatPromptTemplate.from_messages([("system", "You translate English to {language}, word for word."),
+                                               ("human", "Translate: {text}")])
+    other_chain = other | RecordingChatModel(responses=["Bonjour"]) | StrOutputParser()
+    records = langsmith_runs(lambda: other_chain.invoke({"language": "French", "text": "Hello"}))
+    chain = qa_chain()
+    tracer = OptoTracer(chain)
+    before = {p.name: p.value for p in tracer.parameters}
+    with pytest.raises(ImportMismatchError, match=r"none of the app's parameters \(prompt.system, prompt.human\)"
+                       r"[\s\S]*'You translate English to \{language\}"):
+        from_traces(tracer, records)
+    assert {p.name: p.value for p in tracer.parameters} == before
+
+
+def test_feedback_for_unknown_runs_is_reported(caplog):
+    chain = qa_chain()
+    records = langsmith_runs(lambda: chain.invoke(X1))
+    fb = [{"run_id": "00000000-0000-0000-0000-000000000001", "key": "x", "score": 1}]
+    imported = from_traces(OptoTracer(chain), records, feedback=fb)
+    assert imported[0].feedback is None
+    assert [r.target for r in imported.report.unknown_feedback] == ["00000000000000000000000000000001"]
+    assert "name no imported run" in caplog.text and "1 feedback record(s) name no imported run" in imported.report.summary()
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+
+def test_traces_are_given_while_the_file_is_still_being_read():
+    read = []
+
+    def items():
+        for t in range(50):
+            for k in range(3):
+                read.append((t, k))
+                yield {"trace": t, "root": k == 0}
+
+    stream = group_traces(items(), trace_of=lambda r: r["trace"], is_root=lambda r: r["root"], window=5)
+    first = next(stream)
+    assert first[0] == 0 and len(first[1]) == 3 and first[2]
+    assert len(read) < 12  # not the whole input: a trace is given a window after its last run
+    rest = list(stream)
+    assert [t for t, _, _ in rest] == list(range(1, 50)) and all(len(g) == 3 for _, g, _ in rest)
+
+
+def test_interleaved_traces_within_the_window_stay_whole():
+    order = [(0, True), (1, True), (0, False), (1, False), (0, False)]
+    got = list(group_traces([{"t": t, "r": r} for t, r in order], trace_of=lambda x: x["t"],
+                            is_root=lambda x: x["r"], window=2))
+    assert sorted((t, len(g)) for t, g, _ in got) == [(0, 3), (1, 2)]
