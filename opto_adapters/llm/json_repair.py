@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -47,14 +48,14 @@ def _loads_object(text: str) -> dict[str, Any] | None:
     text = text.strip()
     if not text.startswith("{"):
         return None
-    for variant in (text, _strip_trailing_commas(text)):
+    try:
+        value = json.loads(text)
+    except ValueError:  # only now try the (slower, pure Python) repair
         try:
-            value = json.loads(variant)
+            value = json.loads(_strip_trailing_commas(text))
         except ValueError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
+            return None
+    return value if isinstance(value, dict) else None
 
 
 def _balanced_objects(text: str) -> Iterator[str]:
@@ -96,9 +97,9 @@ def extract_json(text: str | None) -> dict[str, Any]:
     raw = text or ""
     if not raw.strip():
         raise LLMResponseError("empty reply where a JSON object was expected", raw_text=raw)
-    cleaned = _THINK_RE.sub("", raw).strip()
-    candidates = [cleaned, *(m.group(1) for m in _FENCE_RE.finditer(cleaned))]
-    for candidate in candidates:
+    cleaned = _THINK_RE.sub("", raw).strip() if "think>" in raw.lower() else raw.strip()
+    candidates = itertools.chain((cleaned,), (m.group(1) for m in _FENCE_RE.finditer(cleaned)))
+    for candidate in candidates:  # (lazily: a reply that parses at once costs one parse)
         obj = _loads_object(candidate)
         if obj is not None:
             return obj

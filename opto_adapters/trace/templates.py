@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 
@@ -10,6 +11,7 @@ __all__ = ["template_fields", "template_variables"]
 _FORMATTER = string.Formatter()
 
 
+@functools.lru_cache(maxsize=2048)  # a pure function of the text; checked on every write
 def template_fields(template: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The literal pieces of an f-string style template and the variables between them, in
     order, as ``str.format`` reads it: ``"a {x} b"`` -> ``(("a ", " b"), ("x",))``; ``{{`` is a
