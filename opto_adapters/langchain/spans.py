@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -166,11 +167,15 @@ class _Tree:
         """A model call's messages; a history resent from the previous call is reused, so
         a long agent loop costs a comparison per message, not a translation."""
         previous_raw, previous = self.last_messages
-        same = 0
-        for a, b in zip(raw, previous_raw, strict=False):
-            if a is not b:
-                break
-            same += 1
+        n = len(previous_raw)
+        if n <= len(raw) and all(map(operator.is_, raw[:n], previous_raw)):  # (in C)
+            same = n
+        else:
+            same = 0
+            for a, b in zip(raw, previous_raw, strict=False):
+                if a is not b:
+                    break
+                same += 1
         out = previous[:same] + [self.value(m) for m in raw[same:]]
         self.last_messages = (raw, out)
         return out
