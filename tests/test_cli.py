@@ -91,7 +91,7 @@ def test_runs_and_show(stored, capsys):
     out = capsys.readouterr().out
     assert "step 2 (epoch 0, examples" in out and "candidate 1: accepted" in out
     assert "'ANSWER {q}'\n    -> 'ANSWER {q}!'" in out
-    assert "respond_out = respond(...) -> ANSWER q" in out  # a traced run of the minibatch
+    assert "respond = respond(...) -> ANSWER q" in out  # a traced run of the minibatch
 
     assert cli.main(["show", str(store), "--step", "1", "--format", "dot"]) == 0
     dot = capsys.readouterr().out

@@ -305,15 +305,15 @@ def test_to_text_is_linear_in_depth_and_marks_lines_past_the_drawn_depth():
     assert deepest.startswith(" " * (4 * (MAX_DRAWN_DEPTH - 1)) + "└── [depth 7999] x: x0")
     drawn, past = lines[MAX_DRAWN_DEPTH], lines[MAX_DRAWN_DEPTH + 1]
     assert drawn.index("└── ") == past.index("└── ") == 4 * (MAX_DRAWN_DEPTH - 1)
-    assert "[depth" not in drawn and past.split("└── ")[1].startswith(f"[depth {MAX_DRAWN_DEPTH + 1}] x: inc_out")
+    assert "[depth" not in drawn and past.split("└── ")[1].startswith(f"[depth {MAX_DRAWN_DEPTH + 1}] x: inc")
 
 
 def test_to_text_of_a_graph_within_the_drawn_depth_is_unchanged():
     text = chain(4).to_text()
     assert text == (
-        "inc_out_2 = inc(...) -> 3\n"
-        "└── x: inc_out_1 = inc(...) -> 2\n"
-        "    └── x: inc_out = inc(...) -> 1\n"
+        "inc2 = inc(...) -> 3\n"
+        "└── x: inc1 = inc(...) -> 2\n"
+        "    └── x: inc = inc(...) -> 1\n"
         "        └── x: x0 -> 0\n"
     )
 

@@ -152,10 +152,10 @@ def test_create_agent_loop_tool_output_feeds_next_model_call():
     assert ("tool.get_weather", "tool:get_weather", "model") in edges
     # the tool runs on the first call's arguments; its output feeds the second call
     assert ("model", "city", "get_weather") in edges
-    assert ("get_weather", "tool", "model_1") in edges
+    assert ("get_weather", "tool", "model1") in edges
     # the second call resends the conversation: linked to the call before it, plus what is new
-    assert ("model", "history", "model_1") in edges
-    assert ("agent.system_prompt", "system", "model_1") in edges
+    assert ("model", "history", "model1") in edges
+    assert ("agent.system_prompt", "system", "model1") in edges
     # the final state is made of all the messages
     assert graph.output.op.name == "LangGraph"
     assert "It is sunny in Paris." in graph.output.value["messages"]
@@ -344,9 +344,9 @@ def test_assign_and_with_config():
     assert graph.metadata["name"] == "grader"
     edges = graph.edges()
     # the assigned key comes from the first chain's parser
-    assert ("str_output_parser", "answer", "prompt_1") in edges
-    assert ("input.question", "question", "prompt_1") in edges
-    assert ("step2.prompt.human", "human", "prompt_1") in edges
+    assert ("str_output_parser", "answer", "prompt1") in edges
+    assert ("input.question", "question", "prompt1") in edges
+    assert ("step2.prompt.human", "human", "prompt1") in edges
     assert graph.output.value == "grade: B"
 
 
@@ -373,8 +373,8 @@ def test_prompt_inside_a_tool_function_is_discovered():
     edges = graph.edges()
     assert ("model", "question", "prompt") in edges  # the tool's argument fills the expert prompt
     assert ("model", "question", "ask_expert") in edges
-    assert ("model_1", "result", "ask_expert") in edges
-    assert ("ask_expert", "tool", "model_2") in edges
+    assert ("model1", "result", "ask_expert") in edges
+    assert ("ask_expert", "tool", "model2") in edges
 
 
 def test_custom_langgraph_state_graph():

@@ -127,10 +127,10 @@ def test_parallel_branches_get_their_own_inputs():
     graph = tracer.last_graph
     edges = graph.edges()
     assert ("brief.prompt.system", "system", "prompt") in edges
-    assert ("detailed.prompt.system", "system", "prompt_1") in edges
+    assert ("detailed.prompt.system", "system", "prompt1") in edges
     assert ("input.question", "question", "prompt") in edges
-    assert ("input.question", "question", "prompt_1") in edges
-    assert ("prompt", "messages", "model") in edges and ("prompt_1", "messages", "model_1") in edges
+    assert ("input.question", "question", "prompt1") in edges
+    assert ("prompt", "messages", "model") in edges and ("prompt1", "messages", "model1") in edges
     assert {arg for _, arg, dst in edges if dst == graph.names()[id(graph.output)]} == {
         "brief",
         "detailed",
@@ -172,8 +172,8 @@ def test_agent_batch():
         v = values(graph)
         city = v["input.messages"].removeprefix("human: ")
         assert v["lookup"] == f"{city} facts"
-        assert v["model_1"] == f"done with {city} facts"
-        assert ("lookup", "tool", "model_1") in graph.edges()
+        assert v["model1"] == f"done with {city} facts"
+        assert ("lookup", "tool", "model1") in graph.edges()
     assert_pruned(tracer)
 
 

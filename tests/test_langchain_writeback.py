@@ -467,7 +467,7 @@ def test_prompts_held_by_a_method_step_and_a_system_message_in_a_function():
     assert [p.name for p in tracer.parameters] == ["prompt.human", "call.system_prompt"]
     assert "the step 'call'" in tracer.parameter("call.system_prompt").description
     graph = tracer.run("why?").graph
-    assert ("call.system_prompt", "system", "model_1") in graph.edges()
+    assert ("call.system_prompt", "system", "model1") in graph.edges()
     apply_updates(
         {
             tracer.parameter("prompt.human"): "Question: {question}",

@@ -57,19 +57,19 @@ async def test_agent_run_graph_has_llm_calls_and_tool_calls_in_order(agent, llm)
     assert run.error is None and str(run.output) == "The answer is 12."
     graph = run.graph
     edges = set(graph.edges())
-    for call in ("llm", "llm_1", "llm_2"):
+    for call in ("llm", "llm1", "llm2"):
         assert ("agent.system_prompt", "system", call) in edges
         assert ("tool.add", "tool[add]", call) in edges
         assert ("tool.mul", "tool[mul]", call) in edges
     assert ("user_msg", "user", "llm") in edges
     assert {
         ("llm", "call", "add"),  # the call that asked for the tool (by its tool call id)
-        ("add", "tool", "llm_1"),  # the tool's output goes back to the model
-        ("llm", "history", "llm_1"),  # the conversation so far, resent
-        ("llm_1", "call", "mul"),
-        ("mul", "tool", "llm_2"),
-        ("llm_1", "history", "llm_2"),
-        ("llm_2", "llm", "response"),
+        ("add", "tool", "llm1"),  # the tool's output goes back to the model
+        ("llm", "history", "llm1"),  # the conversation so far, resent
+        ("llm1", "call", "mul"),
+        ("mul", "tool", "llm2"),
+        ("llm1", "history", "llm2"),
+        ("llm2", "llm", "response"),
         ("user_msg", "user_msg", "response"),
     } <= edges
     nodes = {graph.names()[id(n)]: n for n in graph.nodes}
@@ -90,7 +90,7 @@ def test_sync_run_on_an_agent_and_write_back_of_prompt_and_tool_description(agen
         mul_desc.zero_feedback()
         graph.output.backward("Use mul only for products.")
         [sub] = mul_desc.feedback
-        assert {"llm", "llm_1", "llm_2", "response"} <= {sub.names()[id(n)] for n in sub.nodes}
+        assert {"llm", "llm1", "llm2", "response"} <= {sub.names()[id(n)] for n in sub.nodes}
 
         apply_updates(
             {
@@ -132,7 +132,7 @@ async def test_a_failing_tool_is_reported_to_the_model_and_shows_in_the_graph():
     nodes = {graph.names()[id(n)]: n for n in graph.nodes}
     assert isinstance(nodes["divide"], ExceptionNode)
     assert "ZeroDivisionError: division by zero" in nodes["divide"].error_text()
-    assert ("divide", "tool", "llm_1") in set(graph.edges())  # the agent told the model
+    assert ("divide", "tool", "llm1") in set(graph.edges())  # the agent told the model
     assert graph.output.value == "Cannot divide by zero."
 
 
@@ -203,10 +203,10 @@ async def test_parallel_tool_calls_both_hang_off_the_call_that_asked_for_them(ll
         graph = (await tracer.arun("1+2 and 3*4?")).graph
     edges = set(graph.edges())
     assert {("llm", "call", "add"), ("llm", "call", "mul")} <= edges
-    into_second_call = {src for src, _, dst in edges if dst == "llm_1"}
+    into_second_call = {src for src, _, dst in edges if dst == "llm1"}
     # the conversation so far comes through the first call (its input is the history)
     assert {"add", "mul", "llm", "agent.system_prompt"} <= into_second_call
-    assert ("llm", "history", "llm_1") in edges
+    assert ("llm", "history", "llm1") in edges
     assert graph.output.value == "3 and 12."
 
 

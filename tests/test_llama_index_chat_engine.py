@@ -110,4 +110,4 @@ def test_condense_question_engine_reaches_the_inner_query_engine_prompts(index):
     edges = set(graph.edges())
     assert ("condense_question_prompt", "template", "llm") in edges
     assert ("llm", "query", "retrieve") in edges  # the condensed question drives retrieval
-    assert ("query_engine.response_synthesizer.text_qa_template", "template", "llm_1") in edges
+    assert ("query_engine.response_synthesizer.text_qa_template", "template", "llm1") in edges

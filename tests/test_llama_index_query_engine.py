@@ -295,8 +295,8 @@ def test_refine_calls_are_chained_through_the_existing_answer(index, tracers):
     tracers.append(tracer)
     graph = tracer.run("What color is the sky?").graph
     edges = set(graph.edges())
-    assert ("llm", "existing_answer", "llm_1") in edges
-    assert ("response_synthesizer.refine_template", "template", "llm_1") in edges
+    assert ("llm", "existing_answer", "llm1") in edges
+    assert ("response_synthesizer.refine_template", "template", "llm1") in edges
     assert (QA, "template", "llm") in edges
     assert graph.output.value == "final"
 

@@ -67,8 +67,8 @@ def test_full_loop_changes_the_parameter_and_the_next_forward_uses_it(scripted_l
     assert "The answer is cut off; it must contain the whole question." in prompt
     assert "(prompt) qa_template=Question: {question}" in prompt
     assert "# qa_template: The prompt the model answers." in prompt
-    assert "fill_out = fill(template=qa_template, question=question)" in prompt
-    assert "answer_out = answer(prompt=fill_out, max_words=max_words)" in prompt
+    assert "fill = fill(template=qa_template, question=question)" in prompt
+    assert "answer = answer(prompt=fill, max_words=max_words)" in prompt
     assert "#Variables" in prompt and "#Feedback" in prompt
     request = scripted_llm.last_request
     assert request.model == "opt-model"
@@ -101,7 +101,7 @@ def test_minibatch_prompt_shares_code(scripted_llm):
     scripted_llm.script(reply({}))
     opt.step()
     (prompt,) = scripted_llm.prompts()
-    assert prompt.count("fill_out = fill(") == 1
+    assert prompt.count("fill = fill(") == 1
     assert "[run 3] score: 0\nbad three" in prompt
 
 

@@ -60,8 +60,8 @@ def test_a_tool_is_fed_by_the_call_whose_tool_call_it_answers_not_by_the_first_w
     tool2 = Span("t2", kind="tool", name="tool:find", label="find", inputs={"q": "API"}, output="API: b", links={"tool_call_id": "c2"})
     root = Span("r", inputs={"input": "look it up"}, output="API: b", children=[first, tool1, second, tool2])
     graph = build_graph(root)
-    m1, m2 = node_named(graph, "model"), node_named(graph, "model_1")
-    t2 = node_named(graph, "find_1")
+    m1, m2 = node_named(graph, "model"), node_named(graph, "model1")
+    t2 = node_named(graph, "find1")
     assert t2.inputs == {"q": m2} and graph.links[(id(t2), "q")] == "link"
     assert node_named(graph, "find").inputs == {"q": m1}
 

@@ -137,7 +137,7 @@ def test_graphs_round_trip_and_feedback_reaches_the_live_parameter():
         parse(fill(prompt, object()))
     data = graph_to_json(Graph(info.value.node))
     names = [n["name"] for n in data["nodes"]]
-    assert names == ["prompt", "q", "fill_out", "parse_error"]
+    assert names == ["prompt", "q", "fill", "parse_error"]
     assert data["edges"] == [[0, "template", 2], [1, "q", 2], [2, "text", 3]]
     assert data["nodes"][1]["value"] == "<object object>" and data["nodes"][1]["value_type"] == "object"
     assert data["nodes"][3]["role"] == "error" and data["nodes"][3]["error_type"] == "ValueError"

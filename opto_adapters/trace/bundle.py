@@ -6,6 +6,7 @@ import inspect
 import threading
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from .code import FunctionShape, check_function, compile_function, function_source
@@ -13,7 +14,7 @@ from .names import check_name
 from .nodes import ExceptionNode, Node, Op
 from .parameters import Parameter, ValidationError
 
-__all__ = ["Bundle", "ExecutionError", "bundle"]
+__all__ = ["Bundle", "BundleOp", "ExecutionError", "bundle"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,6 +31,14 @@ class ExecutionError(Exception):
             f"{op}() raised {type(node.exception).__name__}: {node.exception}. "
             "The error is traced as err.node; give feedback on it with err.node.backward(...)"
         )
+
+
+@dataclass(frozen=True)
+class BundleOp(Op):
+    """The operation of a bundled function. ``varargs`` names its ``*args`` parameter (if
+    any): inputs ``<varargs>[i]`` were passed positionally and are shown without a keyword."""
+
+    varargs: str = ""
 
 
 def _new_node(cls: type[Node], value: Any, name: str, inputs: dict[str, Node], op: Op | None) -> Any:
@@ -68,8 +77,6 @@ class Bundle:
             )
         op_name = check_name(name or getattr(fn, "__name__", type(fn).__name__))
         self.fn = fn
-        self.op = Op(op_name, description if description is not None else _doc_summary(fn))
-        self._out_name = f"{op_name}_out"
         self.catch_exceptions = catch_exceptions
         self.__name__ = op_name
         self.__doc__ = getattr(fn, "__doc__", None)
@@ -87,6 +94,8 @@ class Bundle:
                 elif p.kind is p.VAR_POSITIONAL:
                     self._var_positional = p.name
         self._positional = tuple(positional)
+        doc = description if description is not None else _doc_summary(fn)
+        self.op: Op = BundleOp(op_name, doc, varargs=self._var_positional)
         self.parameter: Parameter | None = None
         self._shape: FunctionShape | None = None
         self._compiled: tuple[str, Callable[..., Any]] | None = None
@@ -173,7 +182,7 @@ class Bundle:
                 raise ExecutionError(self._error_node(exc, inputs)) from exc
         if isinstance(result, Node):
             result = result.value
-        return _new_node(Node, result, self._out_name, inputs, self.op)
+        return _new_node(Node, result, self.op.name, inputs, self.op)
 
     def _error_node(self, exc: Exception, inputs: dict[str, Node]) -> ExceptionNode:
         tb = exc.__traceback__
@@ -250,7 +259,8 @@ def bundle(
     """Trace each call of a function as one operation: ``@bundle()`` or ``@bundle``.
 
     Arguments may be nodes or plain values (recorded as inputs named after the argument); the
-    function receives plain values and its result becomes a computed ``Node``.
+    function receives plain values and its result becomes a computed ``Node`` named after the
+    operation (renderers add ``1``, ``2``... to repeats, see ``display_names``).
     ``description`` documents the operation (default: the docstring's first paragraph).
     ``trainable=True`` makes the function's own source a ``code`` parameter
     (``.parameter``); the next call runs the current version. With ``catch_exceptions`` (the

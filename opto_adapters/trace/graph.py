@@ -54,8 +54,9 @@ def topological_order(output: Node) -> list[Node]:
 def display_names(nodes: Iterable[Node]) -> dict[int, str]:
     """Readable names, unique within ``nodes`` (keyed by ``id``).
 
-    Parameters keep their own name; other nodes use theirs, with ``_1``, ``_2``... appended
-    on repeats, in the given order (so runs with the same structure get the same names).
+    Parameters keep their own name; other nodes use theirs, and repeats get a short counter in
+    the given order (``add``, ``add1``, ``add2``...; ``_1`` after a name ending in a digit, so
+    ``p1`` repeats as ``p1_1``). Runs with the same structure get the same names.
     """
     nodes = list(nodes)
     names: dict[int, str] = {}
@@ -70,9 +71,13 @@ def display_names(nodes: Iterable[Node]) -> dict[int, str]:
             continue
         base = n.name
         name = base
-        while name in taken:
-            counters[base] = counters.get(base, 0) + 1
-            name = f"{base}_{counters[base]}"
+        if name in taken:
+            sep = "_" if base[-1].isdigit() else ""
+            count = counters.get(base, 0)
+            while name in taken:
+                count += 1
+                name = f"{base}{sep}{count}"
+            counters[base] = count
         names[id(n)] = name
         taken.add(name)
     return names

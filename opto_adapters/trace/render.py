@@ -2,7 +2,7 @@
 
 Sections: ``#Instruction #Code #Documentation #Variables #Constraints #Inputs #Others
 #Outputs #Feedback``. A minibatch whose runs share structure gets one ``#Code`` and per-run
-inputs, outputs and feedback. Values are cut to a character budget with an explicit marker;
+inputs, outputs and feedback (a feedback text shared by several runs is shown once). Values are cut to a character budget with an explicit marker;
 object reprs never show memory addresses.
 """
 
@@ -231,11 +231,7 @@ def render(
             continue
         names = display_names(sub.nodes)
         code = tuple(
-            f"{names[id(n)]} = {n.op.name}("
-            + ", ".join(f"{arg}={names[id(p)]}" for arg, p in n.inputs.items())
-            + ")"
-            for n in sub.nodes
-            if n.op is not None and id(n) in sub.on_path
+            _code_line(n, names) for n in sub.nodes if n.op is not None and id(n) in sub.on_path
         )
         runs.append(_Run(sub, names, code))
 
@@ -263,6 +259,19 @@ def render(
         parameters=shown,
         runs=len(runs),
     )
+
+
+def _code_line(n: Node, names: dict[int, str]) -> str:
+    """``name = op(arg=input, ...)``; inputs passed as ``*args`` are shown without a keyword."""
+    varargs = getattr(n.op, "varargs", "")
+    star = f"{varargs}[" if varargs else None
+    args = []
+    for arg, p in n.inputs.items():
+        if star and arg.startswith(star) and arg[len(star) : -1].isdigit() and arg[-1] == "]":
+            args.append(names[id(p)])
+        else:
+            args.append(f"{arg}={names[id(p)]}")
+    return f"{names[id(n)]} = {n.op.name}({', '.join(args)})"
 
 
 def _unique(subgraphs: Iterable[Subgraph]) -> list[Subgraph]:
@@ -381,6 +390,12 @@ def _per_run(runs: Sequence[_Run], budget: int | None, select: Any) -> str:
 
 
 def _feedback(runs: Sequence[_Run], budget: int | None) -> str:
+    """The feedback text; runs that got the same text share one line."""
     if len(runs) == 1:
         return cut(str(runs[0].sub.feedback), budget)
-    return "\n".join(f"[run {i}] {cut(str(r.sub.feedback), budget)}" for i, r in enumerate(runs, 1))
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(runs, 1):
+        groups.setdefault(str(r.sub.feedback), []).append(i)
+    if len(groups) == 1:
+        return f"[all runs] {cut(next(iter(groups)), budget)}"
+    return "\n".join(f"[{_runs_label(members)}] {cut(text, budget)}" for text, members in groups.items())
