@@ -331,6 +331,10 @@ def run_seed(seed: int, workdir: Path, kinds: tuple[str, ...] = KINDS, *, memory
         kill = ("timer", round(rng.uniform(0.05, max(0.1, took * 0.8)), 3))
     store = workdir / "runs.sqlite"
     first = spawn(seed, store, run_log, kill=kill, kinds=kinds, memory_size=memory_size)
+    if first == 255 and any(e["event"] == "kill" for e in read_log(run_log)):
+        # the forkserver reports 255 when the killed child's status could not be read back
+        # (multiprocessing.popen_forkserver); the log shows the kill was ours
+        first = -signal.SIGKILL
     killed = first == -signal.SIGKILL
     if first not in (0, -signal.SIGKILL):
         problems.append(f"the run to be killed exited with {first}")
