@@ -302,6 +302,17 @@ def store_problems(path: Path) -> list[str]:
     return problems
 
 
+def _exit_status(code: int | None, log: Path) -> int | None:
+    """The exit code, or what the run's log says when the forkserver could not read it back
+    (multiprocessing.popen_forkserver reports 255 then): its last event is ``done`` (0) or
+    our ``kill`` (-9)."""
+    if code != 255:
+        return code
+    events = read_log(log)
+    last = events[-1]["event"] if events else None
+    return {"done": 0, "kill": -signal.SIGKILL}.get(last, code)
+
+
 def run_seed(seed: int, workdir: Path, kinds: tuple[str, ...] = KINDS, *, memory_size: int = 5,
              kill: tuple[str, float] | None = None) -> SeedOutcome:
     """Reference run, killed run, resumed run; every check of item 7. ``memory_size``: the
@@ -311,7 +322,7 @@ def run_seed(seed: int, workdir: Path, kinds: tuple[str, ...] = KINDS, *, memory
     problems: list[str] = []
     ref_log, run_log = workdir / "reference.jsonl", workdir / "run.jsonl"
     start = time.monotonic()
-    code = spawn(seed, workdir / "reference.sqlite", ref_log, kinds=kinds, memory_size=memory_size)
+    code = _exit_status(spawn(seed, workdir / "reference.sqlite", ref_log, kinds=kinds, memory_size=memory_size), ref_log)
     took = time.monotonic() - start
     ref_events = read_log(ref_log)
     reference = next((e for e in ref_events if e["event"] == "done"), None)
@@ -331,14 +342,11 @@ def run_seed(seed: int, workdir: Path, kinds: tuple[str, ...] = KINDS, *, memory
         kill = ("timer", round(rng.uniform(0.05, max(0.1, took * 0.8)), 3))
     store = workdir / "runs.sqlite"
     first = spawn(seed, store, run_log, kill=kill, kinds=kinds, memory_size=memory_size)
-    if first == 255 and any(e["event"] == "kill" for e in read_log(run_log)):
-        # the forkserver reports 255 when the killed child's status could not be read back
-        # (multiprocessing.popen_forkserver); the log shows the kill was ours
-        first = -signal.SIGKILL
+    first = _exit_status(first, run_log)
     killed = first == -signal.SIGKILL
     if first not in (0, -signal.SIGKILL):
         problems.append(f"the run to be killed exited with {first}")
-    second = spawn(seed, store, run_log, resume=True, kinds=kinds, memory_size=memory_size)
+    second = _exit_status(spawn(seed, store, run_log, resume=True, kinds=kinds, memory_size=memory_size), run_log)
     if second != 0:
         problems.append(f"the resumed run exited with {second}")
     events = read_log(run_log)
