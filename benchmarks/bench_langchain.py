@@ -114,12 +114,13 @@ def build_cost(runs: int) -> float:
     kept = []
 
     class Keep(OptoTracer):
-        def _translate(self, run):
+        def _translate(self, run, *args):
             kept.append(run)
-            return super()._translate(run)
+            return super()._translate(run, *args)
 
     tracer = Keep(chain)
     chain.invoke(" What is six times seven? ", config={"callbacks": [tracer]})
+    assert tracer.last_graph is not None  # translated when the graph is first asked for
     root = kept[0]
     build = tracer._build_graph
     return min(per_call(lambda: build(root), runs) for _ in range(3))
@@ -148,9 +149,9 @@ def agent_loop(iterations: list[int]) -> None:
         kept: list = []
 
         class Keep(OptoTracer):
-            def _translate(self, run, kept=kept):
+            def _translate(self, run, *args, kept=kept):
                 kept.append(run)
-                return super()._translate(run)
+                return super()._translate(run, *args)
 
         tracer = Keep(agent)
         agent.invoke(

@@ -536,3 +536,40 @@ def test_a_step_fed_from_outside_the_run_is_warned_about_once_and_kept(caplog):
     assert prompt.inputs["draft"].value == cache["draft"]  # shown as an input from outside
     assert graph.links[(id(prompt), "input")] == "structure"  # fed by the step before it
     assert sum(1 for n in graph.nodes if n.op is not None and n.op.kind == "llm") == 1
+
+
+def test_a_graph_built_later_shows_the_run_as_it_was():
+    """Graphs are built when first asked for: the app's later changes to the lists and dicts
+    its runs held (a message history, a state dict) must not reach the graph."""
+    from langchain_core.messages import HumanMessage
+
+    history = [HumanMessage("hi")]
+    state = {"messages": history, "notes": {"k": "v"}}
+    chain = RunnableLambda(lambda s: s) | RunnableLambda(
+        lambda s: s["notes"]["k"] + str(len(s["messages"])), name="count"
+    )
+    tracer = OptoTracer(chain)
+    assert chain.invoke(state, config={"callbacks": [tracer]}) == "v1"
+    history.append(AIMessage("later"))  # the app goes on with the objects of the run
+    state["notes"]["k"] = "changed"
+    state["extra"] = 1
+
+    graph = tracer.last_graph
+    values = {graph.names()[id(n)]: n.value for n in graph.nodes}
+    assert values["input.messages"] == "human: hi"
+    assert values["input.notes"] == {"k": "v"}
+    assert "input.extra" not in values
+    assert values["runnable_lambda"] == {"messages": "human: hi", "notes": {"k": "v"}}
+    assert values["count"] == "v1"
+
+
+def test_a_graph_built_later_has_the_parameters_of_its_run():
+    chain = qa_prompt() | RecordingChatModel(responses=["a", "b"]) | StrOutputParser()
+    tracer = OptoTracer(chain)
+    first = chain.invoke({"topic": "t", "question": "q"}, config={"callbacks": [tracer]})
+    tracer.add_parameter(Parameter(3, name="k", kind="number"), used_by="StrOutputParser")
+    chain.invoke({"topic": "t", "question": "q"}, config={"callbacks": [tracer]})
+    old, new = tracer.graphs  # both built now
+    assert first == "a"
+    assert "k" not in [p.name for p in old.parameters]
+    assert "k" in [p.name for p in new.parameters]

@@ -48,11 +48,12 @@ def test_chat_model_runs_hold_message_objects():
     seen = []
 
     class Keep(OptoTracer):
-        def _translate(self, run):
+        def _translate(self, run, *args):
             seen.append(run.child_runs[1].inputs["messages"][0])
-            return super()._translate(run)
+            return super()._translate(run, *args)
 
     chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | RecordingChatModel()
     tracer = Keep(chain)
     chain.invoke({"q": "hi"}, config={"callbacks": [tracer]})
+    assert tracer.last_graph is not None  # runs are translated when their graph is built
     assert all(isinstance(m, BaseMessage) for m in seen[0]) and seen[0][0].content == "hi"

@@ -341,3 +341,22 @@ def test_the_rendered_problem_names_the_prompt_and_shows_the_run(index, tracers)
     assert '(list) retrieve=[{"text": "The sky is blue."' in problem.inputs
     assert "(str) llm=Blue." in problem.others
     assert "Too short: add a reason." in text and problem.parameters == {QA: qa}
+
+
+def test_a_graph_built_later_shows_the_run_as_it_was(index, tracers):
+    """Graphs are built when first asked for: the app's later changes to the response, its
+    list of source nodes and the (shared) nodes themselves must not reach the graph."""
+    tracer = OptoTracer(engine(index, RecordingLLM()))
+    tracers.append(tracer)
+    response = tracer.target.query("What color is the sky?")
+    assert response.response == "ok"
+    response.response = "changed"  # the app goes on with the objects of the run
+    node = response.source_nodes[0].node  # the index's own node
+    node.set_content("rewritten")
+    response.source_nodes.clear()
+    try:
+        nodes = by_name(tracer.last_graph)
+        assert nodes["response"].value == "ok" and nodes["synthesize"].value == "ok"
+        assert nodes["retrieve"].value == [{"text": "The sky is blue.", "score": 0.6708}]
+    finally:
+        node.set_content("The sky is blue.")  # the index is shared by the module's tests

@@ -28,7 +28,7 @@ from ..trace.names import safe_name
 from .discovery import STAMP_KEY, Discovered
 from .writeback import schema_holder
 
-__all__ = ["ERROR_KEY", "Translator", "root_input_name"]
+__all__ = ["ERROR_KEY", "Translator", "freeze", "root_input_name"]
 
 ERROR_KEY = "__opto_adapters_error"
 """Where the tracer keeps the exception object of a failed run (``Run.extra``)."""
@@ -159,6 +159,8 @@ class _Tree:
                 return self.value(dump(), depth + 1)
             except Exception:  # a broken model_dump must not break tracing
                 return _short(value)
+        if isinstance(value, _NEUTRAL):  # translated already, by ``freeze``
+            return value
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return {f.name: self.value(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value)}
         return _short(value)
@@ -290,6 +292,59 @@ class _Tree:
                 if param is not None:
                     used.append((f"tool:{tool_name}", param))
         return used
+
+
+_NEUTRAL = (Message, Document, ToolCall)
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+_AS_IS = (str, int, float, bool, BaseException, BaseMessage, PromptValue)
+_FREEZE_DEPTH = _MAX_DEPTH + 2  # deeper than ``value`` ever looks: it cuts off above this
+
+
+def freeze(root: Run) -> None:
+    """Make a finished run tree safe to translate later: what a run holds, as it is now.
+
+    Translating a tree costs far more than collecting it (a message, document or value per
+    input and output of every run), and most trees are never looked at, so the tracer
+    translates when the graph is first asked for. But the app still holds what its runs
+    hold: a LangGraph state dict, the list of messages it keeps appending to, a list of
+    documents. So at run end the containers (``dict``, ``list``, ``tuple``) in the inputs
+    and outputs of every run are copied, recursively and shallowly: the app's later
+    changes to them do not reach the graph. Messages and prompt values are kept as they
+    are (LangChain treats them as values: a new message is a new object), strings and
+    numbers cannot change; anything else (documents, whose metadata apps edit, pydantic
+    models, dataclasses, arbitrary objects) is translated now. A model call's inputs and
+    outputs are built by the tracer itself (fresh lists and dicts) and are left alone.
+    Cost: a pointer copy per container element, instead of a translation per value.
+    """
+    tree = _Tree(None)  # type: ignore[arg-type]  # ``value`` needs no translator
+    stack = [root]
+    while stack:
+        run = stack.pop()
+        if run.run_type not in ("llm", "chat_model"):
+            if run.inputs:
+                run.inputs = _freeze(run.inputs, tree, 0)
+            if run.outputs:
+                run.outputs = _freeze(run.outputs, tree, 0)
+        stack.extend(run.child_runs)
+
+
+def _freeze(value: Any, tree: _Tree, depth: int) -> Any:
+    cls = type(value)
+    if cls in _ATOMS:
+        return value
+    if depth > _FREEZE_DEPTH:
+        return _short(value)
+    if cls is dict:
+        return {k: v if type(v) in _ATOMS else _freeze(v, tree, depth + 1) for k, v in value.items()}
+    if cls is list or cls is tuple:
+        return cls([v if type(v) in _ATOMS else _freeze(v, tree, depth + 1) for v in value])
+    if isinstance(value, _AS_IS):
+        return value
+    if isinstance(value, dict):
+        return {k: _freeze(v, tree, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return [_freeze(v, tree, depth + 1) for v in value]
+    return tree.value(value, max(depth - 1, 0))  # the depth ``value`` would see it at
 
 
 class _LazyInputs(dict):

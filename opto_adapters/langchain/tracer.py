@@ -18,6 +18,7 @@ end late are handled quietly and leave no state behind.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -36,7 +37,7 @@ from .. import runs
 from ..trace import Graph, Parameter, TracedRun, TracerBase
 from ..trace.tracer import select_parameters
 from .discovery import STAMP_KEY, discover, object_stamp
-from .spans import ERROR_KEY, Translator, root_input_name
+from .spans import ERROR_KEY, Translator, freeze, root_input_name
 
 __all__ = ["OptoTracer"]
 
@@ -120,9 +121,10 @@ class OptoTracer(TracerBase, BaseTracer):
         retriever, model, prompt or tool) or of the runs with that name (a str); without it,
         the optimizer cannot see what the parameter affects.
         """
-        link: tuple[dict, str] | None = None
+        by_run_name: str | None = None
+        stamp: str | None = None
         if isinstance(used_by, str):
-            link = (self._by_run_name, used_by)
+            by_run_name = used_by
         elif used_by is not None:
             obj = used_by
             while isinstance(obj, RunnableBinding):
@@ -134,12 +136,17 @@ class OptoTracer(TracerBase, BaseTracer):
                     f"{type(used_by).__name__}: its runs carry no metadata. Pass the name of its "
                     "runs instead, e.g. used_by='format_docs'"
                 )
-            link = (self._found.by_stamp, stamp)
         TracerBase.add_parameter(self, parameter)
-        if link is not None:
-            table, key = link
-            arg = parameter.name.rsplit(".", 1)[-1]
-            table.setdefault(key, []).append((arg, parameter))
+        # copied, not edited: a run recorded before is translated later with the tables of
+        # its time (see ``_finish``)
+        link = (parameter.name.rsplit(".", 1)[-1], parameter)
+        if by_run_name is not None:
+            table = self._by_run_name
+            self._by_run_name = {**table, by_run_name: [*table.get(by_run_name, ()), link]}
+        elif stamp is not None:
+            table = self._found.by_stamp
+            by_stamp = {**table, stamp: [*table.get(stamp, ()), link]}
+            self._found = dataclasses.replace(self._found, by_stamp=by_stamp)
         return parameter
 
     # -- running ----------------------------------------------------------------------------
@@ -254,12 +261,15 @@ class OptoTracer(TracerBase, BaseTracer):
         # the app failed (recorded once the steps end), or was stopped (a stream closed
         # early ends the root normally, or with GeneratorExit when async: nothing recorded)
         failed = isinstance((run.extra or {}).get(ERROR_KEY), Exception)
-        with self._late_lock:  # a step ending now in another thread checks ``_late`` after
+        with self._late_lock:
+            # in ``_late`` before its steps are checked: a step ending now in another thread
+            # either has ended before the check or finds the root there (see ``_late_end``)
+            self._late[run.id] = (run, failed)
             waiting = _unfinished(run)
-            if waiting:
-                self._late[run.id] = (run, failed)
-                if len(self._late) > _MAX_LATE:
-                    self._evict(next(iter(self._late)))
+            if not waiting:
+                del self._late[run.id]
+            elif len(self._late) > _MAX_LATE:
+                self._evict(next(iter(self._late)))
         if waiting:
             logger.debug(
                 "run %s (%s) ended before its steps %s; %s",
@@ -277,14 +287,17 @@ class OptoTracer(TracerBase, BaseTracer):
     def _finish(self, root: Run) -> None:
         """Record the graph of a root whose steps have all ended, and forget the run.
 
-        The graph is built when first asked for (``last_graph``, ``graph(id)``...), from the
-        run tree and the parameter values as they were when the run ended."""
+        The least possible work is done now: the run tree is kept with its containers
+        copied (``spans.freeze``: the app may go on changing the lists and dicts its runs
+        hold) and with the parameter values and lookup tables of now; it is translated and
+        its graph built when first asked for (``last_graph``, ``graph(id)``...). Most runs
+        are never looked at, and translating costs several times what copying does."""
         try:
-            # translated now (the app may change the objects its runs hold), built later
-            span = self._translate(root)
+            freeze(root)
+            translator = Translator(self._found, self._by_run_name)  # the tables of now
             values = _values(self._parameters)
             metadata = _metadata(root)
-            self._record(str(root.id), lambda: self._graph_of(span, metadata, values))
+            self._record(str(root.id), lambda: self._graph_of(root, translator, metadata, values))
         except Exception:
             logger.exception(
                 "opto_adapters could not record run %s (%s); the app is not affected",
@@ -294,13 +307,18 @@ class OptoTracer(TracerBase, BaseTracer):
         finally:
             self._forget(root)
 
-    def _translate(self, run: Run) -> runs.Span:
-        return Translator(self._found, self._by_run_name).translate(run)
+    def _translate(self, run: Run, translator: Translator | None = None) -> runs.Span:
+        return (translator or Translator(self._found, self._by_run_name)).translate(run)
 
     def _graph_of(
-        self, span: runs.Span, metadata: dict[str, Any], values: dict[int, Any]
+        self,
+        root: Run,
+        translator: Translator | None,
+        metadata: dict[str, Any],
+        values: dict[int, Any],
     ) -> Graph | None:
         try:
+            span = self._translate(root, translator)
             graph = runs.build_graph(
                 span,
                 uses=[runs.TextUse(p) for p in self._found.by_content],
@@ -320,7 +338,7 @@ class OptoTracer(TracerBase, BaseTracer):
 
     def _build_graph(self, run: Run) -> Graph:
         """The graph of a finished run tree, now (with the parameter values of now)."""
-        graph = self._graph_of(self._translate(run), _metadata(run), {})
+        graph = self._graph_of(run, None, _metadata(run), {})
         if graph is None:
             raise RuntimeError(f"no graph for run {run.id}: see the error logged above")
         return graph
@@ -339,7 +357,13 @@ class OptoTracer(TracerBase, BaseTracer):
 
     def _late_end(self, run: Run) -> None:
         """A step of a root that has already ended has ended: prune it and, once it was the
-        last one, finish the root (record its graph if it failed, see the module docstring)."""
+        last one, finish the root (record its graph if it failed, see the module docstring).
+
+        Called after every step; nearly always nothing waits, and that is read without the
+        lock: a root is put in ``_late`` before its steps are checked, so a step that finds
+        ``_late`` empty had ended before its root's check, which then saw it end."""
+        if not self._late:
+            return
         with self._late_lock:
             item = self._late.get(run.trace_id)
             if item is None:
@@ -485,7 +509,7 @@ def _guarded(name: str) -> Any:
             if ends:
                 run = self.run_map.get(str(kwargs.get("run_id")))
             result = base(self, *args, **kwargs)
-            if run is not None and run.trace_id != run.id:
+            if run is not None and run.parent_run_id is not None:
                 self._late_end(run)  # a step: did it end after its root?
             return result
         except Exception:

@@ -225,11 +225,11 @@ class Recorder:
         )
 
     def _kind(self, instance: Any, name: str) -> str | None:
-        key = (type(instance), name.rpartition(".")[2])
+        key = (type(instance), name)  # cached by class and span name: no parsing per span
         try:
             return self._kinds[key]
         except KeyError:
-            kind = self._kinds[key] = classify(*key)
+            kind = self._kinds[key] = classify(key[0], name.rpartition(".")[2])
             return kind
 
     def _enter(self, id_: str, bound_args: Any, instance: Any, parent_id: str | None) -> None:
@@ -243,8 +243,11 @@ class Recorder:
                     if isinstance(tool_id, str):
                         parent.run.tool_ids[id_] = tool_id
             return
-        name = _span_name(id_)
-        kind = self._kind(instance, name)
+        name = id_[:-37] if len(id_) > 37 and id_[-37] == "-" else _span_name(id_)
+        try:
+            kind = self._kinds[(type(instance), name)]
+        except KeyError:
+            kind = self._kind(instance, name)
         if parent is None:
             if kind is None or kind == _OFFER_TOOLS or not self._accept(id_, instance, kind):
                 return
@@ -281,8 +284,8 @@ class Recorder:
             self._track(id_, record)
 
     def _track(self, id_: str, record: SpanRecord) -> None:
-        with self._lock:
-            self._index[id_] = record
+        # one dict store, atomic under the GIL: no lock (this runs for every span)
+        self._index[id_] = record
         record.run.span_ids.append(id_)
 
     def _start_run(self, id_: str, name: str, kind: str, instance: Any, bound_args: Any) -> None:
@@ -352,8 +355,7 @@ class Recorder:
         self._on_finish(run)
 
     def _event(self, event: Any) -> None:
-        span_id = event.span_id
-        record = self._index.get(span_id) if span_id is not None else None
+        record = self._index.get(event.span_id)  # None for an event outside any span
         if record is None or record.kind != "llm":
             return
         handler = _EVENTS.get(type(event))
@@ -485,12 +487,20 @@ class SpanHandler(BaseSpanHandler):
         tags: Any = None,
         **kwargs: Any,
     ) -> None:
-        self._recorder.span_enter(id_, bound_args, instance, parent_id)
+        recorder = self._recorder  # straight to the recorder's internals: one call less per span
+        try:
+            recorder._enter(id_, bound_args, instance, parent_id)
+        except Exception as exc:
+            recorder.report_failure("span_enter", exc)
 
     def span_exit(
         self, id_: str, bound_args: Any, instance: Any = None, result: Any = None, **kwargs: Any
     ) -> None:
-        self._recorder.span_exit(id_, result)
+        recorder = self._recorder
+        try:
+            recorder._end(id_, result, None)
+        except Exception as exc:
+            recorder.report_failure("span_exit", exc)
 
     def span_drop(
         self,
@@ -530,4 +540,8 @@ class EventHandler(BaseEventHandler):
         return "OptoEventHandler"
 
     def handle(self, event: Any, **kwargs: Any) -> None:
-        self._recorder.event(event)
+        recorder = self._recorder
+        try:
+            recorder._event(event)
+        except Exception as exc:
+            recorder.report_failure("event", exc)

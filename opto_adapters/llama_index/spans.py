@@ -91,6 +91,10 @@ class _Tree:
         self.run = run
         self.order = 0
         self._offered: set[int] | None = None
+        self.by_instance = getattr(discovery, "by_instance", None) or {}
+        self.by_span_name = getattr(discovery, "by_span_name", None) or {}
+        # a retriever's nodes are usually the synthesizer's too: each node translated once
+        self.docs: dict[int, tuple[Any, Document]] = {}
 
     def span(self, rec: SpanRecord, parent_id: str | None, *, root: bool = False) -> Span:
         kind = _KINDS.get(rec.kind, "chain")
@@ -137,8 +141,9 @@ class _Tree:
 
     def user_parameters(self, rec: SpanRecord) -> list[tuple[str, Parameter]]:
         """Parameters a user tied to this object or this kind of span (``used_by=``)."""
-        by_instance = getattr(self.d, "by_instance", None) or {}
-        by_name = getattr(self.d, "by_span_name", None) or {}
+        by_instance, by_name = self.by_instance, self.by_span_name
+        if not (by_instance or by_name):
+            return []
         found = list(by_instance.get(id(rec.instance), ())) if rec.instance is not None else []
         found.extend(by_name.get(rec.name, ()))
         found.extend(by_name.get(rec.name.rpartition(".")[2], ()))
@@ -150,14 +155,29 @@ class _Tree:
         span.output = output_value(rec.result)
 
     def _query(self, rec: SpanRecord, span: Span) -> None:
+        self._query_input(rec, span)
+        span.output = output_value(rec.result)
+
+    @staticmethod
+    def _query_input(rec: SpanRecord, span: Span) -> None:
         text = _query_text(rec.args.get("str_or_query_bundle", rec.args.get("query_bundle")))
         if text is not None:
             span.inputs["query"] = text
-        span.output = output_value(rec.result)
+
+    def documents(self, nodes: Any) -> list[Document]:
+        """``_documents``, translating a node seen before in this run only once."""
+        out = []
+        memo = self.docs
+        for n in nodes or ():
+            hit = memo.get(id(n))
+            if hit is None or hit[0] is not n:
+                hit = memo[id(n)] = (n, _documents((n,))[0])
+            out.append(hit[1])
+        return out
 
     def _retrieve(self, rec: SpanRecord, span: Span) -> None:
-        self._query(rec, span)
-        span.output = _documents(rec.result) if isinstance(rec.result, list) else output_value(rec.result)
+        self._query_input(rec, span)
+        span.output = self.documents(rec.result) if isinstance(rec.result, list) else output_value(rec.result)
         for t in self.d.by_retriever.get(id(rec.instance), ()):
             span.parameters.append((t.parameter.name.rpartition(".")[2], t.parameter))
 
@@ -167,7 +187,7 @@ class _Tree:
             span.inputs["query"] = text
         nodes = rec.args.get("nodes")
         if nodes:
-            span.inputs["nodes"] = _documents(nodes)
+            span.inputs["nodes"] = self.documents(nodes)
         span.output = output_value(rec.result)
 
     def _chat(self, rec: SpanRecord, span: Span) -> None:

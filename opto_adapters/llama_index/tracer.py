@@ -343,8 +343,17 @@ class OptoTracer(TracerBase):
         return self in _SCOPE.get()
 
     def _finish(self, run: RunRecord) -> None:
-        """Translate a finished run now (the app may change the objects it holds); build its
-        graph when first asked for, with the parameter values of now."""
+        """Translate a finished run now; build its graph when first asked for, with the
+        parameter values of now.
+
+        Translated now, not kept for later (unlike the LangChain tracer, which copies its
+        runs' containers and translates lazily): what a LlamaIndex run holds are mutable
+        pydantic objects the app keeps using, the ``Response`` it returned, the index's own
+        nodes (shared by every query), chat messages (ReAct rewrites its reply in place), and
+        these cannot be copied cheaply (``model_copy`` costs more than translating). So the
+        translation is made cheap instead (``spans``: each node translated once per run, no
+        output computed twice), and the hot path of every span and event is lean
+        (``recorder``)."""
         try:
             root = translate(run, self._discovery)
             values = {}
