@@ -19,7 +19,7 @@ from typing import Any
 
 from .attach import Evidence
 from .feedback import normal_id
-from .records import TraceFormatError, group_traces, read_records
+from .records import TraceFormatError, group_traces, read_records, tool_schema_name
 
 __all__ = ["RecordedRun", "evidence", "is_run", "read_runs"]
 
@@ -151,7 +151,7 @@ def evidence(run: RecordedRun) -> Evidence:
     if run.run_type in ("llm", "chat_model"):
         params = (run.extra or {}).get("invocation_params") or {}
         for schema in params.get("tools") or ():
-            name = _tool_name(schema)
+            name = tool_schema_name(schema)
             if name:
                 ev.tools.append(name)
     if run.run_type == "tool":
@@ -179,16 +179,6 @@ def _templates(serialized: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             if key in kwargs:
                 stack.append((kwargs[key], role))
     return found
-
-
-def _tool_name(schema: Any) -> str | None:
-    if isinstance(schema, dict):
-        fn = schema.get("function")
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            return fn["name"]
-        if isinstance(schema.get("name"), str):
-            return schema["name"]
-    return None
 
 
 def _object(value: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from .attach import Evidence
 from .feedback import normal_id
-from .records import TraceFormatError, group_traces, read_records
+from .records import TraceFormatError, group_traces, read_records, tool_schema_name
 from .spans import Span, tree
 from .values import Document, Message, ToolCall
 
@@ -270,7 +270,7 @@ def _span(s: RecordedSpan, kind: str, order: int) -> tuple[Span, Evidence]:
         i = 0
         while f"llm.tools.{i}.tool.json_schema" in a:
             schema = _json(a[f"llm.tools.{i}.tool.json_schema"])
-            name = _tool_name(schema)
+            name = tool_schema_name(schema)
             if name:
                 ev.tools.append(name)
             i += 1
@@ -400,13 +400,3 @@ def _documents(a: Mapping[str, Any]) -> list[Document]:
     return out
 
 
-def _tool_name(schema: Any) -> str | None:
-    if isinstance(schema, dict):
-        fn = schema.get("function")
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-            return fn["name"]
-        if isinstance(schema.get("name"), str):
-            return schema["name"]
-        if isinstance(schema.get("title"), str):
-            return schema["title"]
-    return None

@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
-__all__ = ["TraceFormatError", "group_traces", "read_records"]
+__all__ = ["TraceFormatError", "group_traces", "read_records", "tool_schema_name"]
 
 logger = logging.getLogger("opto_adapters.runs")
 
@@ -223,3 +223,16 @@ def group_traces(
         yield tid, group, tid in rooted
     for tid, group in waiting.items():
         yield tid, group, False
+
+
+def tool_schema_name(schema: Any) -> str | None:
+    """The tool's name in a recorded tool schema (OpenAI ``{"function": {"name"}}``, a bare
+    ``{"name"}``, or a JSON schema's ``title``)."""
+    if isinstance(schema, dict):
+        fn = schema.get("function")
+        if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+            return fn["name"]
+        for key in ("name", "title"):
+            if isinstance(schema.get(key), str):
+                return schema[key]
+    return None
