@@ -14,7 +14,7 @@ __all__ = ["OptoPrime"]
 
 SYSTEM_PROMPT = """You improve the trainable #Variables of a program from #Feedback on its #Outputs.
 Sections: #Instruction (the goal); #Code (the run, one line per operation, `result = op(arg=value_name)`, in order); #Documentation (what each op does); #Variables (`(type) name=value`, changeable; a `# name:` line says what it is for); #Constraints (a value breaking one is refused); #Inputs (fixed); #Others (intermediate values); #Outputs; #Feedback; #Memory (earlier values and their feedback).
-`[run N]` marks one run's values in a minibatch; code and variables are shared.
+`[run N]` marks one run's values in a minibatch (`[runs 1, 3]` several, `[all runs]` every run); code and variables are shared.
 Work out how each variable led to the feedback, then suggest values that make future runs better, not only these."""
 
 
