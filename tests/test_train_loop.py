@@ -229,3 +229,26 @@ def test_import_opto_adapters_stays_light():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=".")
     assert done.returncode == 0, done.stderr
+
+
+def test_a_perfect_minibatch_with_no_feedback_text_costs_no_optimizer_call(scripted_llm):
+    """Issue 13, item 4: nothing to learn, nothing spent (and the step says why)."""
+    app = make_app("ANSWER {q}!")
+
+    def perfect_except_q3(example, output):
+        # q0..q1 are perfect with nothing to say; the minibatch with q2, q3 has feedback
+        if example["input"] in ("q0", "q1"):
+            return 1.0
+        return Feedback(score=0.5, text="add a marker")
+
+    scripted_llm.script(reply("ANSWER {q}!!"))
+    store = Store()
+    result = optimize(
+        app, data(4), guide=perfect_except_q3, optimizer=opt(app, scripted_llm),
+        batch_size=2, shuffle=False, store=store, progress=False,
+    )
+    steps = store.steps(result.run_id)
+    assert [s.status for s in steps][0] == "no_change"
+    assert "nothing to learn" in steps[0].reason and "no optimizer call" in steps[0].reason
+    assert len(scripted_llm.requests) == 1  # only the second minibatch asked the optimizer
+    assert steps[1].status in ("accepted", "rejected")

@@ -45,6 +45,20 @@ _EPS = 1e-9
 _OPTIMIZER_API = ("zero_feedback", "backward", "propose", "apply", "parameters")
 
 
+MAX_SCORE = 1.0
+NOTHING_TO_LEARN = (
+    f"every run of the minibatch scored {MAX_SCORE:g} with no feedback text: nothing to learn, "
+    "so no optimizer call was made"
+)
+
+
+def _nothing_to_learn(results: list[Result]) -> bool:
+    """Whether every run of a minibatch got the best score and no text to learn from."""
+    return bool(results) and all(
+        r.error is None and r.score >= MAX_SCORE and not r.feedback.text.strip() for r in results
+    )
+
+
 class Trainer:
     """Optimize an app's parameters on ``train``, gated on ``val``; ``fit()`` runs it.
 
@@ -404,14 +418,18 @@ class Trainer:
         gate_score = mean(gate_now)
         self.store.update_step(run_id, step, train_score=train_score, gate_score=gate_score)
 
-        candidates = self._proposals(step, forward)
-        scored: list[tuple[int, dict[str, Any], float, list[Result]]] = []
-        for cid, values in candidates:
-            outcome = self._try_candidate(step, cid, values, gate_split, gate_idx)
-            if outcome is not None:
-                scored.append((cid, values, *outcome))
-
-        status, reason, accepted = self._decide(step, scored, gate_score, gate_split, gate_now)
+        if _nothing_to_learn(forward):
+            # a perfect minibatch with no feedback text: an optimizer call could only cost
+            status, reason, accepted = "no_change", NOTHING_TO_LEARN, None
+            logger.info("step %d: %s", step, reason)
+        else:
+            candidates = self._proposals(step, forward)
+            scored: list[tuple[int, dict[str, Any], float, list[Result]]] = []
+            for cid, values in candidates:
+                outcome = self._try_candidate(step, cid, values, gate_split, gate_idx)
+                if outcome is not None:
+                    scored.append((cid, values, *outcome))
+            status, reason, accepted = self._decide(step, scored, gate_score, gate_split, gate_now)
         val_score = self.store.mean_score(run_id, self._current, "val")[0] if self.val else None
         self.store.finish_step(
             run_id, step, memory=self._memory_state(),
