@@ -546,3 +546,32 @@ def test_close_releases_the_connections(scripted_llm):
     with pytest.raises(LLMError, match="was closed; create a new LLM"):
         llm.complete("hi")
     assert scripted_llm.request_count == 1
+
+
+def test_a_format_refusal_answered_with_http_500_falls_back_at_once():
+    """llama.cpp's server answers response_format json_schema with HTTP 500 ("Input should be
+    'text' or 'json_object'"): an answer about the format, never retried as a server fault."""
+
+    def respond(body):
+        if (body.get("response_format") or {}).get("type") == "json_schema":
+            return Reply.error(500, "1 validation error: response_format.type: Input should be 'text' or 'json_object'")
+        return '{"answer": "ok"}'
+
+    with ScriptedLLMServer(respond) as server:
+        llm = make_llm(server)
+        result = llm.complete_json("q", schema=SCHEMA)
+        assert result.data == {"answer": "ok"} and result.mode == "json_object"
+        assert [(r.response_format_type, r.status) for r in server.requests] == [
+            ("json_schema", 500),  # once: not retried
+            ("json_object", 200),
+        ]
+        assert llm.unsupported_modes == {"json_schema"}
+        llm.complete_json("q2", schema=SCHEMA)
+        assert server.request_count == 3  # remembered for this endpoint
+
+
+def test_a_server_fault_on_a_structured_request_is_still_retried():
+    with ScriptedLLMServer([Reply.error(500, "upstream crashed"), '{"answer": "ok"}']) as server:
+        llm = make_llm(server)
+        assert llm.complete_json("q", schema=SCHEMA).mode == "json_schema"
+        assert [r.status for r in server.requests] == [500, 200]

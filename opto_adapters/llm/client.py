@@ -115,10 +115,14 @@ def _retry_after_seconds(exc: Exception) -> float | None:
     return None
 
 
-def _mentions_response_format(exc: LLMRequestError) -> bool:
+def _mentions_response_format(exc: Exception) -> bool:
+    """Whether an error's message or body names the structured-output request."""
     text = str(exc).lower()
-    if isinstance(exc.body, Mapping):
-        text += " " + json.dumps(exc.body).lower()
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        text += " " + json.dumps(body).lower()
+    elif isinstance(body, str):
+        text += " " + body.lower()
     return any(hint in text for hint in _FORMAT_HINTS)
 
 
@@ -297,7 +301,8 @@ class LLM:
 
         With a ``schema`` (a JSON Schema dict, or a pydantic model class) the
         request uses ``response_format`` ``json_schema``; endpoints rejecting it
-        (HTTP 400/422 about the response format) are retried with
+        (an error naming the response format, whatever its HTTP status: llama.cpp answers
+        ``json_schema`` with 500) are asked again, at once, with
         ``json_object`` and then plain text with a JSON instruction.  Rejected
         modes are remembered per instance.  Raises :class:`LLMResponseError`
         when the reply holds no JSON object.
@@ -332,12 +337,8 @@ class LLM:
                 completion = self._chat(request_messages, request_params)
             except LLMRequestError as exc:
                 is_last = position == len(modes) - 1
-                if (
-                    is_last
-                    or exc.status_code not in (400, 422)
-                    or not _mentions_response_format(exc)
-                ):
-                    raise
+                if is_last or exc.status_code is None or not _mentions_response_format(exc):
+                    raise  # (a refusal of the format is a format answer, whatever its status)
                 with self._lock:
                     self._unsupported_modes.add(mode)
                 logger.info(
@@ -456,6 +457,16 @@ class LLM:
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 code = _error_code(exc)
+                if "response_format" in kwargs and _mentions_response_format(exc):
+                    # a server refusing the structured-output request (llama.cpp answers
+                    # json_schema with HTTP 500): an answer about the format, not a fault
+                    raise LLMRequestError(
+                        f"HTTP {status} from {self.base_url}: {_error_message(exc)} "
+                        "(the endpoint refused the response_format; not retried)",
+                        status_code=status,
+                        attempts=attempt,
+                        body=exc.body,
+                    ) from exc
                 retryable = (
                     status in _RETRYABLE_STATUS or status >= 500
                 ) and code != "insufficient_quota"
