@@ -281,3 +281,21 @@ def test_opro_history_is_bounded_by_memory_size(scripted_llm):
     assert len(opt.history) == 2
     last = scripted_llm.prompts()[-1].split("#History", 1)[1]
     assert last.count("[score:") == 3  # two remembered steps and the current values
+
+
+@pytest.mark.parametrize("optimizer_class", [OptoPrime, OPRO])
+def test_replies_are_limited_to_a_size_that_fits_the_values(scripted_llm, optimizer_class):
+    """Issue 12: a weak model that never stops must not fill the endpoint's context."""
+    template, max_words, tags, run = make_program()
+    params = [template, max_words]
+    scripted_llm.script(*(reply({"max_words": n}) for n in (4, 5, 6)))
+    expected = 1024 + sum(len(str(p.value)) for p in params) // 3
+
+    for given, sent in (("auto", expected), (300, 300), (None, None)):
+        opt = optimizer_class(params, llm_for(scripted_llm), max_tokens=given)
+        opt.zero_feedback()
+        opt.backward(run("What is 2+2?"), "Use fewer words.")
+        opt.step()
+        assert scripted_llm.last_request.body.get("max_tokens") == sent, given
+    with pytest.raises(ValueError, match="max_tokens must be a positive int"):
+        optimizer_class(params, llm_for(scripted_llm), max_tokens=0)

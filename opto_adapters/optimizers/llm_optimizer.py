@@ -41,10 +41,15 @@ class MemoryEntry:
     feedback: str
 
 
+_REPLY_TOKENS = 1024  # the reasoning and the JSON around the values
+_MAX_REPLY_TOKENS = 16_384
+
+
 class LLMOptimizer(Optimizer):
     """An optimizer that asks an LLM (any OpenAI-compatible endpoint, see ``LLM``).
 
-    ``memory_size`` earlier (values, feedback) pairs are shown with each request;
+    ``memory_size`` earlier (values, feedback) pairs are shown with each request; replies are
+    limited to ``max_tokens`` (``"auto"``: sized to the values to rewrite, see ``reply_tokens``);
     ``remember`` adds one (the trainer records rejected candidates this way). A missing key
     (``AuthenticationError``) or a spent ``Budget`` (``BudgetExceeded``) is raised.
     """
@@ -59,10 +64,14 @@ class LLMOptimizer(Optimizer):
         objective: str | None = None,
         memory_size: int = 5,
         value_budget: int | None = 1000,
+        max_tokens: int | None | str = "auto",
     ) -> None:
         super().__init__(parameters)
         if memory_size < 0:
             raise ValueError(f"memory_size must be >= 0, got {memory_size}")
+        if not (max_tokens is None or max_tokens == "auto" or (isinstance(max_tokens, int) and max_tokens > 0)):
+            raise ValueError(f"max_tokens must be a positive int, 'auto' or None, got {max_tokens!r}")
+        self.max_tokens = max_tokens
         self._llm = llm
         self.objective = objective
         self.value_budget = value_budget
@@ -117,6 +126,15 @@ class LLMOptimizer(Optimizer):
             blocks.append(f"[{i}]\n{values}\nfeedback: {entry.feedback}")
         return "\n".join(blocks)
 
+    def reply_tokens(self) -> int | None:
+        """The ``max_tokens`` of a reply: ``max_tokens`` as given, or with ``"auto"`` room for
+        the reasoning plus every trainable value written out anew (a weak model that never
+        stops cannot fill the endpoint's context); ``None`` sends no limit."""
+        if self.max_tokens != "auto":
+            return self.max_tokens  # type: ignore[return-value]
+        chars = sum(len(str(p.value)) for p in self.parameters if p.trainable)
+        return min(_MAX_REPLY_TOKENS, _REPLY_TOKENS + chars // 3)
+
     @staticmethod
     def feedback_summary(subs: list[Subgraph], budget: int = 500) -> str:
         texts = [cut(str(s.feedback), budget) for s in subs]
@@ -132,7 +150,10 @@ class LLMOptimizer(Optimizer):
         """
         proposal = Proposal(messages=messages)
         try:
-            result = self.llm.complete_json(messages, REPLY_SCHEMA, schema_name="optimizer_reply")
+            extra = {} if self.reply_tokens() is None else {"max_tokens": self.reply_tokens()}
+            result = self.llm.complete_json(
+                messages, REPLY_SCHEMA, schema_name="optimizer_reply", **extra
+            )
         except LLMResponseError as exc:
             proposal.raw = exc.raw_text or ""
             if proposal.raw.strip().strip(".").upper() == "TERMINATE":

@@ -38,10 +38,12 @@ class OPRO(LLMOptimizer):
         objective: str | None = None,
         memory_size: int = 20,
         value_budget: int | None = 1000,
+        max_tokens: int | None | str = "auto",
         system_prompt: str = SYSTEM_PROMPT,
     ) -> None:
         super().__init__(
-            parameters, llm, objective=objective, memory_size=memory_size, value_budget=value_budget
+            parameters, llm, objective=objective, memory_size=memory_size,
+            value_budget=value_budget, max_tokens=max_tokens,
         )
         self.system_prompt = system_prompt
         self.history: deque[tuple[dict[str, Any], float | None, str]] = deque(maxlen=memory_size)

@@ -34,12 +34,14 @@ class OptoPrime(LLMOptimizer):
         objective: str | None = None,
         memory_size: int = 5,
         value_budget: int | None = 1000,
+        max_tokens: int | None | str = "auto",
         variable_budget: int | None = None,
         feedback_budget: int | None = 4000,
         system_prompt: str = SYSTEM_PROMPT,
     ) -> None:
         super().__init__(
-            parameters, llm, objective=objective, memory_size=memory_size, value_budget=value_budget
+            parameters, llm, objective=objective, memory_size=memory_size,
+            value_budget=value_budget, max_tokens=max_tokens,
         )
         self.variable_budget = variable_budget
         self.feedback_budget = feedback_budget
