@@ -295,7 +295,7 @@ class OptoTracer(TracerBase, BaseTracer):
         try:
             freeze(root)
             translator = Translator(self._found, self._by_run_name)  # the tables of now
-            values = _values(self._parameters)
+            values = self._parameter_values()
             metadata = _metadata(root)
             self._record(str(root.id), lambda: self._graph_of(root, translator, metadata, values))
         except Exception:
@@ -325,6 +325,7 @@ class OptoTracer(TracerBase, BaseTracer):
                 input_name=lambda key: root_input_name(span.kind, key),
                 metadata=metadata,
                 on_unlinked=self._unlinked,
+                values=values,
             )
         except Exception:
             logger.exception(
@@ -333,7 +334,6 @@ class OptoTracer(TracerBase, BaseTracer):
                 metadata.get("name"),
             )
             return None
-        graph.values.update((pid, values[pid]) for pid in graph.values if pid in values)
         return graph
 
     def _build_graph(self, run: Run) -> Graph:
@@ -439,17 +439,6 @@ class OptoTracer(TracerBase, BaseTracer):
     def on_llm_new_token(self, *args: Any, **kwargs: Any) -> None:
         """Tokens are not needed for the graph (the final output arrives on end)."""
         return None
-
-
-def _values(parameters: list[Parameter]) -> dict[int, Any]:
-    """Every parameter's value now (a graph built later shows the values of its run)."""
-    values: dict[int, Any] = {}
-    for p in parameters:
-        try:
-            values[id(p)] = p.value
-        except Exception:  # a binding whose object changed shape: nothing to remember
-            continue
-    return values
 
 
 def _metadata(root: Run) -> dict[str, Any]:

@@ -356,12 +356,7 @@ class OptoTracer(TracerBase):
         (``recorder``)."""
         try:
             root = translate(run, self._discovery)
-            values = {}
-            for p in self._parameters:
-                try:
-                    values[id(p)] = p.value
-                except Exception:  # a binding whose object changed shape
-                    continue
+            values = self._parameter_values()
         except Exception as exc:
             self._recorder.report_failure("recording the run", exc)
             return
@@ -374,12 +369,12 @@ class OptoTracer(TracerBase):
     ) -> Graph | None:
         try:
             graph = runs.build_graph(
-                root, uses=self._uses, instances=instances, metadata=metadata, on_unlinked=self._unlinked
+                root, uses=self._uses, instances=instances, metadata=metadata,
+                on_unlinked=self._unlinked, values=values,
             )
         except Exception as exc:
             self._recorder.report_failure("building the graph", exc)
             return None
-        graph.values.update((pid, values[pid]) for pid in graph.values if pid in values)
         return graph
 
     def __repr__(self) -> str:

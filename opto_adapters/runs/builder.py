@@ -72,15 +72,17 @@ def build_graph(
     input_name: Callable[[str], str] | None = None,
     metadata: Mapping[str, Any] | None = None,
     on_unlinked: Callable[[Span, str], None] | None = None,
+    values: Mapping[int, Any] | None = None,
 ) -> Graph:
     """The OPTO graph of the run ``root`` (see the module docstring).
 
     ``uses``: parameters to look for in what models received; those with ``owners`` count only
     when one of their owners is in ``instances`` (the objects that ran). ``input_name`` names
     the leaf of each of the root's inputs (default: its key). ``on_unlinked(span, reason)`` is
-    told about a step nothing could be linked to.
+    told about a step nothing could be linked to. ``values``: the parameter values when the
+    run ended, by ``id`` (default: their values now), kept as ``Graph.values``.
     """
-    return _Build(uses, instances, input_name, on_unlinked).build(root, metadata or {})
+    return _Build(uses, instances, input_name, on_unlinked).build(root, metadata or {}, values or {})
 
 
 class _Inputs(dict):
@@ -169,7 +171,7 @@ class _Build:
 
     # -- the run ---------------------------------------------------------------------------
 
-    def build(self, root: Span, metadata: Mapping[str, Any]) -> Graph:
+    def build(self, root: Span, metadata: Mapping[str, Any], values: Mapping[int, Any]) -> Graph:
         for span in root.walk():
             for _, p in span.parameters:
                 self.explicit.add(id(p))
@@ -183,7 +185,9 @@ class _Build:
                 inputs.add(arg, n)
             output = self.make(root, inputs, root.output, label=root.label or "output")
         graph = Graph(output, metadata=metadata)
-        graph.values = {pid: _value_of(p) for pid, p in self.params.items()}
+        graph.values = {
+            pid: values[pid] if pid in values else _value_of(p) for pid, p in self.params.items()
+        }
         graph.links = self.links
         return graph
 

@@ -95,6 +95,16 @@ class TracerBase:
         self._parameters.append(parameter)
         return parameter
 
+    def _parameter_values(self) -> dict[int, Any]:
+        """Every parameter's value now, by ``id`` (a graph built later shows its run's)."""
+        values: dict[int, Any] = {}
+        for p in self._parameters:
+            try:
+                values[id(p)] = p.value
+            except Exception:  # a binding whose object changed shape: nothing to remember
+                continue
+        return values
+
     def _unlinked(self, span: Any, reason: str) -> None:
         """A step of a run that nothing could be linked to (``span.kind``, ``span.name``):
         say so once per tracer and step, naming it, with what to do."""
