@@ -175,3 +175,19 @@ def test_resuming_with_other_data_is_refused(scripted_llm, tmp_path):
         trainer_for(app, scripted_llm, data(3), store=path, batch_size=1, resume=True).fit()
     with pytest.raises(StoreError, match="has no run 7; its runs are \\[1\\]"):
         trainer_for(app, scripted_llm, data(2), store=path, resume=7).fit()
+
+
+def test_an_app_that_cannot_reach_its_model_is_told_so(scripted_llm):
+    """Every app call fails to connect: the advice names the endpoint, not input_key."""
+    app = make_app()
+
+    def unreachable(template, q):
+        raise ConnectionError("Connection error.")
+
+    app.respond = unreachable
+    with pytest.raises(AppError) as info:
+        trainer_for(app, scripted_llm, data(2)).fit()
+    text = str(info.value)
+    assert "could not reach its model endpoint" in text and "OPENAI_BASE_URL" in text
+    assert "input_key" not in text
+    assert scripted_llm.prompts() == []

@@ -52,6 +52,14 @@ NOTHING_TO_LEARN = (
 )
 
 
+_UNREACHABLE = ("connection error", "connectionerror", "connection refused", "connecterror")
+
+
+def _unreachable(error: str | None) -> bool:
+    """Whether an app error says the app's model endpoint could not be reached."""
+    return error is not None and any(hint in error.lower() for hint in _UNREACHABLE)
+
+
 def _nothing_to_learn(results: list[Result]) -> bool:
     """Whether every run of a minibatch got the best score and no text to learn from."""
     return bool(results) and all(
@@ -374,11 +382,19 @@ class Trainer:
         results = self._evaluate(self._current, "train", range(len(self.train)), "baseline", graphs=True)
         failed = [r for r in results if r.error is not None]
         if len(failed) == len(results) and not self.config.tolerate_app_errors:
+            if all(_unreachable(r.error) for r in failed):
+                advice = (
+                    "the app could not reach its model endpoint: start the server, or check its "
+                    "URL and key (OPENAI_BASE_URL, OPENAI_API_KEY, or the app's own model settings)"
+                )
+            else:
+                advice = (
+                    "Fix the app or what it is given (input_key=...); if the optimizer is meant to "
+                    "repair a failing app (e.g. trainable code), pass tolerate_app_errors=True"
+                )
             raise AppError(
                 f"the app raised on all {len(results)} train examples (train example "
-                f"{failed[0].index}: {failed[0].error}); there is nothing to learn from. Fix the app "
-                "or what it is given (input_key=...); if the optimizer is meant to repair a failing "
-                "app (e.g. trainable code), pass tolerate_app_errors=True"
+                f"{failed[0].index}: {failed[0].error}); there is nothing to learn from. {advice}"
             )
         self._consider_best(self._current, self._selection_score(self._current, "baseline"))
 
