@@ -205,6 +205,7 @@ def _optimize(args: argparse.Namespace) -> int:
             if trainer.run_id is not None:
                 print(f"run {trainer.run_id} failed; what was done is stored in {args.store}", file=sys.stderr)
             raise
+        errors = [c.error for c in trainer.store.candidates(result.run_id) if c.error and not c.reply]
     print(f"run {result.run_id}: {result.status}" + (f" ({result.message})" if result.message else ""))
     print(
         _table(
@@ -212,10 +213,21 @@ def _optimize(args: argparse.Namespace) -> int:
             [[k, _fmt(s.train), _fmt(s.val)] for k, s in (("baseline", result.baseline), ("best", result.best), ("final", result.final))],
         )
     )
+    calls = result.usage.get("optimizer_calls", 0)
+    answered = result.usage.get("optimizer_answered", calls)
     print(
-        f"{result.steps_done} steps, {result.accepted} accepted; {result.usage.get('optimizer_calls', 0)} "
-        f"optimizer calls, {result.usage.get('total_tokens', 0)} tokens; {time.monotonic() - start:.1f} s"
+        f"{result.steps_done} steps, {result.accepted} accepted; {calls} optimizer calls "
+        f"({answered} answered, {calls - answered} failed), {result.usage.get('total_tokens', 0)} "
+        f"tokens; {time.monotonic() - start:.1f} s"
     )
+    if calls and not answered:
+        print(
+            f"error: no optimizer call was answered, so nothing was learned (first error: "
+            f"{errors[0] if errors else 'unknown'}); check the endpoint (OPENAI_BASE_URL, "
+            "OPTO_MODEL, OPENAI_API_KEY), then start a new run",
+            file=sys.stderr,
+        )
+        return 1
     if result.status in ("interrupted", "budget_exhausted", "time_limit", "max_steps"):
         print(f"continue with: opto-adapters optimize {args.recipe} --store {args.store} --resume")
     print(f"report: opto-adapters report {args.store} -o report.html")

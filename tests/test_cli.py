@@ -6,6 +6,7 @@ import textwrap
 import pytest
 
 from opto_adapters import cli
+from opto_adapters.testing import Reply
 from opto_adapters.trace import load_parameters, node
 from opto_adapters.train import RecipeError
 from opto_adapters.train.recipe import load_recipe
@@ -68,7 +69,7 @@ def test_optimize_a_recipe(stored, scripted_llm):
     assert "optimizing" in out and "flag-model" in out
     assert "run 1: completed" in out
     assert "best      1.000  1.000" in out and "baseline  0.000  0.000" in out
-    assert "2 steps, 2 accepted; 2 optimizer calls" in out
+    assert "2 steps, 2 accepted; 2 optimizer calls (2 answered, 0 failed)" in out
     first = scripted_llm.chat_requests[0]
     assert first.model == "flag-model"
     assert "Replies start with ANSWER and end with an exclamation mark." in first.prompt  # OBJECTIVE
@@ -166,3 +167,16 @@ def test_recipe_loader_checks_the_convention(tmp_path):
     assert recipe.load_train() == [1, 2] and recipe.load_val() is None and recipe.objective is None
     with pytest.raises(RecipeError, match=r"build_app\(\) raised RuntimeError: no key"):
         recipe.build_app()
+
+
+def test_optimize_exits_1_when_no_optimizer_call_was_answered(recipe, scripted_llm, tmp_path, monkeypatch, capsys):
+    """Issue 12: an optimizer that never answered is a failure, not a completed run."""
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted_llm.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    monkeypatch.setenv("OPTO_MODEL", "m")
+    scripted_llm.set_default(Reply.error(503, "overloaded"))
+    code = cli.main(["optimize", str(recipe), "--store", str(tmp_path / "s.sqlite"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "optimizer calls (0 answered, 2 failed)" in captured.out
+    assert "no optimizer call was answered" in captured.err and "HTTP 503" in captured.err

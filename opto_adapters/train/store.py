@@ -759,14 +759,16 @@ class Store:
         return [_candidate(r) for r in rows]
 
     def usage(self, run_id: int) -> dict[str, int]:
-        """Optimizer calls and tokens of a run (summed over its candidates)."""
-        (calls, prompt, completion), = self._rows(
-            "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0) "
+        """Optimizer calls (and how many got a reply) and tokens of a run, over its candidates."""
+        (calls, answered, prompt, completion), = self._rows(
+            "SELECT COUNT(*), COALESCE(SUM(reply != ''), 0), COALESCE(SUM(prompt_tokens), 0), "
+            "COALESCE(SUM(completion_tokens), 0) "
             "FROM candidates WHERE run_id = ? AND (prompt != '' OR reply != '')",
             (run_id,),
         )
         return {
             "optimizer_calls": int(calls),
+            "optimizer_answered": int(answered),
             "prompt_tokens": int(prompt),
             "completion_tokens": int(completion),
             "total_tokens": int(prompt) + int(completion),
