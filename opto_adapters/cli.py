@@ -155,7 +155,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _optimize(args: argparse.Namespace) -> int:
     from .llm import LLM, Budget
-    from .train import Trainer
+    from .train import InfrastructureError, Trainer
     from .train.recipe import endpoint_configured, load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -198,9 +198,14 @@ def _optimize(args: argparse.Namespace) -> int:
         parameters=parameters, input_key=recipe.input_key, store=str(args.store),
         resume=args.resume, run_name=args.name or recipe.name, **options,
     )
+    failed: Exception | None = None
     with trainer:
         try:
             result = trainer.fit()
+        except InfrastructureError as exc:  # an endpoint failed: stored as failed, resumable
+            if trainer.run_id is None:
+                raise
+            failed, result = exc, trainer.result()
         except Exception:
             if trainer.run_id is not None:
                 print(f"run {trainer.run_id} failed; what was done is stored in {args.store}", file=sys.stderr)
@@ -220,6 +225,11 @@ def _optimize(args: argparse.Namespace) -> int:
         f"({answered} answered, {calls - answered} failed), {result.usage.get('total_tokens', 0)} "
         f"tokens; {time.monotonic() - start:.1f} s"
     )
+    resume = f"continue with: opto-adapters optimize {args.recipe} --store {args.store} --resume"
+    if failed is not None:
+        print(f"error: {failed}", file=sys.stderr)
+        print(f"nothing that failed was scored; once the endpoint works, {resume}")
+        return 1
     if calls and not answered:
         print(
             f"error: no optimizer call was answered, so nothing was learned (first error: "
@@ -229,7 +239,7 @@ def _optimize(args: argparse.Namespace) -> int:
         )
         return 1
     if result.status in ("interrupted", "budget_exhausted", "time_limit", "max_steps"):
-        print(f"continue with: opto-adapters optimize {args.recipe} --store {args.store} --resume")
+        print(resume)
     print(f"report: opto-adapters report {args.store} -o report.html")
     return 130 if result.status == "interrupted" else 0
 

@@ -25,7 +25,9 @@ class Proposal:
 
     ``values`` holds the suggestions that are typed and valid, by parameter name; ``rejected``
     says why each other suggestion was refused. ``error`` is set when no usable reply came
-    back (not JSON, empty, the endpoint failed after its retries).
+    back (not JSON, empty, the endpoint failed after its retries); ``unanswered`` when the
+    request itself failed (no reply at all: unreachable, timed out, refused), which says
+    nothing about the values and is not a finished proposal.
     """
 
     values: dict[str, Any] = field(default_factory=dict)
@@ -36,6 +38,7 @@ class Proposal:
     messages: list[dict[str, str]] = field(default_factory=list)
     raw: str = ""
     usage: dict[str, int] = field(default_factory=dict)
+    unanswered: bool = False
 
     @property
     def prompt(self) -> str:

@@ -166,6 +166,7 @@ class LLMOptimizer(Optimizer):
             raise  # the caller must act: set the key, or raise the budget
         except LLMError as exc:
             proposal.error = f"the optimizer request failed: {exc}"
+            proposal.unanswered = True
             return proposal
         proposal.raw = result.text
         proposal.usage = {
