@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -215,7 +216,7 @@ def _optimize(args: argparse.Namespace) -> int:
     print(
         _table(
             ["", "train", "val"],
-            [[k, _fmt(s.train), _fmt(s.val)] for k, s in (("baseline", result.baseline), ("best", result.best), ("final", result.final))],
+            [[k, s.text("train"), s.text("val")] for k, s in (("baseline", result.baseline), ("best", result.best), ("final", result.final))],
         )
     )
     calls = result.usage.get("optimizer_calls", 0)
@@ -334,7 +335,7 @@ def _show_run(store: Any, run: Any) -> None:
     print(f"optimizer {c.get('optimizer')} ({c.get('model')}); {c.get('train_size')} train, {c.get('val_size')} val; "
           f"epochs {c.get('epochs')}, batch size {c.get('batch_size')}")
     print()
-    print(_table(["", "train", "val"], [[k, _fmt(s.train), _fmt(s.val)] for k, s in (("baseline", r.baseline), ("best", r.best), ("final", r.final))]))
+    print(_table(["", "train", "val"], [[k, s.text("train"), s.text("val")] for k, s in (("baseline", r.baseline), ("best", r.best), ("final", r.final))]))
     print()
     if r.history:
         print(_table(
@@ -362,6 +363,19 @@ def _show_step(store: Any, run_id: int, step: Any) -> None:
             print(f"  {name}: {before.get(name)!r}\n    -> {value!r}")
         for name, reason in c.invalid.items():
             print(f"  refused {name}: {reason}")
+        if c.error:
+            print(f"  error: {c.error}")
+        if c.reply:
+            print("  raw reply:\n" + textwrap.indent(_cut(c.reply, _REPLY_SHOWN), "    "))
+
+
+_REPLY_SHOWN = 4000
+
+
+def _cut(text: str, budget: int) -> str:
+    if len(text) <= budget:
+        return text
+    return text[:budget] + f"\n… ({len(text) - budget} more characters; the store holds all of it)"
 
 
 def _step_graph(store: Any, run_id: int, step: Any) -> tuple[str | None, str | None, str]:

@@ -11,7 +11,8 @@ import pytest
 from opto_adapters.llm import LLMRequestError
 from opto_adapters.optimizers import OptoPrime
 from opto_adapters.testing import Reply
-from opto_adapters.train import InfrastructureError, Store, Trainer
+from opto_adapters import cli
+from opto_adapters.train import InfrastructureError, Store, Trainer, build_result
 from opto_adapters.train.infra import failure
 from tests.train_apps import data, guide, improve_then_worsen, llm_for, make_app
 
@@ -103,7 +104,7 @@ def test_a_transient_outage_is_retried_and_scored_once(scripted_llm, tmp_path):
     store.close()
 
 
-def test_an_outage_during_the_baseline_is_not_stored_and_resume_fills_it(scripted_llm, tmp_path):
+def test_an_outage_during_the_baseline_is_not_stored_and_resume_fills_it(scripted_llm, tmp_path, capsys):
     """Server down for some val examples during the baseline: the run fails (no score 0 is
     stored for them) and a resume once it is back gives the uninterrupted run's baseline."""
     scripted_llm.set_default(improve_then_worsen)
@@ -123,7 +124,13 @@ def test_an_outage_during_the_baseline_is_not_stored_and_resume_fills_it(scripte
     assert 1 not in stored and 3 not in stored  # no failure became a score
     assert all(score == 0.5 for score in stored.values())
     assert scripted_llm.prompts() == []  # no step was taken on a partial baseline
+    baseline = build_result(store, 1).baseline
+    assert baseline.partial("val") and not baseline.partial("train")
+    assert baseline.text("val") == "0.500 (partial: 1 of 4)"
     store.close()
+    assert cli.main(["show", path]) == 0
+    shown = capsys.readouterr().out
+    assert "run 1: failed" in shown and "0.500 (partial: 1 of 4)" in shown
 
     endpoint.broken = False
     calls_before = len(app.calls)
@@ -158,3 +165,19 @@ def test_the_optimizer_failing_stops_the_step_unfinished(scripted_llm, tmp_path)
     result = trainer(app, scripted_llm, data(2), store=path, batch_size=2, resume=True).fit()
     assert result.status == "completed" and result.steps_done == 1 and result.accepted == 1
     assert app.prompt.value == "ANSWER {q}"
+
+
+def test_the_raw_reply_is_shown_where_a_step_is_looked_at(scripted_llm, tmp_path, capsys):
+    """A reply with no usable suggestion can be diagnosed from `show --step` and the report."""
+    path = str(tmp_path / "runs.sqlite")
+    scripted_llm.set_default('{"reasoning": "thinking", "answer": "ANSWER {q}"}')
+    app = make_app("Reply {q}")
+    result = trainer(app, scripted_llm, data(2), store=path, batch_size=2).fit()
+    assert result.status == "completed" and result.history[0].status == "no_change"
+    assert cli.main(["show", path, "--step", "1"]) == 0
+    shown = capsys.readouterr().out
+    assert "error: the optimizer's reply has no 'suggestion' object" in shown
+    assert 'raw reply:\n    {"reasoning": "thinking", "answer": "ANSWER {q}"}' in shown
+    assert cli.main(["report", path, "-o", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "raw reply" in html and "&quot;answer&quot;: &quot;ANSWER {q}&quot;" in html
