@@ -8,10 +8,10 @@ import httpx
 import openai
 import pytest
 
+from opto_adapters import cli
 from opto_adapters.llm import LLMRequestError
 from opto_adapters.optimizers import OptoPrime
 from opto_adapters.testing import Reply
-from opto_adapters import cli
 from opto_adapters.train import InfrastructureError, Store, Trainer, build_result
 from opto_adapters.train.infra import failure
 from tests.train_apps import data, guide, improve_then_worsen, llm_for, make_app
