@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -428,5 +430,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def run() -> None:
+    """The ``opto-adapters`` console script: ``main``, then exit. App runs still waiting on
+    their model endpoint (after Ctrl-C or a time limit) do not hold the process: everything
+    is stored by then, so it exits without joining their threads."""
+    code = main()
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck:
+        print(
+            f"exiting without waiting for {len(stuck)} app run(s) still waiting on their model endpoint",
+            file=sys.stderr,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -181,3 +181,73 @@ def test_the_raw_reply_is_shown_where_a_step_is_looked_at(scripted_llm, tmp_path
     assert cli.main(["report", path, "-o", str(tmp_path / "r.html")]) == 0
     html = (tmp_path / "r.html").read_text()
     assert "raw reply" in html and "&quot;answer&quot;: &quot;ANSWER {q}&quot;" in html
+
+
+HANGING_RECIPE = '''
+import pathlib, time
+from opto_adapters import Feedback, bundle, node
+
+prompt = node("Reply {q}", name="prompt", trainable=True, kind="prompt")
+MARK = pathlib.Path(__file__).with_suffix(".hanging")
+
+
+@bundle()
+def respond(template, q):
+    """Fill the question into the template (the validation runs hang like a stuck server)."""
+    if q.startswith("v"):
+        MARK.write_text(q)
+        time.sleep(3600)
+    return template.format(q=q)
+
+
+def build_app():
+    return lambda q: respond(prompt, q["text"])
+
+
+train = [{"text": "q0"}, {"text": "q1"}]
+val = [{"text": "v0"}, {"text": "v1"}]
+SETTINGS = {"batch_size": 2, "max_concurrency": 2}
+
+
+def guide(example, output):
+    return Feedback(score=0.5, text="needs ANSWER")
+'''
+
+
+def test_ctrl_c_exits_promptly_while_app_runs_hang(scripted_llm, tmp_path):
+    """Issue 12: one Ctrl-C while app calls hang on their server ends the command within
+    seconds (status interrupted, resumable), instead of waiting for the server."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = tmp_path / "hanging.py"
+    recipe.write_text(HANGING_RECIPE)
+    env = {**os.environ, **scripted_llm.env(model="m"), "PYTHONPATH": os.getcwd()}
+    store = tmp_path / "s.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "opto_adapters.cli", "optimize", str(recipe), "--store", str(store), "--no-progress"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        mark = recipe.with_suffix(".hanging")
+        deadline = time.monotonic() + 60
+        while not mark.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the app never started its validation runs"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, (out, err)
+    assert took < 10, took
+    assert "run 1: interrupted" in out and "--resume" in out
+    assert "exiting without waiting for 2 app run(s)" in err
+    with Store(str(store), readonly=True) as db:
+        assert db.run(1).status == "interrupted"

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
@@ -37,6 +37,9 @@ __all__ = ["Evaluator", "Result", "Stop", "mean"]
 logger = logging.getLogger("opto_adapters.train")
 
 Guide = Callable[[Any, Any], Any]
+_TICK = 0.25  # seconds between checks of the time limit while runs are in flight
+_GRACE = 10.0  # seconds runs in flight are waited for when the loop stops (time limit, error)
+_INTERRUPT_GRACE = 3.0  # the same after Ctrl-C (a second Ctrl-C stops waiting at once)
 
 
 class Stop(Exception):
@@ -210,13 +213,18 @@ class Evaluator:
                 for i in todo
             }
             try:
-                for future in as_completed(futures):
-                    record(futures[future], future.result())
+                pending = set(futures)
+                while pending:
+                    # the time limit is checked while runs are in flight, not only between them
+                    done, pending = wait(pending, timeout=_TICK, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        record(futures[future], future.result())
                     self.check()
             except BaseException as exc:
                 self._stopping.set()  # runs waiting to retry give up at once
                 try:
-                    _settle(futures, interrupted=isinstance(exc, KeyboardInterrupt))
+                    interrupted = isinstance(exc, KeyboardInterrupt)
+                    _settle(futures, interrupted=interrupted, grace=_INTERRUPT_GRACE if interrupted else _GRACE)
                 finally:
                     self._stopping.clear()
                 raise
@@ -263,22 +271,29 @@ class Evaluator:
         raise AssertionError("unreachable")
 
 
-def _settle(futures: Iterable[Future[Any]], *, interrupted: bool) -> None:
+def _settle(futures: Iterable[Future[Any]], *, interrupted: bool, grace: float | None = None) -> None:
     """Cancel the runs not started and wait for those in flight (their results are dropped),
     so the parameters are not changed under a running app. After Ctrl-C a second Ctrl-C
-    stops waiting."""
+    stops waiting; otherwise (the time limit, an error) at most ``grace`` seconds are waited."""
     running = [f for f in futures if not f.cancel() and not f.done()]
     if not running:
         return
     if interrupted:
         logger.warning(
-            "waiting for %d app run(s) in flight before the parameters are restored; "
-            "press Ctrl-C again to stop without waiting", len(running),
+            "waiting up to %.0f s for %d app run(s) in flight before the parameters are restored; "
+            "press Ctrl-C again to stop without waiting", grace or 0, len(running),
         )
+    deadline = None if grace is None else time.monotonic() + grace
     try:
         pending = set(running)
         while pending:
-            _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            if deadline is not None and time.monotonic() >= deadline:
+                logger.warning(
+                    "stopped waiting after %.0f s: %d app run(s) still in flight may see the "
+                    "parameters change (their results are not used)", grace, len(pending),
+                )
+                return
+            _, pending = wait(pending, timeout=_TICK, return_when=FIRST_COMPLETED)
     except KeyboardInterrupt:
         if not interrupted:
             raise
