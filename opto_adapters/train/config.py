@@ -12,7 +12,10 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["TrainConfig"]
+__all__ = ["ACCEPTANCE", "TrainConfig"]
+
+ACCEPTANCE = ("mean", "bootstrap")
+"""The acceptance rules (see ``TrainConfig``)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,16 @@ class TrainConfig:
     again, waiting 0.5 s, 1 s, 2 s...; then the run stops as ``failed``, resumable: such a
     failure is never scored).
 
+    Acceptance (``opto_adapters.train.acceptance``): ``repeats`` (evaluations of each gate
+    and val example), ``acceptance`` (``"mean"``: today's rule, the candidate's mean gate score
+    may not drop more than ``tolerance``; ``"bootstrap"``: the lower bound of the ``confidence``
+    paired bootstrap interval of (candidate - current) must be at least ``-tolerance``;
+    ``None``: ``"bootstrap"`` when ``repeats > 1``, else ``"mean"``).
+
+    Overfitting guard (``opto_adapters.train.guard``): ``guard_copies``, the share of a
+    training example's word 6-grams a candidate prompt may newly contain before it is refused
+    unevaluated (``None`` or ``False``: no guard; ``True``: the default 0.5).
+
     Record: ``run_name`` (a label in the store), ``store_graphs`` (keep every run's graph, which
     lets a resumed run reuse them), ``progress`` (tqdm bars on stderr).
     """
@@ -47,12 +60,17 @@ class TrainConfig:
     error_score: float = 0.0
     tolerate_app_errors: bool = False
     infra_retries: int = 2
+    repeats: int = 1
+    acceptance: str | None = None
+    tolerance: float = 0.0
+    confidence: float = 0.95
+    guard_copies: float | bool | None = True
     run_name: str = ""
     store_graphs: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "max_concurrency", "n_candidates"):
+        for name in ("epochs", "batch_size", "max_concurrency", "n_candidates", "repeats"):
             _positive_int(name, getattr(self, name))
         if isinstance(self.infra_retries, bool) or not isinstance(self.infra_retries, int) or self.infra_retries < 0:
             raise ValueError(f"infra_retries must be an int >= 0, got {self.infra_retries!r}")
@@ -64,6 +82,32 @@ class TrainConfig:
         score = self.error_score
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
             raise ValueError(f"error_score must be a finite number, got {score!r}")
+        if self.acceptance not in (None, *ACCEPTANCE):
+            raise ValueError(
+                f"acceptance must be one of {ACCEPTANCE} or None (bootstrap when repeats > 1), "
+                f"got {self.acceptance!r}"
+            )
+        tol = self.tolerance
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+            raise ValueError(f"tolerance must be a finite number >= 0 (a score difference), got {tol!r}")
+        conf = self.confidence
+        if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0 < conf < 1:
+            raise ValueError(f"confidence must be a number between 0 and 1 (e.g. 0.95), got {conf!r}")
+        guard = self.guard_copies
+        if guard is not None and not isinstance(guard, bool) and (
+            not isinstance(guard, (int, float)) or not 0 < guard <= 1
+        ):
+            raise ValueError(
+                "guard_copies must be True (the default threshold), a share of an example's "
+                f"word n-grams in (0, 1], or None/False (no guard), got {guard!r}"
+            )
+
+    @property
+    def acceptance_rule(self) -> str:
+        """The rule in force: ``acceptance``, or what ``None`` means for ``repeats``."""
+        if self.acceptance is not None:
+            return self.acceptance
+        return "bootstrap" if self.repeats > 1 else "mean"
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -19,9 +19,10 @@ Schema (version 1)::
           started_at, finished_at)                   -- PRIMARY KEY (run_id, step)
     candidates(id, run_id, step, k, values_json, invalid_json, reasoning, prompt, reply,
                error, prompt_tokens, completion_tokens, version_id, score, status, reason,
-               created_at)                           -- UNIQUE (run_id, step, k)
-    evaluations(id, run_id, version_id, split, idx, phase, step, output, error, score,
-                feedback, duration, created_at)      -- UNIQUE (run_id, version_id, split, idx)
+               created_at, ci_low, ci_high)          -- UNIQUE (run_id, step, k)
+    evaluations(id, run_id, version_id, split, idx, repeat, phase, step, output, error, score,
+                feedback, duration, prompt_tokens, completion_tokens, model_calls,
+                model_latency, created_at)           -- UNIQUE (run_id, version_id, split, idx, repeat)
     graphs(evaluation_id PRIMARY KEY, data BLOB, dot, text)
 
 What is written is bounded and always encodable: free text (outputs, errors, feedback, the
@@ -109,6 +110,35 @@ CREATE TABLE IF NOT EXISTS optimizer_memory (
 );
 """
 
+_EVALUATIONS_TABLE = """
+CREATE TABLE {name} (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    version_id INTEGER NOT NULL,
+    split TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    repeat INTEGER NOT NULL DEFAULT 0,
+    phase TEXT NOT NULL,
+    step INTEGER,
+    output TEXT,
+    error TEXT,
+    score REAL,
+    feedback TEXT NOT NULL DEFAULT '',
+    duration REAL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    model_calls INTEGER,
+    model_latency REAL,
+    created_at REAL NOT NULL,
+    UNIQUE (run_id, version_id, split, idx, repeat)
+);
+"""
+_EVALUATIONS_INDEX = "CREATE INDEX evaluations_by_step ON evaluations (run_id, step);\n"
+_EVALUATION_COLUMNS_V1 = (
+    "id, run_id, version_id, split, idx, phase, step, output, error, score, feedback, duration, created_at"
+)
+_CANDIDATE_COLUMNS_ADDED = (("ci_low", "REAL"), ("ci_high", "REAL"))
+
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE runs (
@@ -177,26 +207,11 @@ CREATE TABLE candidates (
     status TEXT NOT NULL,
     reason TEXT,
     created_at REAL NOT NULL,
+    ci_low REAL,
+    ci_high REAL,
     UNIQUE (run_id, step, k)
 );
-CREATE TABLE evaluations (
-    id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    version_id INTEGER NOT NULL,
-    split TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    phase TEXT NOT NULL,
-    step INTEGER,
-    output TEXT,
-    error TEXT,
-    score REAL,
-    feedback TEXT NOT NULL DEFAULT '',
-    duration REAL,
-    created_at REAL NOT NULL,
-    UNIQUE (run_id, version_id, split, idx)
-);
-CREATE INDEX evaluations_by_step ON evaluations (run_id, step);
-CREATE TABLE graphs (
+""" + _EVALUATIONS_TABLE.format(name="evaluations") + _EVALUATIONS_INDEX + """CREATE TABLE graphs (
     evaluation_id INTEGER PRIMARY KEY REFERENCES evaluations(id),
     data BLOB NOT NULL,
     dot TEXT,
@@ -207,6 +222,12 @@ CREATE TABLE graphs (
 # The optimizer's memory after the last finished step, so a resumed run asks exactly what the
 # uninterrupted one would. Added to schema version 1 without a new version: a store made before
 # gets the table when opened for writing; one without it resumes as before (replaying rejections).
+# Likewise added later: the evaluations' ``repeat`` (a gate example evaluated several times,
+# one row per repeat, 0 for the first) and the app's own model usage per evaluation
+# (``prompt_tokens``, ``completion_tokens``, ``model_calls``, ``model_latency``; NULL where the
+# app's model reported nothing), and the candidates' acceptance interval (``ci_low``,
+# ``ci_high``). A store made before is migrated when opened for writing (the evaluations table
+# is rebuilt in one transaction, ids kept); read-only, it reads as repeat 0 without usage.
 
 _RUN_FIELDS = frozenset(
     {
@@ -233,7 +254,7 @@ _STEP_FIELDS = frozenset(
         "finished_at",
     }
 )
-_CANDIDATE_FIELDS = frozenset({"version_id", "score", "status", "reason"})
+_CANDIDATE_FIELDS = frozenset({"version_id", "score", "status", "reason", "ci_low", "ci_high"})
 _FREE_TEXT = frozenset({"message", "reason"})  # settable columns that are cut to the budget
 
 
@@ -309,6 +330,8 @@ class StoredCandidate:
     status: str
     reason: str | None
     created_at: float
+    ci_low: float | None = None
+    ci_high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -328,6 +351,11 @@ class StoredEvaluation:
     feedback: str
     duration: float | None
     created_at: float
+    repeat: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    model_calls: int | None = None
+    model_latency: float | None = None
 
 
 def values_hash(values: Mapping[str, Any]) -> str:
@@ -373,6 +401,7 @@ class Store:
         self._conn.row_factory = sqlite3.Row  # rows are read by column name, never by position
         try:
             self._check_or_create()
+            self._repeats = "repeat" in self._columns("evaluations")  # False: old, read-only
         except BaseException:
             self._conn.close()
             raise
@@ -441,9 +470,34 @@ class Store:
         if not self.readonly and "optimizer_memory" not in tables and "meta" in tables:
             with self._conn:
                 self._conn.execute(_MEMORY_TABLE)
+        if not self.readonly:
+            self._migrate()
         if self.path != MEMORY and not self.readonly:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _columns(self, table: str) -> set[str]:
+        return {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+
+    def _migrate(self) -> None:
+        """Add what schema version 1 gained later (see the comment above ``_RUN_FIELDS``), in
+        one transaction: a process killed meanwhile leaves the store as it was."""
+        candidate_columns = self._columns("candidates")
+        missing = [(c, t) for c, t in _CANDIDATE_COLUMNS_ADDED if c not in candidate_columns]
+        rebuild = "repeat" not in self._columns("evaluations")
+        if not missing and not rebuild:
+            return
+        script = "BEGIN;"
+        script += "".join(f" ALTER TABLE candidates ADD COLUMN {c} {t};" for c, t in missing)
+        if rebuild:
+            script += (
+                _EVALUATIONS_TABLE.format(name="evaluations_new") + ";"
+                f" INSERT INTO evaluations_new ({_EVALUATION_COLUMNS_V1}) SELECT {_EVALUATION_COLUMNS_V1} FROM evaluations;"
+                " DROP TABLE evaluations; ALTER TABLE evaluations_new RENAME TO evaluations; "
+                + _EVALUATIONS_INDEX
+            )
+        self._conn.executescript(script + " COMMIT;")
+        logger.info("%s: added the columns of repeated evaluations, app usage and acceptance intervals", self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -793,9 +847,14 @@ class Store:
         graph: Mapping[str, Any] | None = None,
         dot: str | None = None,
         text: str | None = None,
+        repeat: int = 0,
+        usage: Mapping[str, Any] | None = None,
     ) -> int:
         """Record (or replace) the evaluation of one example under one version (texts and graph
-        node values cut to the store's ``value_budget``)."""
+        node values cut to the store's ``value_budget``). ``repeat`` numbers the evaluations of
+        the same example and version (0 first); ``usage`` is the app's own model usage
+        (``prompt_tokens``, ``completion_tokens``, ``model_calls``, ``latency``)."""
+        u = usage or {}
         blob = None
         if graph:
             bounded = bound_graph_json(graph, self.value_budget)
@@ -804,13 +863,20 @@ class Store:
         self._check_writable()
         with self._lock, self._conn:
             (eid,) = self._conn.execute(
-                "INSERT INTO evaluations(run_id, version_id, split, idx, phase, step, output, error, score, "
-                "feedback, duration, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(run_id, version_id, split, idx) DO UPDATE SET phase=excluded.phase, "
+                "INSERT INTO evaluations(run_id, version_id, split, idx, repeat, phase, step, output, error, score, "
+                "feedback, duration, prompt_tokens, completion_tokens, model_calls, model_latency, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(run_id, version_id, split, idx, repeat) DO UPDATE SET phase=excluded.phase, "
                 "step=excluded.step, output=excluded.output, error=excluded.error, score=excluded.score, "
-                "feedback=excluded.feedback, duration=excluded.duration, created_at=excluded.created_at "
+                "feedback=excluded.feedback, duration=excluded.duration, prompt_tokens=excluded.prompt_tokens, "
+                "completion_tokens=excluded.completion_tokens, model_calls=excluded.model_calls, "
+                "model_latency=excluded.model_latency, created_at=excluded.created_at "
                 "RETURNING id",
-                _params((run_id, version_id, split, index, phase, step, output, error, score, feedback or "", duration, time.time())),
+                _params((
+                    run_id, version_id, split, index, repeat, phase, step, output, error, score,
+                    feedback or "", duration, u.get("prompt_tokens"), u.get("completion_tokens"),
+                    u.get("model_calls"), u.get("latency"), time.time(),
+                )),
             ).fetchone()
             if blob is not None:
                 self._conn.execute(
@@ -842,7 +908,7 @@ class Store:
             sql += f" AND idx IN ({', '.join('?' * len(wanted))})"
             params.extend(sorted(wanted))
             wanted = None
-        rows = self._rows(sql + " ORDER BY split, idx", params)
+        rows = self._rows(sql + (" ORDER BY split, idx, repeat" if self._repeats else " ORDER BY split, idx"), params)
         return [_evaluation(r) for r in rows if wanted is None or r["idx"] in wanted]
 
     def mean_score(self, run_id: int, version_id: int, split: str) -> tuple[float | None, int]:
@@ -979,8 +1045,13 @@ def _candidate(r: sqlite3.Row) -> StoredCandidate:
         reasoning=r["reasoning"], prompt=r["prompt"], reply=r["reply"], error=r["error"],
         prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
         version_id=r["version_id"], score=r["score"], status=r["status"], reason=r["reason"],
-        created_at=r["created_at"],
+        created_at=r["created_at"], ci_low=_get(r, "ci_low"), ci_high=_get(r, "ci_high"),
     )
+
+
+def _get(r: sqlite3.Row, column: str, default: Any = None) -> Any:
+    """A column a store made before it was added lacks (read-only, not migrated)."""
+    return r[column] if column in r.keys() else default
 
 
 def _evaluation(r: sqlite3.Row) -> StoredEvaluation:
@@ -988,4 +1059,7 @@ def _evaluation(r: sqlite3.Row) -> StoredEvaluation:
         id=r["id"], run_id=r["run_id"], version_id=r["version_id"], split=r["split"],
         index=r["idx"], phase=r["phase"], step=r["step"], output=r["output"], error=r["error"],
         score=r["score"], feedback=r["feedback"], duration=r["duration"], created_at=r["created_at"],
+        repeat=_get(r, "repeat", 0), prompt_tokens=_get(r, "prompt_tokens"),
+        completion_tokens=_get(r, "completion_tokens"), model_calls=_get(r, "model_calls"),
+        model_latency=_get(r, "model_latency"),
     )
