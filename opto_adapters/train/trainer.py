@@ -24,14 +24,16 @@ from typing import Any
 from tqdm import tqdm
 
 from ..llm import Budget, BudgetExceeded
-from ..trace import Parameter, apply_updates
+from ..trace import Feedback, Parameter, apply_updates
 from ..trace.render import short_repr
 from ..trace.tracer import TracedRun
+from .acceptance import accept
 from .apps import AppTracer, PythonApp, adopt_parameters, as_tracer, no_parameters_error
 from .config import TrainConfig
 from .data import InputKey, app_inputs, examples_list, fingerprint
-from .engine import Evaluator, Result, Stop, mean
+from .engine import Evaluator, Result, Stop, by_example, mean
 from .errors import AppError, InfrastructureError
+from .guard import DEFAULT_THRESHOLD, CopyGuard
 from .record import open_run
 from .result import DONE, Scores, StepSummary, TrainResult, build_result
 from .store import Store
@@ -154,6 +156,8 @@ class Trainer:
         self._baseline = self._current = self._best = 0
         self._best_score: float | None = None
         self._steps_bar: Any = None
+        self._guard: CopyGuard | None = None
+        self._refused: dict[int, str] = {}
 
     # -- set-up, on first use ----------------------------------------------------------------
 
@@ -252,6 +256,11 @@ class Trainer:
             "app": short_repr(self.tracer, 200),
             "time_limit": cfg.time_limit,
             "max_steps": cfg.max_steps,
+            "repeats": cfg.repeats,
+            "acceptance": cfg.acceptance_rule,
+            "tolerance": float(cfg.tolerance),
+            "confidence": float(cfg.confidence),
+            "guard_copies": _guard_threshold(cfg.guard_copies),
         }
 
     def _values(self) -> dict[str, Any]:
@@ -282,8 +291,8 @@ class Trainer:
         remember = getattr(self.optimizer, "remember", None)
         if remember is not None:  # a store from before the memory was kept
             for cand in self.store.candidates(self.run_id):
-                if cand.status == "rejected":
-                    remember(cand.values, f"REJECTED: {cand.reason}")
+                if cand.status in ("rejected", "refused"):
+                    remember(cand.values, f"{cand.status.upper()}: {cand.reason}")
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -350,10 +359,13 @@ class Trainer:
 
     def _evaluate(
         self, version: int, split: str, indices: Iterable[int], phase: str, *,
-        step: int | None = None, graphs: bool = False,
+        step: int | None = None, graphs: bool = False, repeats: int | None = None,
     ) -> list[Result]:
+        """``repeats``: evaluations per example (default: ``config.repeats`` on val, else 1)."""
         assert self._evaluator is not None
-        return self._evaluator.evaluate(version, split, indices, phase, step=step, graphs=graphs)
+        if repeats is None:
+            repeats = self.config.repeats if split == "val" else 1
+        return self._evaluator.evaluate(version, split, indices, phase, step=step, graphs=graphs, repeats=repeats)
 
     def _loop(self) -> None:
         run_id = self.run_id
@@ -434,6 +446,9 @@ class Trainer:
         if self.val:
             gate_split, gate_idx = "val", list(range(len(self.val)))
             gate_now = self._evaluate(before, "val", gate_idx, "val", step=step)
+        elif self.config.repeats > 1:  # the minibatch is the gate: repeated like val
+            gate_split, gate_idx = "train", batch
+            gate_now = self._evaluate(before, "train", batch, "step", step=step, repeats=self.config.repeats)
         else:
             gate_split, gate_idx, gate_now = "train", batch, forward
         gate_score = mean(gate_now)
@@ -475,21 +490,34 @@ class Trainer:
         reject (and remember) them all; returns (status, reason, accepted candidate id)."""
         run_id = self.run_id
         assert run_id is not None
+        refused = [self._refused.pop(c) for c in list(self._refused)]
         if not scored:
+            if refused:
+                return "rejected", refused[0] if len(refused) == 1 else f"{len(refused)} candidates refused: {refused[0]}", None
             return "no_change", "no candidate changed any value", None
         gate_name = "validation" if self.val else "minibatch"
+        verdicts = self._verdicts(step, scored, gate_score, gate_now)
         cid, values, score, _ = max(scored, key=lambda s: s[2])
-        if score < gate_score - _EPS:
+        plain = self.config.acceptance_rule == "mean" and not self.config.tolerance  # today's rule
+        if not verdicts[cid][0]:
             for other, other_values, other_score, other_results in scored:
-                why = f"{gate_name} score {other_score:.4g} is worse than the current values' {gate_score:.4g}; reverted"
+                if plain:
+                    why = f"{gate_name} score {other_score:.4g} is worse than the current values' {gate_score:.4g}; reverted"
+                else:
+                    why = f"{gate_name} score {other_score:.4g} vs current {gate_score:.4g}: {verdicts[other][1]}; reverted"
                 self.store.update_candidate(other, status="rejected", reason=why)
                 self._remember(other_values, why, gate_split, gate_now, other_results)
-            return "rejected", f"{gate_name} score {score:.4g} < current {gate_score:.4g}; reverted", None
+            if plain:
+                return "rejected", f"{gate_name} score {score:.4g} < current {gate_score:.4g}; reverted", None
+            return "rejected", f"{gate_name} score {score:.4g} vs current {gate_score:.4g}: {verdicts[cid][1]}; reverted", None
         before = self._current
         self._write(values)
         self._current = self.store.version(run_id, self._values(), parent_id=before, step=step)
         self.store.update_run(run_id, current_version_id=self._current)
-        reason = f"{gate_name} score {score:.4g} >= current {gate_score:.4g}"
+        if plain:
+            reason = f"{gate_name} score {score:.4g} >= current {gate_score:.4g}"
+        else:
+            reason = f"{gate_name} score {score:.4g} vs current {gate_score:.4g}: {verdicts[cid][1]}"
         self.store.update_candidate(cid, status="accepted", reason=reason)
         for other, _, other_score, _ in scored:
             if other != cid:
@@ -498,6 +526,33 @@ class Trainer:
         if self.val:
             self._consider_best(self._current, score)
         return "accepted", reason, cid
+
+    def _verdicts(
+        self,
+        step: int,
+        scored: list[tuple[int, dict[str, Any], float, list[Result]]],
+        gate_score: float,
+        gate_now: list[Result],
+    ) -> dict[int, tuple[bool, str]]:
+        """(passes, why) of each scored candidate against the current values: its mean may not
+        drop more than ``tolerance``, or (``acceptance="bootstrap"``) the lower bound of the
+        paired bootstrap interval of (candidate - current) must be at least ``-tolerance``; the
+        interval is stored with the candidate."""
+        cfg = self.config
+        out: dict[int, tuple[bool, str]] = {}
+        for k, (cid, _, score, results) in enumerate(scored):
+            if cfg.acceptance_rule == "bootstrap":
+                decision = accept(
+                    by_example(results), by_example(gate_now), tolerance=cfg.tolerance,
+                    confidence=cfg.confidence, seed=cfg.seed * 1_000_003 + step * 1_009 + k,
+                )
+                self.store.update_candidate(cid, ci_low=decision.interval.low, ci_high=decision.interval.high)
+                out[cid] = (decision.accepted, decision.reason)
+            elif score < gate_score - cfg.tolerance - _EPS:
+                out[cid] = (False, f"more than the tolerance {cfg.tolerance:g} below")
+            else:
+                out[cid] = (True, f"within the tolerance {cfg.tolerance:g}")
+        return out
 
     def _memory_state(self) -> list[Any] | None:
         """The optimizer's memory as data, to store (``None``: it keeps none)."""
@@ -571,6 +626,15 @@ class Trainer:
         assert run_id is not None
         if not values:
             return None
+        why = self._copy_guard_check(values)
+        if why is not None:  # refused before any app run
+            self.store.update_candidate(cid, status="refused", reason=why)
+            self._refused[cid] = why
+            remember = getattr(self.optimizer, "remember", None)
+            if remember is not None:
+                remember(values, f"REFUSED: {why}.")
+            logger.info("step %d: candidate %d %s", step, cid, why)
+            return None
         try:
             previous = apply_updates({self._by_name[n]: v for n, v in values.items() if n in self._by_name})
         except Exception as exc:  # a value that became invalid, or a failing binding
@@ -579,12 +643,26 @@ class Trainer:
         try:
             version = self.store.version(run_id, self._values(), parent_id=self._current, step=step)
             self.store.update_candidate(cid, version_id=version)
-            results = self._evaluate(version, split, indices, "candidate", step=step)
+            repeats = self.config.repeats  # the gate set is repeated, val or minibatch
+            results = self._evaluate(version, split, indices, "candidate", step=step, repeats=repeats)
         finally:
             apply_updates(previous)
         score = mean(results)
         self.store.update_candidate(cid, score=score)
         return score, results
+
+    def _copy_guard_check(self, values: dict[str, Any]) -> str | None:
+        """Why ``values`` copy a training example into a prompt (see ``guard``), or ``None``."""
+        threshold = _guard_threshold(self.config.guard_copies)
+        if threshold is None:
+            return None
+        if self._guard is None:
+            inputs = self.inputs["train"]
+            self._guard = CopyGuard(
+                [[ex, inp] if inp is not ex else ex for ex, inp in zip(self.train, inputs, strict=True)],
+                threshold=threshold,
+            )
+        return self._guard.check(values, self._values())
 
     def _remember(
         self,
@@ -597,6 +675,8 @@ class Trainer:
         remember = getattr(self.optimizer, "remember", None)
         if remember is None:
             return
+        if self.config.repeats > 1:  # one line per example: its mean over the repeats
+            results, now = _example_means(results), _example_means(now)
         worse = [
             (r, old) for r, old in zip(results, now, strict=True) if r.score < old.score - _EPS
         ][:2]
@@ -636,6 +716,26 @@ class Trainer:
         if self.run_id is None:
             raise RuntimeError("the trainer has not run yet: call fit() first")
         return build_result(self.store, self.run_id)
+
+
+def _guard_threshold(setting: float | bool | None) -> float | None:
+    """The copy guard's threshold for ``guard_copies`` (``None``: no guard)."""
+    if setting is None or setting is False:
+        return None
+    return DEFAULT_THRESHOLD if setting is True else float(setting)
+
+
+def _example_means(results: list[Result]) -> list[Result]:
+    """One result per example, scored by the mean of its repeats (the first repeat's text)."""
+    firsts: dict[int, Result] = {}
+    scores: dict[int, list[float]] = {}
+    for r in results:
+        firsts.setdefault(r.index, r)
+        scores.setdefault(r.index, []).append(r.score)
+    return [
+        Result(i, Feedback(score=sum(scores[i]) / len(scores[i]), text=r.feedback.text), r.error)
+        for i, r in firsts.items()
+    ]
 
 
 def _check_parameters(params: list[Parameter], tracer: AppTracer) -> None:
