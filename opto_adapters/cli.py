@@ -362,13 +362,23 @@ def _show_run(store: Any, run: Any) -> None:
     print(_table(["", "train", "val"], [[k, s.text("train"), s.text("val")] for k, s in (("baseline", r.baseline), ("best", r.best), ("final", r.final))]))
     print()
     if r.history:
+        scored: dict[int, list[str]] = {}  # each candidate's score, with its interval if judged on one
+        for cand in store.candidates(run.id):
+            scored.setdefault(cand.step, []).append(_fmt(cand.score) + _interval(cand))
         print(_table(
             ["step", "epoch", "train", "gate", "candidates", "decision", "reason"],
-            [[h.step, h.epoch, _fmt(h.train_score), _fmt(h.gate_score), " ".join(_fmt(s) for s in h.candidate_scores) or "-", h.status, h.reason]
+            [[h.step, h.epoch, _fmt(h.train_score), _fmt(h.gate_score), " ".join(scored.get(h.step, [])) or "-", h.status, h.reason]
              for h in r.history],
         ))
     else:
         print("no steps yet")
+    app = [
+        f"{k} {_fmt_tokens(u.tokens)} tokens, {u.model_calls or 0:.2f} calls, {u.latency or 0:.3f} s"
+        for k, u in r.app_usage.items() if u.recorded
+    ]
+    if app:
+        print()
+        print("app model usage per evaluation: " + "; ".join(app))
     print()
     print("best values:")
     for name, value in r.best_values.items():
@@ -380,7 +390,7 @@ def _show_step(store: Any, run_id: int, step: Any) -> None:
     print(f"train minibatch score {_fmt(step.train_score)}, gate score before {_fmt(step.gate_score)}, val after {_fmt(step.val_score)}")
     before = store.version_values(step.version_id)
     for c in store.candidates(run_id, step.step):
-        print(f"\ncandidate {c.k + 1}: {c.status} — score {_fmt(c.score)}" + (f" — {c.reason}" if c.reason else ""))
+        print(f"\ncandidate {c.k + 1}: {c.status} — score {_fmt(c.score)}{_interval(c)}" + (f" — {c.reason}" if c.reason else ""))
         if c.reasoning:
             print(f"  reasoning: {c.reasoning}")
         for name, value in c.values.items():
@@ -400,6 +410,15 @@ def _cut(text: str, budget: int) -> str:
     if len(text) <= budget:
         return text
     return text[:budget] + f"\n… ({len(text) - budget} more characters; the store holds all of it)"
+
+
+def _interval(c: Any) -> str:
+    """`` [low, high]``: the interval a candidate was judged on (noise-aware acceptance)."""
+    return "" if c.ci_low is None or c.ci_high is None else f" [{c.ci_low:+.3g}, {c.ci_high:+.3g}]"
+
+
+def _fmt_tokens(tokens: float | None) -> str:
+    return "?" if tokens is None else f"{tokens:.1f}"
 
 
 def _step_graph(store: Any, run_id: int, step: Any) -> tuple[str | None, str | None, str]:

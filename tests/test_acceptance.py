@@ -254,3 +254,22 @@ def test_an_older_store_is_migrated_and_keeps_its_evaluations(tmp_path):
         migrated.add_evaluation(run_id, v, "val", 0, phase="val", score=1.0, repeat=1)
         assert [x.repeat for x in migrated.evaluations(run_id)] == [0, 1]
         assert migrated.check() == []
+
+
+def test_the_report_and_show_give_the_interval(scripted_llm, tmp_path, capsys):
+    from opto_adapters import cli
+    from opto_adapters.train.report import render_report
+
+    path = str(tmp_path / "runs.sqlite")
+    _, result = one_step(scripted_llm, "Reply {q}.", 0, store=path, repeats=5)
+    with Store(path, readonly=True) as store:
+        (cand,) = store.candidates(result.run_id)
+        html = render_report(store, result.run_id)
+    interval = f"CI [{cand.ci_low:+.3f}, {cand.ci_high:+.3f}]"
+    assert cand.status == "rejected" and html.count(interval) == 2  # steps table, candidate
+    assert "bootstrap, 5 evaluation(s) per gate example" in html
+    assert cli.main(["show", path]) == 0
+    assert f"[{cand.ci_low:+.3g}, {cand.ci_high:+.3g}]" in capsys.readouterr().out
+    assert cli.main(["show", path, "--step", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"[{cand.ci_low:+.3g}, {cand.ci_high:+.3g}]" in out and "may be luck" in out

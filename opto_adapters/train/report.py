@@ -31,7 +31,7 @@ table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ddd;padding
 th{background:#f6f6f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f8f8f8;border:1px solid #eee;padding:.6em;white-space:pre-wrap;word-break:break-word;margin:.3em 0}
 del{background:#fbd0d0;text-decoration:line-through}ins{background:#c9f2c9;text-decoration:none}
-.accepted{color:#17702d;font-weight:600}.rejected{color:#b42318;font-weight:600}.no_change{color:#777;font-weight:600}
+.accepted{color:#17702d;font-weight:600}.rejected,.refused{color:#b42318;font-weight:600}.no_change{color:#777;font-weight:600}
 .muted{color:#777}.cand{border-left:3px solid #ddd;padding-left:.8em;margin:.8em 0}
 details{margin:.4em 0}summary{cursor:pointer}
 """
@@ -250,6 +250,7 @@ def render_report(store: Store, run_id: int | None = None) -> str:
         _versions_section(store, run),
         _final_values(result),
         _usage(result, candidates),
+        _app_usage(store, run, candidates),
         _graph_section(store, run),
     ]
     title = f"opto_adapters run {run.id}" + (f" — {run.name}" if run.name else "")
@@ -288,6 +289,12 @@ def _header(run: StoredRun, result: TrainResult) -> str:
          f"{c.get('n_candidates')} candidate(s) per step, concurrency {c.get('max_concurrency')}"),
         ("steps", f"{len(result.history)} ({result.accepted} accepted)"),
     ]
+    if c.get("acceptance") == "bootstrap" or (c.get("repeats") or 1) > 1 or c.get("tolerance"):
+        rows.append((
+            "acceptance",
+            f"{c.get('acceptance')}, {c.get('repeats')} evaluation(s) per gate example, tolerance "
+            f"{c.get('tolerance')}" + (f", {c.get('confidence'):.0%} interval" if c.get("acceptance") == "bootstrap" else ""),
+        ))
     body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 
@@ -324,7 +331,7 @@ def _steps_section(store: Store, steps: list[StoredStep], candidates: list[Store
     out = ["<h2>Steps</h2><table id='steps'><tr><th>step</th><th>epoch</th><th>train</th>"
            "<th>gate before</th><th>candidates</th><th>decision</th></tr>"]
     for s in steps:
-        scores = ", ".join(_fmt(c.score) for c in by_step.get(s.step, []))
+        scores = ", ".join(_fmt(c.score) + _interval(c) for c in by_step.get(s.step, []))
         out.append(
             f"<tr><td class='num'>{s.step}</td><td class='num'>{s.epoch}</td><td class='num'>{_fmt(s.train_score)}</td>"
             f"<td class='num'>{_fmt(s.gate_score)}</td><td class='num'>{scores or '—'}</td>"
@@ -349,7 +356,7 @@ def _steps_section(store: Store, steps: list[StoredStep], candidates: list[Store
             )
             out.append(
                 f"<div class='cand'><p>candidate {c.k + 1}: <span class='{_esc(c.status)}'>{_esc(c.status)}</span>"
-                f" — score {_fmt(c.score)} — {_esc(c.reason or '')}</p>"
+                f" — score {_fmt(c.score)}{_esc(_interval(c))} — {_esc(c.reason or '')}</p>"
                 + (f"<details><summary>reasoning</summary><pre>{_esc(c.reasoning)}</pre></details>" if c.reasoning else "")
                 + diffs
                 + (f"<p>refused suggestions:</p><ul>{invalid}</ul>" if invalid else "")
@@ -359,6 +366,43 @@ def _steps_section(store: Store, steps: list[StoredStep], candidates: list[Store
                 + "</div>"
             )
     return "".join(out)
+
+
+def _interval(c: StoredCandidate) -> str:
+    """`` CI [low, high]`` of a candidate judged on an interval, else nothing."""
+    if c.ci_low is None or c.ci_high is None:
+        return ""
+    return f" (CI [{c.ci_low:+.3f}, {c.ci_high:+.3f}])"
+
+
+def _app_usage(store: Store, run: StoredRun, candidates: list[StoredCandidate]) -> str:
+    """The app's own model usage per evaluation of each version scored on the selection split."""
+    split = "val" if run.config.get("val_size") else "train"
+    usage = store.app_usage(run.id, split)
+    if not any(u.recorded for u in usage.values()):
+        return ""
+    label = {run.baseline_version_id: "baseline"}
+    for c in candidates:
+        if c.version_id is not None:
+            label.setdefault(c.version_id, f"step {c.step} candidate {c.k + 1} ({c.status})")
+    if run.best_version_id is not None:
+        label[run.best_version_id] = label.get(run.best_version_id, "") + " — best"
+
+    def num(x: float | None, f: str) -> str:
+        return "—" if x is None else format(x, f)
+
+    rows = "".join(
+        f"<tr><td>{_esc(label.get(v, f'version {v}'))}</td><td class='num'>{u.evaluations}</td>"
+        f"<td class='num'>{num(u.prompt_tokens, '.1f')}</td><td class='num'>{num(u.completion_tokens, '.1f')}</td>"
+        f"<td class='num'>{num(u.model_calls, '.2f')}</td><td class='num'>{num(u.latency, '.3f')}</td></tr>"
+        for v, u in sorted(usage.items())
+    )
+    return (
+        f"<h2>App model usage</h2><p>Per evaluation on {split}, means over the evaluations whose "
+        "model reported it.</p><table id='app-usage'><tr><th>version</th><th>evaluations</th>"
+        "<th>prompt tokens</th><th>completion tokens</th><th>model calls</th><th>latency (s)</th></tr>"
+        f"{rows}</table>"
+    )
 
 
 def _versions_section(store: Store, run: StoredRun) -> str:

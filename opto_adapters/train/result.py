@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .store import Store
+from .store import AppUsage, Store
 
 __all__ = ["DONE", "Scores", "StepSummary", "TrainResult", "build_result"]
 
@@ -82,6 +82,9 @@ class TrainResult:
     best_values: dict[str, Any]
     history: list[StepSummary] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)
+    app_usage: dict[str, AppUsage] = field(default_factory=dict)
+    """The app's own model usage per evaluation (tokens, model calls, latency) of the
+    ``baseline``, ``best`` and ``final`` values, on val (on train without val)."""
 
     @property
     def accepted(self) -> int:
@@ -122,6 +125,8 @@ def build_result(store: Store, run_id: int) -> TrainResult:
         for s in store.steps(run_id)
     ]
     best = run.best_version_id or run.current_version_id
+    app = store.app_usage(run_id, "val" if run.config.get("val_size") else "train")
+    versions = {"baseline": run.baseline_version_id, "best": best, "final": run.current_version_id}
     return TrainResult(
         run_id=run_id,
         store_path=store.path,
@@ -133,4 +138,5 @@ def build_result(store: Store, run_id: int) -> TrainResult:
         best_values=store.version_values(best) if best is not None else {},
         history=history,
         usage=store.usage(run_id),
+        app_usage={k: app[v] for k, v in versions.items() if v in app},
     )

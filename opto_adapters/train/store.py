@@ -61,6 +61,7 @@ from .graphs import bound_graph_json
 
 __all__ = [
     "DEFAULT_VALUE_BUDGET",
+    "AppUsage",
     "SCHEMA_VERSION",
     "Store",
     "StoredCandidate",
@@ -356,6 +357,29 @@ class StoredEvaluation:
     completion_tokens: int | None = None
     model_calls: int | None = None
     model_latency: float | None = None
+
+
+@dataclass(frozen=True)
+class AppUsage:
+    """The app's own model usage of one version, as means per evaluation: ``prompt_tokens``,
+    ``completion_tokens`` (over the ``reported`` evaluations whose model reported tokens;
+    ``None`` if none did), ``model_calls`` and ``latency`` (seconds in model calls) over the
+    ``recorded`` ones (a plain Python app records none), of ``evaluations`` in all."""
+
+    evaluations: int
+    recorded: int
+    reported: int
+    prompt_tokens: float | None
+    completion_tokens: float | None
+    model_calls: float | None
+    latency: float | None
+
+    @property
+    def tokens(self) -> float | None:
+        """Prompt plus completion tokens per evaluation (``None``: none reported)."""
+        if self.prompt_tokens is None and self.completion_tokens is None:
+            return None
+        return (self.prompt_tokens or 0.0) + (self.completion_tokens or 0.0)
 
 
 def values_hash(values: Mapping[str, Any]) -> str:
@@ -918,6 +942,28 @@ class Store:
             (run_id, version_id, split),
         )
         return (None if mean is None else float(mean)), int(count)
+
+    def app_usage(self, run_id: int, split: str | None = None) -> dict[int, AppUsage]:
+        """The app's own model usage per evaluation, by version (of one split, or all)."""
+        if not self._repeats:  # an older store, read-only: it recorded no usage
+            return {}
+        sql = (
+            "SELECT version_id, COUNT(*) AS n, COUNT(model_calls) AS recorded, COUNT(prompt_tokens) AS reported, "
+            "AVG(prompt_tokens) AS prompt, AVG(completion_tokens) AS completion, AVG(model_calls) AS calls, "
+            "AVG(model_latency) AS latency FROM evaluations WHERE run_id = ?"
+        )
+        params: list[Any] = [run_id]
+        if split is not None:
+            sql += " AND split = ?"
+            params.append(split)
+        return {
+            r["version_id"]: AppUsage(
+                evaluations=r["n"], recorded=r["recorded"], reported=r["reported"],
+                prompt_tokens=r["prompt"], completion_tokens=r["completion"],
+                model_calls=r["calls"], latency=r["latency"],
+            )
+            for r in self._rows(sql + " GROUP BY version_id", params)
+        }
 
     def graph(self, evaluation_id: int) -> dict[str, Any] | None:
         """The stored graph (nodes and edges) of an evaluation, or ``None``."""
