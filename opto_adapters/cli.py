@@ -3,7 +3,7 @@
     opto-adapters optimize RECIPE.py [--dry-run] [--model M] [--epochs N] [--batch-size N] [--store PATH]
     opto-adapters runs STORE
     opto-adapters show STORE [--run ID] [--step N] [--format text|dot]
-    opto-adapters export STORE -o params.json [--run ID] [--version best|final|baseline]
+    opto-adapters export STORE -o params.json [--run ID] [--version best|final|baseline | --pick RULE]
     opto-adapters report STORE -o report.html [--run ID]
 
 Exit status: 0 on success, 1 on an error (the message says what to fix), 2 on bad usage,
@@ -109,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--version", choices=("best", "final", "baseline"), default="best",
         help="which values: best (default, what training wrote back), final or baseline",
+    )
+    p.add_argument(
+        "--pick", metavar="RULE",
+        help="choose on score and the app's tokens among the versions scored on the whole val set "
+        "(train without val): best, cheapest, or cheapest-within:D (the cheapest at most D below "
+        "the best score, e.g. cheapest-within:0.01); replaces --version",
     )
     p.set_defaults(handler=_export)
 
@@ -446,18 +452,28 @@ def _export(args: argparse.Namespace) -> int:
 
     with _open(args.store) as store:
         run = store.run(args.run)
-        version = {
-            "best": run.best_version_id or run.current_version_id,
-            "final": run.current_version_id,
-            "baseline": run.baseline_version_id,
-        }[args.version]
+        what = args.version
+        if args.pick is not None:
+            from .train.objectives import parse_rule, pick, points_from_store
+
+            parse_rule(args.pick)  # a bad rule is told before anything is read
+            chosen = pick(points_from_store(store, run.id), args.pick)
+            version: int | None = chosen.key
+            tokens = "tokens not reported" if chosen.tokens is None else f"{chosen.tokens:.1f} app tokens per evaluation"
+            what = f"picked ({args.pick}: version {version}, score {chosen.score:.4g}, {tokens})"
+        else:
+            version = {
+                "best": run.best_version_id or run.current_version_id,
+                "final": run.current_version_id,
+                "baseline": run.baseline_version_id,
+            }[args.version]
         if version is None:
             raise ValueError(f"run {run.id} has no {args.version} values yet")
         values = store.version_values(version)
         kinds = {p["name"]: p.get("kind", "text") for p in run.config.get("parameters", [])}
         params = [Parameter(value, name=name, kind=kinds.get(name, "text")) for name, value in values.items()]
         save_parameters(params, args.output)
-    print(f"wrote {len(params)} {args.version} parameter value(s) of run {run.id} to {args.output}")
+    print(f"wrote {len(params)} {what} parameter value(s) of run {run.id} to {args.output}")
     return 0
 
 
