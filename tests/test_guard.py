@@ -116,3 +116,11 @@ def test_the_guard_can_be_turned_off(scripted_llm):
     app, result = train(scripted_llm, Store(), guard_copies=None)
     assert result.history[0].status == "accepted" and app.prompt.value == COPYING
     assert len(app.calls) > 5
+
+
+def test_an_app_input_made_by_an_input_key_function_is_checked_too():
+    examples = [{"id": 7}]  # the text the app sees is made from the example, not inside it
+    why = copied_example({"prompt": f"{{q}} {QUESTION}"}, CURRENT, examples, [QUESTION])
+    assert why is not None and "train example 0 (its app input)" in why
+    with pytest.raises(ValueError, match="one to one"):
+        CopyGuard(examples, [QUESTION, QUESTION])

@@ -9,9 +9,10 @@ Pairing: the unit is the example, not the (example, repeat): repeat ``i`` of the
 repeat ``i`` of the incumbent are independent draws, so nothing pairs them. The bootstrap is
 two-level: each resample draws examples with replacement (the pairing, which removes the
 examples' own difficulty from the comparison) and, inside each drawn example, redraws each
-side's repeats with replacement (the evaluation noise). With one repeat per example it is the
-ordinary paired bootstrap over examples. Percentile interval; pure Python, deterministic for a
-given ``seed``.
+side's repeats with replacement (the evaluation noise; 256 such redraws are made per example
+once, and each resample picks among them, so a resample costs one draw per example). With one
+repeat per example it is the ordinary paired bootstrap over examples. Percentile interval; pure
+Python, deterministic for a given ``seed``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = ["DEFAULT_RESAMPLES", "Decision", "Interval", "accept", "paired_bootst
 
 DEFAULT_RESAMPLES = 2000
 _EPS = 1e-9
+_POOL = 256  # redraws of one example's repeats kept to resample from
 
 Scores = Sequence[float] | Sequence[Sequence[float]]
 """Per example: one score, or the scores of its repeats."""
@@ -91,18 +93,20 @@ def paired_bootstrap(
     rng = random.Random(seed)
     n = len(a)
     noisy = any(len(set(x)) > 1 for x in a) or any(len(set(y)) > 1 for y in b)
-    diffs = [fmean(x) - fmean(y) for x, y in zip(a, b, strict=True)]
-    means = []
-    for _ in range(resamples):
-        picked = [rng.randrange(n) for _ in range(n)]
-        if noisy:
-            total = 0.0
-            for i in picked:
-                x, y = a[i], b[i]
-                total += sum(rng.choices(x, k=len(x))) / len(x) - sum(rng.choices(y, k=len(y))) / len(y)
-        else:  # no spread inside any example: only the examples are redrawn
-            total = math.fsum(diffs[i] for i in picked)
-        means.append(total / n)
+    if noisy:
+        # each example's redraws of its repeats, made once: drawing an example, then one of its
+        # _POOL redraws, is one draw from the whole pool (every example has as many)
+        pool: list[float] = []
+        for x, y in zip(a, b, strict=True):
+            rx, ry = len(x), len(y)
+            xs, ys = rng.choices(x, k=rx * _POOL), rng.choices(y, k=ry * _POOL)
+            pool.extend(
+                sum(xs[j * rx : (j + 1) * rx]) / rx - sum(ys[j * ry : (j + 1) * ry]) / ry
+                for j in range(_POOL)
+            )
+    else:  # no spread inside any example: only the examples are redrawn
+        pool = [fmean(x) - fmean(y) for x, y in zip(a, b, strict=True)]
+    means = [sum(rng.choices(pool, k=n)) / n for _ in range(resamples)]
     means.sort()
     alpha = (1 - confidence) / 2
     low = means[min(resamples - 1, max(0, math.floor(alpha * resamples)))]

@@ -72,13 +72,15 @@ class _Piece:
 class CopyGuard:
     """Training examples indexed by their word n-grams (once); ``check`` a candidate's values.
 
-    ``examples``: the training examples (any JSON-like value: its strings are the texts checked;
-    pass the app's inputs too if they are not inside the examples). ``threshold``: the share of
-    one text's n-grams a candidate may newly contain (in (0, 1])."""
+    ``examples``: the training examples (any JSON-like value: its strings are the texts checked);
+    ``inputs``: what the app is given for each (when an ``input_key`` function makes it, it may
+    not be inside the example). ``threshold``: the share of one text's n-grams a candidate may
+    newly contain (in (0, 1])."""
 
     def __init__(
         self,
         examples: Iterable[Any],
+        inputs: Iterable[Any] | None = None,
         *,
         n: int = DEFAULT_N,
         threshold: float = DEFAULT_THRESHOLD,
@@ -90,9 +92,16 @@ class CopyGuard:
             raise ValueError(f"threshold must be a share in (0, 1], got {threshold!r}")
         self.n, self.threshold, self.min_words = n, float(threshold), max(min_words, n)
         found: list[tuple[int, str, str, set[tuple[str, ...]]]] = []
-        for i, example in enumerate(examples):
+        examples = list(examples)
+        given = list(inputs) if inputs is not None else [None] * len(examples)
+        if len(given) != len(examples):
+            raise ValueError(f"inputs must match the examples one to one: {len(given)} inputs, {len(examples)} examples")
+        for i, (example, app_input) in enumerate(zip(examples, given, strict=True)):
             seen: set[str] = set()
-            for where, text in text_pieces(example, "example"):
+            pieces = list(text_pieces(example))
+            if app_input is not None:
+                pieces.extend((f"{where} (its app input)", text) for where, text in text_pieces(app_input))
+            for where, text in pieces:
                 words = _words(text)
                 if len(words) < self.min_words or text in seen:
                     continue
@@ -138,8 +147,8 @@ class CopyGuard:
         piece = self._pieces[p]
         excerpt = piece.text if len(piece.text) <= 80 else piece.text[:77] + "..."
         return (
-            f"refused unevaluated: {name} copies train example {piece.example} "
-            f"({piece.where}, {share:.0%} of its word {self.n}-grams: {excerpt!r}); a prompt must "
+            f"refused unevaluated: {name} copies train example {piece.example}{piece.where} "
+            f"({share:.0%} of its word {self.n}-grams: {excerpt!r}); a prompt must "
             "generalize, not hold a training example (turn this off with guard_copies=None)"
         )
 
@@ -148,6 +157,7 @@ def copied_example(
     values: Mapping[str, Any],
     current_values: Mapping[str, Any],
     examples: Iterable[Any],
+    inputs: Iterable[Any] | None = None,
     *,
     n: int = DEFAULT_N,
     threshold: float = DEFAULT_THRESHOLD,
@@ -155,4 +165,5 @@ def copied_example(
 ) -> str | None:
     """Why ``values`` copy one of ``examples`` (see ``CopyGuard``), or ``None``. Checking many
     candidates against the same examples: build one ``CopyGuard`` instead."""
-    return CopyGuard(examples, n=n, threshold=threshold, min_words=min_words).check(values, current_values)
+    guard = CopyGuard(examples, inputs, n=n, threshold=threshold, min_words=min_words)
+    return guard.check(values, current_values)

@@ -657,11 +657,7 @@ class Trainer:
         if threshold is None:
             return None
         if self._guard is None:
-            inputs = self.inputs["train"]
-            self._guard = CopyGuard(
-                [[ex, inp] if inp is not ex else ex for ex, inp in zip(self.train, inputs, strict=True)],
-                threshold=threshold,
-            )
+            self._guard = CopyGuard(self.train, self.inputs["train"], threshold=threshold)
         return self._guard.check(values, self._values())
 
     def _remember(
