@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, help="stop after this many seconds")
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--seed", type=int, help="seed of the minibatch order (default 0)")
+    p.add_argument("--repeats", type=int, help="evaluations of each val example; > 1 turns on the interval rule")
+    p.add_argument("--acceptance", choices=("mean", "bootstrap"), help="the acceptance rule (default: bootstrap with --repeats > 1, else mean)")
+    p.add_argument("--tolerance", type=float, help="how much worse a candidate may score and be kept (default 0)")
+    p.add_argument("--no-copy-guard", action="store_true", help="do not refuse candidates that copy a training example")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--traces", nargs="+", metavar="FILE",
@@ -189,8 +193,13 @@ def _optimize(args: argparse.Namespace) -> int:
         "time_limit": args.time_limit,
         "max_steps": args.max_steps,
         "seed": args.seed,
+        "repeats": args.repeats,
+        "acceptance": args.acceptance,
+        "tolerance": args.tolerance,
     }
     options.update({k: v for k, v in flags.items() if v is not None})
+    if args.no_copy_guard:
+        options["guard_copies"] = None
     if args.no_progress:
         options["progress"] = False
     if args.max_calls is not None or args.max_tokens is not None:

@@ -273,3 +273,26 @@ def test_the_report_and_show_give_the_interval(scripted_llm, tmp_path, capsys):
     assert cli.main(["show", path, "--step", "1"]) == 0
     out = capsys.readouterr().out
     assert f"[{cand.ci_low:+.3g}, {cand.ci_high:+.3g}]" in out and "may be luck" in out
+
+
+def test_the_command_line_sets_repeats_and_the_rule(scripted_llm, tmp_path, monkeypatch, capsys):
+    from opto_adapters import cli
+    from tests.test_cli import RECIPE
+    from tests.train_apps import improve_then_worsen
+
+    recipe = tmp_path / "toy_recipe.py"
+    recipe.write_text(RECIPE)
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted_llm.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    scripted_llm.set_default(improve_then_worsen)
+    path = tmp_path / "runs.sqlite"
+    argv = ["optimize", str(recipe), "--store", str(path), "--model", "m", "--no-progress",
+            "--repeats", "2", "--tolerance", "0.05", "--no-copy-guard", "--max-steps", "1"]
+    assert cli.main(argv) == 0, capsys.readouterr()
+    with Store(str(path), readonly=True) as store:
+        run = store.run()
+        assert (run.config["repeats"], run.config["acceptance"], run.config["tolerance"]) == (2, "bootstrap", 0.05)
+        assert run.config["guard_copies"] is None
+        assert {e.repeat for e in store.evaluations(run.id, split="val")} == {0, 1}
+        (cand,) = store.candidates(run.id)
+        assert cand.ci_low is not None
