@@ -296,3 +296,13 @@ def test_the_command_line_sets_repeats_and_the_rule(scripted_llm, tmp_path, monk
         assert {e.repeat for e in store.evaluations(run.id, split="val")} == {0, 1}
         (cand,) = store.candidates(run.id)
         assert cand.ci_low is not None
+
+
+def test_a_versions_mean_counts_each_example_once_whatever_its_repeats():
+    store = Store()
+    run_id = store.create_run({})
+    v = store.version(run_id, {"p": "x"})
+    for rep, score in enumerate((1.0, 1.0, 1.0)):  # example 0, three repeats
+        store.add_evaluation(run_id, v, "val", 0, phase="val", score=score, repeat=rep)
+    store.add_evaluation(run_id, v, "val", 1, phase="val", score=0.0)  # example 1, once
+    assert store.mean_score(run_id, v, "val") == (0.5, 2)  # not 0.75 over 4 rows

@@ -92,16 +92,13 @@ def points_from_store(store: Store, run_id: int) -> list[Point]:
     run = store.run(run_id)
     split = "val" if run.config.get("val_size") else "train"
     size = int(run.config.get(f"{split}_size") or 0)
-    scores: dict[int, list[float]] = {}
-    covered: dict[int, set[int]] = {}
+    scores: dict[int, dict[int, list[float]]] = {}  # version -> example -> its repeats' scores
     for e in store.evaluations(run_id, split=split):
-        if e.score is None:
-            continue
-        scores.setdefault(e.version_id, []).append(float(e.score))
-        covered.setdefault(e.version_id, set()).add(e.index)
+        if e.score is not None:
+            scores.setdefault(e.version_id, {}).setdefault(e.index, []).append(float(e.score))
     usage = store.app_usage(run_id, split)
     return [
-        Point(v, sum(s) / len(s), usage[v].tokens if v in usage else None)
-        for v, s in sorted(scores.items())
-        if size and len(covered[v]) == size
+        Point(v, sum(sum(r) / len(r) for r in per.values()) / len(per), usage[v].tokens if v in usage else None)
+        for v, per in sorted(scores.items())
+        if size and len(per) == size
     ]

@@ -936,9 +936,11 @@ class Store:
         return [_evaluation(r) for r in rows if wanted is None or r["idx"] in wanted]
 
     def mean_score(self, run_id: int, version_id: int, split: str) -> tuple[float | None, int]:
-        """(mean score, number of evaluations) of a version on a split."""
+        """(mean score, number of examples scored) of a version on a split; an example evaluated
+        several times (``repeat``) counts once, with the mean of its repeats."""
         (mean, count), = self._rows(
-            "SELECT AVG(score), COUNT(score) FROM evaluations WHERE run_id = ? AND version_id = ? AND split = ?",
+            "SELECT AVG(m), COUNT(m) FROM (SELECT AVG(score) AS m FROM evaluations "
+            "WHERE run_id = ? AND version_id = ? AND split = ? AND score IS NOT NULL GROUP BY idx)",
             (run_id, version_id, split),
         )
         return (None if mean is None else float(mean)), int(count)
