@@ -96,3 +96,28 @@ def test_export_pick_writes_the_chosen_values(tmp_path, capsys):
     assert json.loads(out.read_text())["parameters"]["p"]["value"] == "v0"
     assert cli.main(["export", str(path), "-o", str(out), "--pick", "fastest"]) == 1
     assert "unknown pick rule" in capsys.readouterr().err
+
+
+def test_the_report_draws_the_front(tmp_path):
+    from opto_adapters.train.report import render_report
+
+    path = tmp_path / "runs.sqlite"
+    run_id, v = make_store(path)
+    with Store(str(path)) as store:
+        bloat = store.version(run_id, {"p": "bloat"}, parent_id=v["baseline"])
+        for i in range(2):  # worse than "rich" and dearer: dominated
+            store.add_evaluation(run_id, bloat, "val", i, phase="candidate", score=0.6,
+                                 usage={"model_calls": 1, "prompt_tokens": 490, "completion_tokens": 10})
+        html = render_report(store, run_id)
+    assert "Score and cost" in html and "id='app-usage'" in html
+    assert html.count('<circle class="front"') == 3 and html.count('<circle class="dominated"') == 1
+    assert "score 0.600, 500.0 tokens" in html
+
+
+def test_a_report_without_app_usage_has_no_usage_section():
+    from opto_adapters.train.report import front_svg, render_report
+
+    store = Store()
+    run_id, _ = store.open_run({"val_size": 0, "train_size": 1}, {"train": [{"input": "t"}]}, {"p": "v"})
+    assert "App model usage" not in render_report(store, run_id)
+    assert "reported no tokens" in front_svg([Point(1, 0.5)])

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from ..trace.render import short_repr
+from .objectives import Point, front, points_from_store
 from .store import Store, StoredCandidate, StoredRun, StoredStep
 from .trainer import TrainResult, build_result
 
-__all__ = ["graph_svg", "render_report", "word_diff", "write_report"]
+__all__ = ["front_svg", "graph_svg", "render_report", "word_diff", "write_report"]
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -375,6 +376,60 @@ def _interval(c: StoredCandidate) -> str:
     return f" (CI [{c.ci_low:+.3f}, {c.ci_high:+.3f}])"
 
 
+def front_svg(points: Sequence[Point], *, labels: dict[Any, str] | None = None, width: int = 720, height: int = 300) -> str:
+    """An inline SVG of points over (app tokens per evaluation, score): the front over
+    (score, -tokens) in green, joined as a staircase, the dominated points grey."""
+    known = [p for p in points if p.tokens is not None]
+    if not known:
+        return '<p class="muted">The app\'s model reported no tokens: no score and cost front to draw.</p>'
+    on = {id(p) for p in front(known)}
+    left, right, top, bottom = 48, 16, 16, 40
+    xs, ys = [float(p.tokens) for p in known], [p.score for p in known]  # type: ignore[arg-type]
+    x0, x1 = min(xs), max(xs)
+    if x1 - x0 < 1e-9:
+        x0, x1 = x0 - 1, x1 + 1
+    lo, hi = (0.0, 1.0) if min(ys) >= 0 and max(ys) <= 1 else (min(ys) - 0.5, max(ys) + 0.5)
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - lo) / (hi - lo)) * (height - top - bottom)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        'role="img" aria-label="score and cost front">',
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" fill="#fff" stroke="#ccc"/>',
+    ]
+    for k in range(5):
+        y = lo + (hi - lo) * k / 4
+        x = x0 + (x1 - x0) * k / 4
+        parts.append(
+            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" font-size="11" text-anchor="end">{y:.2f}</text>'
+            f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="middle">{x:.0f}</text>'
+        )
+    parts.append(
+        f'<text x="{(left + width - right) / 2}" y="{height - 6}" font-size="11" text-anchor="middle">'
+        "app tokens per evaluation (fewer is better)</text>"
+    )
+    stairs = sorted((p for p in known if id(p) in on), key=lambda p: p.cost)
+    if len(stairs) > 1:
+        path = [f"{sx(float(stairs[0].cost)):.1f},{sy(stairs[0].score):.1f}"]
+        for a, b in zip(stairs, stairs[1:], strict=False):
+            path.append(f"{sx(float(b.cost)):.1f},{sy(a.score):.1f}")
+            path.append(f"{sx(float(b.cost)):.1f},{sy(b.score):.1f}")
+        parts.append(f'<polyline points="{" ".join(path)}" fill="none" stroke="#17702d" stroke-opacity="0.5"/>')
+    for p in known:
+        color = "#17702d" if id(p) in on else "#aaa"
+        name = (labels or {}).get(p.key, str(p.key))
+        parts.append(
+            f'<circle class="{"front" if id(p) in on else "dominated"}" cx="{sx(float(p.cost)):.1f}" cy="{sy(p.score):.1f}" '
+            f'r="5" fill="{color}"><title>{_esc(name)}: score {p.score:.3f}, {p.tokens:.1f} tokens</title></circle>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def _app_usage(store: Store, run: StoredRun, candidates: list[StoredCandidate]) -> str:
     """The app's own model usage per evaluation of each version scored on the selection split."""
     split = "val" if run.config.get("val_size") else "train"
@@ -401,7 +456,9 @@ def _app_usage(store: Store, run: StoredRun, candidates: list[StoredCandidate]) 
         f"<h2>App model usage</h2><p>Per evaluation on {split}, means over the evaluations whose "
         "model reported it.</p><table id='app-usage'><tr><th>version</th><th>evaluations</th>"
         "<th>prompt tokens</th><th>completion tokens</th><th>model calls</th><th>latency (s)</th></tr>"
-        f"{rows}</table>"
+        f"{rows}</table><h3>Score and cost</h3><p>Each version scored on all of {split}; green: the "
+        "front (no other version scores higher for fewer tokens).</p>"
+        + front_svg(points_from_store(store, run.id), labels=label)
     )
 
 
