@@ -131,8 +131,9 @@ def accept(
         child_scores, incumbent_scores, confidence=confidence, resamples=resamples, seed=seed
     )
     bound = -float(tolerance) if tolerance else 0.0
+    shown = f"{bound:.4g}" if bound else "0"
     if interval.low >= bound - _EPS:
-        reason = f"difference {interval}: its lower bound is >= {bound:+.4g}"
+        reason = f"difference {interval}: its lower bound is >= {shown}"
         return Decision(True, reason, interval)
-    reason = f"difference {interval}: its lower bound is below {bound:+.4g}, it may be luck"
+    reason = f"difference {interval}: its lower bound is below {shown}, it may be luck"
     return Decision(False, reason, interval)
