@@ -69,6 +69,30 @@ def test_a_higher_confidence_gives_a_wider_interval():
     assert wide.low < narrow.low and wide.high > narrow.high
 
 
+def test_a_no_better_candidate_rarely_passes_and_a_better_one_often_does():
+    """Simulated gate sets of 10 examples x 3 repeats (each example its own difficulty, noise sd
+    0.2): the interval holds near its one-sided 2.5% level, where the mean rule passes half."""
+    rng = random.Random(0)
+
+    def gate(shift):
+        base = [rng.random() for _ in range(10)]
+        return ([[b + shift + rng.gauss(0, 0.2) for _ in range(3)] for b in base],
+                [[b + rng.gauss(0, 0.2) for _ in range(3)] for b in base])
+
+    def rate(shift, rule):
+        hits = 0
+        for _ in range(200):
+            c, i = gate(shift)
+            if rule == "mean":
+                hits += sum(map(sum, c)) >= sum(map(sum, i))
+            else:
+                hits += accept(c, i, seed=rng.randrange(1 << 30), resamples=500).accepted
+        return hits / 200
+
+    assert rate(0.0, "bootstrap") <= 0.07 and rate(0.0, "mean") >= 0.35
+    assert rate(0.2, "bootstrap") >= 0.8
+
+
 @pytest.mark.parametrize(
     ("child", "incumbent", "kw", "message"),
     [
