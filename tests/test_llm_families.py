@@ -46,7 +46,7 @@ def join(a, b):
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPTO_MODEL", "AZURE_OPENAI_API_KEY"):
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPTO_MODEL", "AZURE_OPENAI_API_KEY", "OPTO_JSON_MODE", "OPTO_CHECK_CONTEXT"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -436,3 +436,17 @@ def test_the_optimizer_passes_its_deadline_and_records_the_failure(scripted_llm)
     record = opt.step()
     assert isinstance(record.proposal.cause, DeadlineExceeded) and record.proposal.request_failed
     assert "deadline" in record.error and scripted_llm.request_count == 0
+
+
+def test_json_mode_and_the_context_check_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("OPTO_JSON_MODE", "llama.cpp")
+    monkeypatch.setenv("OPTO_CHECK_CONTEXT", "1")
+    with ScriptedLLMServer([ANSWER], family="llama.cpp", context_size=4096) as server:
+        llm = make_llm(server)
+        assert llm.json_mode == "llama.cpp" and llm.check_context
+        assert llm.complete_json("q", SCHEMA).mode == "llama.cpp"
+        assert [r.path for r in server.requests] == ["/props", "/v1/chat/completions"]
+        assert make_llm(server, json_mode="text", check_context=False).json_mode == "text"
+    monkeypatch.setenv("OPTO_JSON_MODE", "schema")
+    with pytest.raises(ValueError, match=r"\$OPTO_JSON_MODE: json_mode must be one of"):
+        LLM("m", base_url="http://127.0.0.1:9/v1", api_key="k")

@@ -51,6 +51,8 @@ logger = logging.getLogger("opto_adapters.llm")
 
 Messages = str | Sequence[Mapping[str, Any]]
 
+JSON_MODE_ENV = "OPTO_JSON_MODE"
+CHECK_CONTEXT_ENV = "OPTO_CHECK_CONTEXT"
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 _FORMAT_HINTS = (
     "response_format",
@@ -176,9 +178,11 @@ class LLM:
             then what the endpoint's first refusal points to, remembered), ``"json_schema"``
             (OpenAI, vLLM), ``"llama.cpp"`` (llama-server, llama-cpp-python: schema as a
             grammar), ``"ollama"``, ``"json_object"`` or ``"text"``; see :mod:`.formats`.
+            Default ``$OPTO_JSON_MODE``, else ``"auto"``.
         check_context: before each request, compare the prompt (~3.5 characters a token) with
             the context the server publishes (llama-server ``/props``, vLLM ``/v1/models``;
             asked once) and raise :class:`ContextOverflow` without sending when it is over.
+            Default ``$OPTO_CHECK_CONTEXT`` (``1`` turns it on), else off.
         deadline: a ``time.monotonic()`` time no request or retry runs past (see ``deadline``).
         azure_endpoint: use ``openai.AzureOpenAI`` with this endpoint.
         api_version: Azure API version (default ``$OPENAI_API_VERSION`` or a GA version).
@@ -197,8 +201,8 @@ class LLM:
         budget: Budget | None = None,
         client: openai.OpenAI | None = None,
         *,
-        json_mode: str = "auto",
-        check_context: bool = False,
+        json_mode: str | None = None,
+        check_context: bool | None = None,
         deadline: float | None = None,
         azure_endpoint: str | None = None,
         api_version: str | None = None,
@@ -214,9 +218,16 @@ class LLM:
         self.budget = budget
         self.backoff_base = backoff_base
         self.max_backoff = max_backoff
+        if check_context is None:
+            check_context = os.environ.get(CHECK_CONTEXT_ENV, "").strip().lower() in ("1", "true", "yes")
         self.check_context = check_context
         self.deadline = deadline
-        self._json_mode_choice = formats.check_json_mode(json_mode)
+        if json_mode is None and os.environ.get(JSON_MODE_ENV):
+            try:
+                json_mode = formats.check_json_mode(os.environ[JSON_MODE_ENV].strip())
+            except ValueError as exc:
+                raise ValueError(f"${JSON_MODE_ENV}: {exc}") from None
+        self._json_mode_choice = formats.check_json_mode(json_mode or "auto")
         if client is not None:
             # A copy with retries off; it shares the caller's connections, which stay theirs.
             self._client = client.with_options(max_retries=0)
