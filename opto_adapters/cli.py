@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import textwrap
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,7 +158,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _optimize(args: argparse.Namespace) -> int:
     from .llm import LLM, Budget
-    from .train import Trainer
+    from .train import InfrastructureError, Trainer
     from .train.recipe import endpoint_configured, load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -198,9 +201,14 @@ def _optimize(args: argparse.Namespace) -> int:
         parameters=parameters, input_key=recipe.input_key, store=str(args.store),
         resume=args.resume, run_name=args.name or recipe.name, **options,
     )
+    failed: Exception | None = None
     with trainer:
         try:
             result = trainer.fit()
+        except InfrastructureError as exc:  # an endpoint failed: stored as failed, resumable
+            if trainer.run_id is None:
+                raise
+            failed, result = exc, trainer.result()
         except Exception:
             if trainer.run_id is not None:
                 print(f"run {trainer.run_id} failed; what was done is stored in {args.store}", file=sys.stderr)
@@ -210,7 +218,7 @@ def _optimize(args: argparse.Namespace) -> int:
     print(
         _table(
             ["", "train", "val"],
-            [[k, _fmt(s.train), _fmt(s.val)] for k, s in (("baseline", result.baseline), ("best", result.best), ("final", result.final))],
+            [[k, s.text("train"), s.text("val")] for k, s in (("baseline", result.baseline), ("best", result.best), ("final", result.final))],
         )
     )
     calls = result.usage.get("optimizer_calls", 0)
@@ -220,6 +228,11 @@ def _optimize(args: argparse.Namespace) -> int:
         f"({answered} answered, {calls - answered} failed), {result.usage.get('total_tokens', 0)} "
         f"tokens; {time.monotonic() - start:.1f} s"
     )
+    resume = f"continue with: opto-adapters optimize {args.recipe} --store {args.store} --resume"
+    if failed is not None:
+        print(f"error: {failed}", file=sys.stderr)
+        print(f"nothing that failed was scored; once the endpoint works, {resume}")
+        return 1
     if calls and not answered:
         print(
             f"error: no optimizer call was answered, so nothing was learned (first error: "
@@ -229,7 +242,7 @@ def _optimize(args: argparse.Namespace) -> int:
         )
         return 1
     if result.status in ("interrupted", "budget_exhausted", "time_limit", "max_steps"):
-        print(f"continue with: opto-adapters optimize {args.recipe} --store {args.store} --resume")
+        print(resume)
     print(f"report: opto-adapters report {args.store} -o report.html")
     return 130 if result.status == "interrupted" else 0
 
@@ -324,7 +337,7 @@ def _show_run(store: Any, run: Any) -> None:
     print(f"optimizer {c.get('optimizer')} ({c.get('model')}); {c.get('train_size')} train, {c.get('val_size')} val; "
           f"epochs {c.get('epochs')}, batch size {c.get('batch_size')}")
     print()
-    print(_table(["", "train", "val"], [[k, _fmt(s.train), _fmt(s.val)] for k, s in (("baseline", r.baseline), ("best", r.best), ("final", r.final))]))
+    print(_table(["", "train", "val"], [[k, s.text("train"), s.text("val")] for k, s in (("baseline", r.baseline), ("best", r.best), ("final", r.final))]))
     print()
     if r.history:
         print(_table(
@@ -352,6 +365,19 @@ def _show_step(store: Any, run_id: int, step: Any) -> None:
             print(f"  {name}: {before.get(name)!r}\n    -> {value!r}")
         for name, reason in c.invalid.items():
             print(f"  refused {name}: {reason}")
+        if c.error:
+            print(f"  error: {c.error}")
+        if c.reply:
+            print("  raw reply:\n" + textwrap.indent(_cut(c.reply, _REPLY_SHOWN), "    "))
+
+
+_REPLY_SHOWN = 4000
+
+
+def _cut(text: str, budget: int) -> str:
+    if len(text) <= budget:
+        return text
+    return text[:budget] + f"\n… ({len(text) - budget} more characters; the store holds all of it)"
 
 
 def _step_graph(store: Any, run_id: int, step: Any) -> tuple[str | None, str | None, str]:
@@ -404,5 +430,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def run() -> None:
+    """The ``opto-adapters`` console script: ``main``, then exit. App runs still waiting on
+    their model endpoint (after Ctrl-C or a time limit) do not hold the process: everything
+    is stored by then, so it exits without joining their threads."""
+    code = main()
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck:
+        print(
+            f"exiting without waiting for {len(stuck)} app run(s) still waiting on their model endpoint",
+            file=sys.stderr,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -276,7 +276,7 @@ def test_the_optimizer_records_an_overflow_as_a_failed_request_with_the_advice()
         opt = OptoPrime([value], llm=make_llm(server))
         opt.backward(echo(value), "shorter")
         record = opt.step()
-        assert record.proposal.request_failed and isinstance(record.proposal.cause, ContextOverflow)
+        assert record.proposal.unanswered and isinstance(record.proposal.cause, ContextOverflow)
         assert "--ctx-size" in record.error and not record.changed
         assert server.request_count == 1
 
@@ -434,7 +434,7 @@ def test_the_optimizer_passes_its_deadline_and_records_the_failure(scripted_llm)
     opt.deadline = time.monotonic() - 0.1
     opt.backward(echo(greeting), "shorter")
     record = opt.step()
-    assert isinstance(record.proposal.cause, DeadlineExceeded) and record.proposal.request_failed
+    assert isinstance(record.proposal.cause, DeadlineExceeded) and record.proposal.unanswered
     assert "deadline" in record.error and scripted_llm.request_count == 0
 
 

@@ -233,6 +233,7 @@ class LLMOptimizer(Optimizer):
         except LLMError as exc:
             proposal.cause = exc
             proposal.error = f"the optimizer request failed: {exc}"
+            proposal.unanswered = True
             return proposal
         proposal.raw = result.text
         proposal.truncated = result.truncated

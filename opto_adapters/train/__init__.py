@@ -7,7 +7,15 @@
 from ..trace import Feedback
 from .apps import AppTracer, PythonApp, as_tracer
 from .config import TrainConfig
-from .errors import AppError, DatasetError, GuideError, RecipeError, StoreError, TrainingError
+from .errors import (
+    AppError,
+    DatasetError,
+    GuideError,
+    InfrastructureError,
+    RecipeError,
+    StoreError,
+    TrainingError,
+)
 from .result import Scores, StepSummary, TrainResult, build_result
 from .store import Store
 from .trainer import Trainer, optimize
@@ -18,6 +26,7 @@ __all__ = [
     "DatasetError",
     "Feedback",
     "GuideError",
+    "InfrastructureError",
     "PythonApp",
     "RecipeError",
     "Scores",

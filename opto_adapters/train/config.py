@@ -27,7 +27,10 @@ class TrainConfig:
 
     Evaluation: ``max_concurrency`` (app runs in parallel threads), ``error_score`` (the score
     of a run whose app raised, unless the guide scores it), ``tolerate_app_errors`` (do not stop
-    when the app raises on every training example).
+    when the app raises on every training example), ``infra_retries`` (how many times an app
+    run whose model endpoint could not be reached, timed out or failed with a 5xx is tried
+    again, waiting 0.5 s, 1 s, 2 s...; then the run stops as ``failed``, resumable: such a
+    failure is never scored).
 
     Record: ``run_name`` (a label in the store), ``store_graphs`` (keep every run's graph, which
     lets a resumed run reuse them), ``progress`` (tqdm bars on stderr).
@@ -43,6 +46,7 @@ class TrainConfig:
     max_concurrency: int = 4
     error_score: float = 0.0
     tolerate_app_errors: bool = False
+    infra_retries: int = 2
     run_name: str = ""
     store_graphs: bool = True
     progress: bool = True
@@ -50,6 +54,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_concurrency", "n_candidates"):
             _positive_int(name, getattr(self, name))
+        if isinstance(self.infra_retries, bool) or not isinstance(self.infra_retries, int) or self.infra_retries < 0:
+            raise ValueError(f"infra_retries must be an int >= 0, got {self.infra_retries!r}")
         if self.max_steps is not None:
             _positive_int("max_steps", self.max_steps)
         limit = self.time_limit

@@ -294,7 +294,7 @@ def _header(run: StoredRun, result: TrainResult) -> str:
 
 def _scores(result: TrainResult) -> str:
     rows = "".join(
-        f'<tr><th>{label}</th><td class="num">{_fmt(s.train)}</td><td class="num">{_fmt(s.val)}</td></tr>'
+        f'<tr><th>{label}</th><td class="num">{_esc(s.text("train"))}</td><td class="num">{_esc(s.text("val"))}</td></tr>'
         for label, s in (("baseline", result.baseline), ("best (written back)", result.best), ("final", result.final))
     )
     return f'<h2>Scores</h2><table id="scores"><tr><th></th><th>train</th><th>val</th></tr>{rows}</table>'
@@ -353,7 +353,9 @@ def _steps_section(store: Store, steps: list[StoredStep], candidates: list[Store
                 + (f"<details><summary>reasoning</summary><pre>{_esc(c.reasoning)}</pre></details>" if c.reasoning else "")
                 + diffs
                 + (f"<p>refused suggestions:</p><ul>{invalid}</ul>" if invalid else "")
+                + (f"<p class='rejected'>error: {_esc(c.error)}</p>" if c.error else "")
                 + (f"<details><summary>optimizer prompt</summary><pre>{_esc(c.prompt)}</pre></details>" if c.prompt else "")
+                + (f"<details><summary>raw reply</summary><pre>{_esc(c.reply)}</pre></details>" if c.reply else "")
                 + "</div>"
             )
     return "".join(out)

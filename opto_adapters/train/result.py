@@ -19,10 +19,26 @@ DONE = ("accepted", "rejected", "no_change")
 
 @dataclass(frozen=True)
 class Scores:
-    """Mean scores of one set of parameter values (``None`` where not evaluated)."""
+    """Mean scores of one set of parameter values (``None`` where not evaluated).
+
+    ``counts`` holds (split, examples scored, examples in the split); a mean over fewer
+    examples than the split has (a run stopped while evaluating) is ``partial``."""
 
     train: float | None = None
     val: float | None = None
+    counts: tuple[tuple[str, int, int], ...] = ()
+
+    def partial(self, split: str) -> bool:
+        """Whether the mean on ``split`` covers only some of its examples."""
+        return any(s == split and 0 < n < size for s, n, size in self.counts)
+
+    def text(self, split: str) -> str:
+        """The mean on ``split`` as text: ``-`` when not evaluated, marked when partial."""
+        score = self.train if split == "train" else self.val
+        if score is None:
+            return "-"
+        n, size = next(((n, size) for s, n, size in self.counts if s == split), (0, 0))
+        return f"{score:.3f} (partial: {n} of {size})" if self.partial(split) else f"{score:.3f}"
 
 
 @dataclass(frozen=True)
@@ -86,10 +102,13 @@ def build_result(store: Store, run_id: int) -> TrainResult:
     def scores(version: int | None) -> Scores:
         if version is None:
             return Scores()
-        return Scores(
-            train=store.mean_score(run_id, version, "train")[0],
-            val=store.mean_score(run_id, version, "val")[0],
+        (train, n_train), (val, n_val) = (store.mean_score(run_id, version, split) for split in ("train", "val"))
+        sizes = run.config
+        counts = (
+            ("train", n_train, int(sizes.get("train_size") or 0)),
+            ("val", n_val, int(sizes.get("val_size") or 0)),
         )
+        return Scores(train=train, val=val, counts=counts)
 
     by_step: dict[int, list[float | None]] = {}
     for cand in store.candidates(run_id):

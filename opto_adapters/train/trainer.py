@@ -31,7 +31,7 @@ from .apps import AppTracer, PythonApp, adopt_parameters, as_tracer, no_paramete
 from .config import TrainConfig
 from .data import InputKey, app_inputs, examples_list, fingerprint
 from .engine import Evaluator, Result, Stop, mean
-from .errors import AppError
+from .errors import AppError, InfrastructureError
 from .record import open_run
 from .result import DONE, Scores, StepSummary, TrainResult, build_result
 from .store import Store
@@ -309,6 +309,11 @@ class Trainer:
             status, message = "budget_exhausted", str(exc)
         except Stop as stop:
             status, message = stop.status, stop.message
+        except InfrastructureError as exc:
+            if self.run_id is not None:
+                self._restore_best()
+                self.store.update_run(self.run_id, status="failed", message=str(exc))
+            raise
         except BaseException as exc:
             if self.run_id is not None:
                 self._restore_best()
@@ -338,7 +343,7 @@ class Trainer:
             examples=self.examples, guide=self.guide, parameters=self._by_name,
             error_score=float(self.config.error_score), max_concurrency=self.config.max_concurrency,
             store_graphs=self.config.store_graphs, progress=self.config.progress,
-            check=self._check_time, probe=self._probe,
+            check=self._check_time, probe=self._probe, retries=self.config.infra_retries,
         )
         self._probe = None
         return self._evaluator
@@ -503,7 +508,9 @@ class Trainer:
         """(candidate id, suggested values): the stored ones of a resumed step, then new ones."""
         run_id = self.run_id
         assert run_id is not None
-        stored = self.store.candidates(run_id, step)
+        everything = self.store.candidates(run_id, step)
+        stored = [c for c in everything if c.status != "failed"]  # unanswered calls are asked again
+        next_k = max((c.k for c in everything), default=-1) + 1
         out = [(c.id, c.values) for c in stored]
         if len(stored) >= self.config.n_candidates:
             return out
@@ -517,7 +524,7 @@ class Trainer:
                 f"{sorted(self._by_name)}: the app's output must be computed from them (through "
                 "@bundle operations, or the framework tracer's graph)"
             )
-        for k in range(len(stored), self.config.n_candidates):
+        for _ in range(len(stored), self.config.n_candidates):
             self._check_time()
             proposal = self.optimizer.propose()
             usage = proposal.usage or {}
@@ -526,18 +533,35 @@ class Trainer:
                 reason = proposal.error or "the optimizer suggested no change"
                 if proposal.rejected:
                     reason += "; refused: " + "; ".join(f"{n}: {r}" for n, r in proposal.rejected.items())
+            status = "pending" if proposal.values else "failed" if proposal.unanswered else "no_change"
             cid = self.store.add_candidate(
-                run_id, step, k,
+                run_id, step, next_k,
                 values=proposal.values, invalid=proposal.rejected, reasoning=proposal.reasoning,
                 prompt=proposal.prompt, reply=proposal.raw, error=proposal.error,
                 prompt_tokens=usage.get("prompt_tokens", 0),
                 completion_tokens=usage.get("completion_tokens", 0),
-                status="pending" if proposal.values else "no_change", reason=reason,
-                memory=self._memory_state(),
+                status=status, reason=reason, memory=self._memory_state(),
             )
+            next_k += 1
+            if proposal.unanswered:
+                self._optimizer_failed(step, proposal.error or "the optimizer request failed")
             if proposal.values:
                 out.append((cid, proposal.values))
         return out
+
+    def _optimizer_failed(self, step: int, error: str) -> None:
+        """An optimizer call got no answer: the step is not done (a resume asks again)."""
+        assert self.run_id is not None
+        llm = getattr(self.optimizer, "llm_if_created", None)
+        url = getattr(llm, "base_url", None)
+        message = (
+            f"step {step}: the optimizer's endpoint{f' at {url}' if url else ''} gave no answer "
+            f"after its retries ({error}). Nothing of the step was kept; check the endpoint "
+            "(OPENAI_BASE_URL, OPTO_MODEL, OPENAI_API_KEY, its context size), then continue with "
+            "resume=True (CLI: --resume)"
+        )
+        self.store.update_step(self.run_id, step, status="failed", reason=message)
+        raise InfrastructureError(message, kind="optimizer", url=str(url) if url else None)
 
     def _try_candidate(
         self, step: int, cid: int, values: dict[str, Any], split: str, indices: list[int]
