@@ -240,6 +240,32 @@ def test_extract_json_failures_carry_raw_text(text):
     assert err.value.raw_text == text
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"reasoning": "r", "suggestion": {"a": {"b": 1}, "c": "cut',  # outer object never closed
+        'Sure: {"suggestion": {"a": 1}, "more": [',
+        '{"reasoning": "see ```json\n{\"a\": 1}\n``` above", "sugg',  # a fence inside the cut object
+    ],
+)
+def test_extract_json_of_a_cut_reply_takes_no_nested_object(text):
+    assert isinstance(extract_json(text), dict)  # leniently, something nested would be found
+    with pytest.raises(LLMResponseError):
+        extract_json(text, nested=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"a": 1, "b": [1, 2,],} and then more tex', {"a": 1, "b": [1, 2]}),
+        ('```json\n{"a": {"b": 2}}\n```\nThat is it, and I will now expl', {"a": {"b": 2}}),
+        ('<think>hmm {"x": 0}</think> {"a": 3} trailing {', {"a": 3}),
+    ],
+)
+def test_extract_json_of_a_cut_reply_takes_a_complete_top_level_object(text, expected):
+    assert extract_json(text, nested=False) == expected
+
+
 # --------------------------------------------------------------------------- retries
 def test_http_500_then_success_is_retried_and_counted(scripted_llm):
     scripted_llm.script(Reply.error(500), "recovered")

@@ -261,13 +261,16 @@ def test_an_unknown_family_overflow_names_every_servers_flag():
 
 
 def test_ollama_cutting_a_prompt_silently_is_logged_with_the_setting_to_raise(caplog):
-    with ScriptedLLMServer([ANSWER, ANSWER], family="ollama", context_size=500) as server:
+    with ScriptedLLMServer([ANSWER, ANSWER, ANSWER], family="ollama", context_size=2048) as server:
         llm = make_llm(server)
-        llm.complete("hello")  # recognised as Ollama
         with caplog.at_level(logging.WARNING, logger="opto_adapters.llm"):
-            llm.complete(long_prompt(3000))
-        assert server.chat_requests[1].response["usage"]["prompt_tokens"] == 500
-        assert any("OLLAMA_CONTEXT_LENGTH" in r.getMessage() and "num_ctx" in r.getMessage() for r in caplog.records)
+            llm.complete("hello")  # recognised as Ollama
+            llm.complete(long_prompt(2000))  # fits: nothing said
+            assert not caplog.records
+            llm.complete(long_prompt(4000))
+        assert server.chat_requests[2].response["usage"]["prompt_tokens"] == 2048
+        (warning,) = caplog.records
+        assert "OLLAMA_CONTEXT_LENGTH" in warning.getMessage() and "num_ctx" in warning.getMessage()
 
 
 def test_the_optimizer_records_an_overflow_as_a_failed_request_with_the_advice():

@@ -592,7 +592,9 @@ class LLM:
         if self.server_family != "ollama" or prompt_tokens <= 0:
             return
         chars = _prompt_chars(messages)
-        if chars > 4000 and chars / prompt_tokens > 8:  # text has ~4 characters a token
+        # text has ~4 characters a token; a cut prompt keeps about a whole context's worth
+        # (>= 1,024 tokens), a prompt read from Ollama's cache counts far fewer
+        if prompt_tokens >= 1024 and chars / prompt_tokens > 6:
             logger.warning(
                 "Ollama at %s counted %d prompt tokens for %d characters: it probably cut the "
                 "prompt to its context (it does so silently). Start it with a larger context: "
