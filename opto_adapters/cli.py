@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--seed", type=int, help="seed of the minibatch order (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--traces", nargs="+", metavar="FILE",
+        help="learn from runs recorded elsewhere (LangSmith runs JSONL, OTLP JSON, Phoenix spans) "
+        "instead of running train; every candidate is validated live on the recipe's val "
+        "(or its train examples when it has no val)",
+    )
+    p.add_argument("--feedback", nargs="+", metavar="FILE", help="feedback on the --traces runs (LangSmith feedback, annotations, a CSV/JSONL of id, score, comment)")
     p.set_defaults(handler=_optimize)
 
     p = sub.add_parser("runs", help="list the runs of a store", description="List the runs of a store.")
@@ -193,14 +200,29 @@ def _optimize(args: argparse.Namespace) -> int:
         app = as_tracer(app, parameters=parameters)
         parameters = None
         optimizer = recipe.build_optimizer(app.parameters, llm)
+    if args.feedback and not args.traces:
+        print("error: --feedback goes with --traces (feedback on the imported runs)", file=sys.stderr)
+        return 2
     print(f"optimizing {recipe.path} with {llm.model} at {llm.base_url}; storing in {args.store}")
     start = time.monotonic()
-    trainer = Trainer(
-        app, train, val, guide=recipe.guide, optimizer=optimizer,
-        llm=None if optimizer is not None else llm, objective=recipe.objective,
-        parameters=parameters, input_key=recipe.input_key, store=str(args.store),
-        resume=args.resume, run_name=args.name or recipe.name, **options,
-    )
+    common = {
+        "guide": recipe.guide, "optimizer": optimizer, "llm": None if optimizer is not None else llm,
+        "objective": recipe.objective, "parameters": parameters, "input_key": recipe.input_key,
+        "store": str(args.store), "resume": args.resume, "run_name": args.name or recipe.name, **options,
+    }
+    if args.traces:
+        from .train.from_traces import TraceTrainer
+
+        trainer: Trainer = TraceTrainer(
+            app, [str(t) for t in args.traces], val or train,
+            feedback=[str(f) for f in args.feedback] if args.feedback else None, **common,
+        )
+        print(
+            f"learning from {len(trainer.imported)} imported run(s) with feedback, validated live on "
+            f"{len(trainer.val)} {'val' if val else 'train'} example(s)\n{trainer.import_report.summary()}"
+        )
+    else:
+        trainer = Trainer(app, train, val, **common)
     failed: Exception | None = None
     with trainer:
         try:

@@ -679,13 +679,15 @@ def _attach_budget(optimizer: Any, budget: Budget | None) -> Budget | None:
 
 def optimize(
     app: Any,
-    train: Iterable[Any],
+    train: Iterable[Any] | None = None,
     val: Iterable[Any] | None = None,
     *,
     guide: Guide,
     optimizer: Any = None,
     store: str | Store | None = None,
     budget: Budget | None = None,
+    traces: Any = None,
+    feedback: Any = None,
     **options: Any,
 ) -> TrainResult:
     """Optimize ``app``'s trainable parameters on ``train``, keeping only what does not score
@@ -698,7 +700,26 @@ def optimize(
     are ``Trainer``'s: ``input_key``, ``parameters``, ``resume``, ``config=TrainConfig(...)``,
     or any ``TrainConfig`` field as a keyword (``epochs``, ``batch_size``,
     ``max_concurrency``, ``n_candidates``, ``time_limit``, ``max_steps``, ``progress``...).
+
+    ``traces`` (with ``feedback``) instead of ``train``: propose from runs recorded elsewhere
+    (LangSmith runs, OpenInference spans; see ``opto_adapters.from_traces``) and validate
+    every candidate live on ``val`` (required), see ``TraceTrainer``.
     """
+    if traces is not None:
+        if train is not None:
+            raise TypeError("pass train= (examples to run) or traces= (runs that already happened), not both")
+        from .from_traces import TraceTrainer
+
+        trainer: Trainer = TraceTrainer(
+            app, traces, val, guide=guide, feedback=feedback, optimizer=optimizer, store=store,
+            budget=budget, **options,
+        )
+        with trainer:
+            return trainer.fit()
+    if feedback is not None:
+        raise TypeError("feedback= goes with traces= (feedback on imported runs); a train run's feedback comes from guide")
+    if train is None:
+        raise TypeError("optimize() needs train= (examples to run the app on) or traces= (runs to learn from)")
     trainer = Trainer(app, train, val, guide=guide, optimizer=optimizer, store=store, budget=budget, **options)
     with trainer:
         return trainer.fit()
