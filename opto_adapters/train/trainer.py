@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..llm import Budget, BudgetExceeded
+from ..llm import Budget, BudgetExceeded, DeadlineExceeded
 from ..trace import Parameter, apply_updates
 from ..trace.render import short_repr
 from ..trace.tracer import TracedRun
@@ -295,6 +295,8 @@ class Trainer:
         self._prepare()
         limit = self.config.time_limit
         self._deadline = time.monotonic() + limit if limit else None
+        if hasattr(self.optimizer, "deadline"):  # the limit holds inside optimizer requests too
+            self.optimizer.deadline = self._deadline
         self.run_id = None
         status, message = "completed", None
         try:
@@ -543,6 +545,8 @@ class Trainer:
                 status=status, reason=reason, memory=self._memory_state(),
             )
             next_k += 1
+            if proposal.unanswered and isinstance(proposal.cause, DeadlineExceeded):
+                raise Stop("time_limit", f"time limit of {self.config.time_limit:g} s reached during an optimizer request")
             if proposal.unanswered:
                 self._optimizer_failed(step, proposal.error or "the optimizer request failed")
             if proposal.values:
