@@ -69,20 +69,16 @@ def leads(scores: Mapping[K, Sequence[float]]) -> dict[K, int]:
 
 
 def sample_parents(scores: Mapping[K, Sequence[float]], k: int, rng: random.Random) -> list[K]:
-    """``k`` parents from the front, drawn with weights = examples led, distinct while the
-    front has enough candidates that lead somewhere, then again from the same ones."""
+    """Up to ``k`` distinct parents from the front, drawn with weights = examples led (fewer
+    when fewer front candidates lead somewhere: the same parent twice would show the optimizer
+    the same evidence twice)."""
     if not scores:
         raise ValueError("no candidates to sample parents from")
-    front = pareto_front(scores)
     counts = leads(scores)
-    weighted = [(c, counts[c]) for c in front if counts[c] > 0]
+    left = [(c, counts[c]) for c in pareto_front(scores) if counts[c] > 0]
     chosen: list[K] = []
-    left = list(weighted)
-    while len(chosen) < k:
-        if not left:
-            left = list(weighted)
-        total = sum(w for _, w in left)
-        pick = rng.random() * total
+    while left and len(chosen) < k:
+        pick = rng.random() * sum(w for _, w in left)
         for j, (c, w) in enumerate(left):
             pick -= w
             if pick < 0 or j == len(left) - 1:

@@ -16,7 +16,8 @@ With ``merge=True``, a step that follows a new pool member first tries a **merge
 members that descend from a common ancestor and changed different parameters are combined
 (each changed parameter from the one that changed it); the merge is validated if it is at
 least as good on the minibatch as the better of its two parents. ``proposals_per_step=k``
-makes k children per step from different parents (proposed one after the other, then scored).
+makes up to k children per step from different parents (fewer while the front has fewer
+candidates; proposed one after the other, then scored).
 
 Without ``val`` the training set is the validation set (each pool member is scored on every
 training example). The best pool member by mean validation score is the run's best (written
@@ -112,6 +113,14 @@ class ParetoSearch:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> None:
+        """Search until the steps (or a limit) run out; the app holds the current (best)
+        values afterwards, however the search stopped."""
+        try:
+            self._steps()
+        finally:  # a stop mid-step leaves a parent's or a child's values in the app
+            self.t._write(self.values(self.t._current))
+
+    def _steps(self) -> None:
         t, cfg = self.t, self.t.config
         if not t.val:
             logger.info(
@@ -305,7 +314,7 @@ class ParetoSearch:
             return "no_change", why, None
         version = store.version(run_id, t._values(), parent_id=child.parents[0], step=step)
         store.update_candidate(cid, version_id=version)
-        if any(m.version_id == version for m in self.pool()):
+        if any(m.version_id == version and m.candidate_id != cid for m in self.pool()):  # not itself, on resume
             known = self.scores([version])[version]
             why = f"the same values as pool candidate v{version} ({self.split} score {sum(known) / len(known):.4g}); nothing new"
             store.update_candidate(cid, status="rejected", reason=why)
