@@ -4,6 +4,7 @@ rollout budget, resume; and the pure functions of ``opto_adapters.train.pareto``
 import json
 import random
 import re
+from xml.etree import ElementTree
 
 import pytest
 
@@ -495,6 +496,7 @@ def test_the_report_draws_the_candidate_tree_and_lists_the_front(scripted_llm):
     _, store, result = two_part(scripted_llm, wanting("A", "A", "B", "B"), wanting("A", "B", "B", prefix="v"))
     html = render_report(store, result.run_id)
     tree = html.split('<svg xmlns="http://www.w3.org/2000/svg" id="candidate-tree"', 1)[1].split("</svg>", 1)[0]
+    ElementTree.fromstring('<svg xmlns="http://www.w3.org/2000/svg"' + tree + "</svg>")  # well-formed
     seed, a, b = (m.version_id for m in store.pool(result.run_id))
     assert tree.count('class="candidate') == 3 and tree.count('class="candidate front"') == 2
     assert f'data-parent="{seed}" data-child="{a}"' in tree and f'data-parent="{a}" data-child="{b}"' in tree

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .engine import Evaluator, Stop, _Outcome
+from .engine import Evaluator, Stop
 
 __all__ = ["MAX_METRIC_CALLS", "CountingEvaluator"]
 
@@ -48,7 +48,7 @@ class CountingEvaluator(Evaluator):
             )
         super()._run_all(version, split, todo, *args, **kwargs)
 
-    def _run_one(self, split: str, i: int) -> _Outcome:
+    def _run_one(self, split: str, i: int) -> Any:
         with self._count_lock:
             self.used += 1
         return super()._run_one(split, i)

@@ -42,7 +42,7 @@ from .errors import AppError
 from .pareto import EPS, find_merge, pareto_front, sample_parents
 from .result import DONE
 from .store import StoredPoolMember
-from .trainer import NOTHING_TO_LEARN, _nothing_to_learn
+from .trainer import NOTHING_TO_LEARN, nothing_to_learn
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -258,7 +258,7 @@ class ParetoSearch:
             child.values = stored.values or None
             child.note = stored.reason or ""
             return child
-        if _nothing_to_learn(forward):
+        if nothing_to_learn(forward):
             child.note = NOTHING_TO_LEARN
             return child
         opt = t.optimizer

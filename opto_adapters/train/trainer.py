@@ -70,6 +70,12 @@ def _nothing_to_learn(results: list[Result]) -> bool:
     )
 
 
+def nothing_to_learn(results: list[Result]) -> bool:
+    """Whether every run of a minibatch got the best score and no text to learn from (the
+    check both searches make before asking the optimizer)."""
+    return _nothing_to_learn(results)
+
+
 class Trainer:
     """Optimize an app's parameters on ``train``, gated on ``val``; ``fit()`` runs it.
 
