@@ -267,6 +267,7 @@ def test_max_metric_calls_is_never_exceeded(scripted_llm, search):
         )
         assert len(calls) <= limit, (limit, len(calls))
         assert len(store.evaluations(result.run_id)) == len(calls)
+        assert store.check() == []
         if result.status == "max_metric_calls":
             assert f"max_metric_calls={limit}" in result.message
         else:

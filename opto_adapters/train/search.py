@@ -19,7 +19,9 @@ least as good on the minibatch as the better of its two parents. ``proposals_per
 makes up to k children per step from different parents (fewer while the front has fewer
 candidates; proposed one after the other, then scored).
 
-Without ``val`` the training set is the validation set (each pool member is scored on every
+The starting values are scored on the validation split only (the greedy search also runs them
+on the whole training set first): their training score in the result is the mean over the
+minibatches they ran on. Without ``val`` the training set is the validation set (each pool member is scored on every
 training example). The best pool member by mean validation score is the run's best (written
 back into the app). The pool, every candidate's parents and the front are stored
 (``Store.pool``, ``Store.lineage``), the score matrix is the pool's stored evaluations, so a

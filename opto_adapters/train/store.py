@@ -1033,7 +1033,7 @@ class Store:
         for run in self._rows("SELECT * FROM runs"):
             for column in ("baseline_version_id", "current_version_id", "best_version_id"):
                 own(run["id"], run[column], column)
-        unfinished_ok = {"running", "interrupted", "failed", "time_limit", "budget_exhausted"}
+        unfinished_ok = {"running", "interrupted", "failed", "time_limit", "budget_exhausted", "max_metric_calls"}
         for step in self._rows("SELECT s.*, r.status AS run_status FROM steps s JOIN runs r ON r.id = s.run_id"):
             where = f"step {step['step']} of run {step['run_id']}"
             own(step["run_id"], step["version_id"], f"{where}'s version")

@@ -381,6 +381,12 @@ class Trainer:
         if cfg.search == "pareto":
             from .search import ParetoSearch
 
+            if type(self)._step is not Trainer._step:  # e.g. TraceTrainer: steps from imported runs
+                raise TypeError(
+                    f"search='pareto' runs the app on training minibatches; {type(self).__name__} "
+                    "takes its steps another way: use search='greedy' with it"
+                )
+
             if cfg.n_candidates != 1:
                 logger.warning("n_candidates=%d is for search='greedy'; the Pareto search uses proposals_per_step", cfg.n_candidates)
             ParetoSearch(self).run()
