@@ -399,7 +399,16 @@ def candidate_tree_svg(
     widest = max(len(v) for v in rows.values())
     width = max(width, 70 * widest + 40)
     pos: dict[int, tuple[float, float]] = {}
-    for d, ids in rows.items():
+    parents_of = {m.version_id: m.parents for m in members}
+    for d in sorted(rows):
+        ids = rows[d]
+        if d:  # under their parents, so that edges cross less
+
+            def under(v: int) -> float:
+                xs = [pos[p][0] for p in parents_of[v] if p in pos]
+                return sum(xs) / len(xs) if xs else 0.0
+
+            ids.sort(key=under)
         for i, v in enumerate(ids):
             pos[v] = ((i + 1) * width / (len(ids) + 1), 30 + d * row_h)
     parts = [
