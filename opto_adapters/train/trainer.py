@@ -748,7 +748,8 @@ def optimize(
     ``objective=``). ``store`` is an SQLite file path (default: in memory). Further options
     are ``Trainer``'s: ``input_key``, ``parameters``, ``resume``, ``config=TrainConfig(...)``,
     or any ``TrainConfig`` field as a keyword (``epochs``, ``batch_size``,
-    ``max_concurrency``, ``n_candidates``, ``time_limit``, ``max_steps``, ``progress``...).
+    ``max_concurrency``, ``n_candidates``, ``time_limit``, ``max_steps``, ``progress``,
+    ``search="pareto"``, ``proposals_per_step``, ``merge``, ``max_metric_calls``...).
 
     ``traces`` (with ``feedback``) instead of ``train``: propose from runs recorded elsewhere
     (LangSmith runs, OpenInference spans; see ``opto_adapters.from_traces``) and validate
