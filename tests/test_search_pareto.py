@@ -365,7 +365,7 @@ def test_the_resume_worlds_explore_and_merge(scripted_llm):
     assert [m.kind for m in store.pool(result.run_id)] == ["seed", "mutation", "mutation", "merge"]
 
 
-STOPS = [("explores", n) for n in range(3, 95, 9)] + [("merges", n) for n in range(2, 31, 4)]
+STOPS = [("explores", n) for n in (*range(3, 95, 9), 108)] + [("merges", n) for n in range(2, 31, 4)]
 
 
 @pytest.mark.parametrize(("world", "stop_at"), STOPS)
@@ -487,6 +487,8 @@ def test_cli_search_pareto(tmp_path, scripted_llm, monkeypatch, capsys):
         assert (run.config["search"], run.config["proposals_per_step"], run.config["merge"]) == ("pareto", 2, True)
         assert run.config["max_metric_calls"] == 200
         assert len(s.pool(1)) >= 2
+    assert cli.main(["show", str(store)]) == 0 and cli.main(["show", str(store), "--step", "1"]) == 0
+    assert "mutation of v1" in capsys.readouterr().out
     report = tmp_path / "report.html"
     assert cli.main(["report", str(store), "-o", str(report)]) == 0
     assert "candidate-tree" in report.read_text()

@@ -29,7 +29,9 @@ class TrainConfig:
     worse on the gate set; ``"pareto"``: a pool of candidates, parents drawn from the Pareto
     front of per-example validation scores, see ``opto_adapters.train.search``),
     ``proposals_per_step`` (pareto: children per step, from different parents), ``merge``
-    (pareto: also try combining two candidates that changed different parameters).
+    (pareto: also try combining two candidates that changed different parameters). Both
+    searches take up to ``epochs`` × (minibatches per epoch) steps: with ``max_metric_calls``,
+    give enough epochs for the budget to be what stops the run.
 
     Limits: ``max_steps``, ``time_limit`` (seconds of one ``fit``), ``max_metric_calls`` (app
     runs scored by the guide, training and validation together, never exceeded); a token/call
