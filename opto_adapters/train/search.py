@@ -120,7 +120,10 @@ class ParetoSearch:
         try:
             self._steps()
         finally:  # a stop mid-step leaves a parent's or a child's values in the app
-            self.t._write(self.values(self.t._current))
+            try:
+                self.t._write(self.values(self.t._current))
+            except Exception:  # the stop's own error matters more
+                logger.exception("could not write the current values back after the search stopped")
 
     def _steps(self) -> None:
         t, cfg = self.t, self.t.config
