@@ -33,10 +33,13 @@ from .data import InputKey, app_inputs, examples_list, fingerprint
 from .engine import Evaluator, Result, Stop, mean
 from .errors import AppError, InfrastructureError
 from .record import open_run
-from .result import DONE, Scores, StepSummary, TrainResult, build_result
+from .result import DONE, FrontCandidate, Scores, StepSummary, TrainResult, build_result
+from .rollouts import MAX_METRIC_CALLS, CountingEvaluator
 from .store import Store
 
-__all__ = ["Scores", "StepSummary", "TrainConfig", "TrainResult", "Trainer", "build_result", "optimize"]
+__all__ = [
+    "FrontCandidate", "Scores", "StepSummary", "TrainConfig", "TrainResult", "Trainer", "build_result", "optimize",
+]
 
 logger = logging.getLogger("opto_adapters.train")
 
@@ -67,6 +70,12 @@ def _nothing_to_learn(results: list[Result]) -> bool:
     )
 
 
+def nothing_to_learn(results: list[Result]) -> bool:
+    """Whether every run of a minibatch got the best score and no text to learn from (the
+    check both searches make before asking the optimizer)."""
+    return _nothing_to_learn(results)
+
+
 class Trainer:
     """Optimize an app's parameters on ``train``, gated on ``val``; ``fit()`` runs it.
 
@@ -86,9 +95,13 @@ class Trainer:
     ``resume`` (``True``: the latest run of the store, or a run id).
 
     Settings: ``config`` (a ``TrainConfig``), or any of its fields as keywords (``epochs``,
-    ``batch_size``, ``shuffle``, ``seed``, ``n_candidates``, ``max_steps``, ``time_limit``,
+    ``batch_size``, ``shuffle``, ``seed``, ``n_candidates``, ``search``,
+    ``proposals_per_step``, ``merge``, ``max_steps``, ``max_metric_calls``, ``time_limit``,
     ``max_concurrency``, ``error_score``, ``tolerate_app_errors``, ``run_name``,
     ``store_graphs``, ``progress``), which override ``config``'s.
+
+    How to search: ``search="greedy"`` (the default) keeps one incumbent and the loop below;
+    ``search="pareto"`` keeps a pool of candidates (``opto_adapters.train.search``).
     """
 
     def __init__(
@@ -252,6 +265,10 @@ class Trainer:
             "app": short_repr(self.tracer, 200),
             "time_limit": cfg.time_limit,
             "max_steps": cfg.max_steps,
+            "search": cfg.search,
+            "proposals_per_step": cfg.proposals_per_step,
+            "merge": cfg.merge,
+            "max_metric_calls": cfg.max_metric_calls,
         }
 
     def _values(self) -> dict[str, Any]:
@@ -302,7 +319,7 @@ class Trainer:
         try:
             self._open_run()
             with self._make_evaluator():
-                self._loop()
+                self._search()
         except KeyboardInterrupt:
             if self.run_id is None:  # nothing was stored: there is no run to report
                 raise
@@ -327,20 +344,23 @@ class Trainer:
                 self._steps_bar = None
         if message:
             logger.warning("training stopped: %s", message)
-        if status in ("completed", "max_steps", "budget_exhausted"):
+        if status in ("completed", "max_steps", "budget_exhausted", MAX_METRIC_CALLS):
             try:
                 self._final_evaluations()
             except KeyboardInterrupt:
                 status, message = "interrupted", "interrupted during the final evaluation"
             except BudgetExceeded as exc:
                 status, message = "budget_exhausted", str(exc)
+            except Stop as stop:  # the rollout budget: what does not fit is not evaluated
+                logger.warning("the final evaluation is incomplete: %s", stop.message)
         self._restore_best()
         self.store.update_run(self.run_id, status=status, message=message)
         return self.result()
 
     def _make_evaluator(self) -> Evaluator:
         assert self.run_id is not None
-        self._evaluator = Evaluator(
+        self._evaluator = CountingEvaluator(
+            limit=self.config.max_metric_calls, used=self.store.evaluation_count(self.run_id),
             store=self.store, run_id=self.run_id, tracer=self.tracer, inputs=self.inputs,
             examples=self.examples, guide=self.guide, parameters=self._by_name,
             error_score=float(self.config.error_score), max_concurrency=self.config.max_concurrency,
@@ -356,6 +376,26 @@ class Trainer:
     ) -> list[Result]:
         assert self._evaluator is not None
         return self._evaluator.evaluate(version, split, indices, phase, step=step, graphs=graphs)
+
+    def _search(self) -> None:
+        """Run the configured search: today's greedy loop, or the Pareto search."""
+        cfg = self.config
+        if cfg.search == "pareto":
+            from .search import ParetoSearch
+
+            if type(self)._step is not Trainer._step:  # e.g. TraceTrainer: steps from imported runs
+                raise TypeError(
+                    f"search='pareto' runs the app on training minibatches; {type(self).__name__} "
+                    "takes its steps another way: use search='greedy' with it"
+                )
+
+            if cfg.n_candidates != 1:
+                logger.warning("n_candidates=%d is for search='greedy'; the Pareto search uses proposals_per_step", cfg.n_candidates)
+            ParetoSearch(self).run()
+            return
+        if cfg.proposals_per_step != 1 or cfg.merge:
+            logger.warning("proposals_per_step and merge are for search='pareto'; search='greedy' ignores them")
+        self._loop()
 
     def _loop(self) -> None:
         run_id = self.run_id
@@ -387,6 +427,11 @@ class Trainer:
 
     def _baseline_phase(self) -> None:
         results = self._evaluate(self._current, "train", range(len(self.train)), "baseline", graphs=True)
+        self._check_app_runs(results, "train")
+        self._consider_best(self._current, self._selection_score(self._current, "baseline"))
+
+    def _check_app_runs(self, results: list[Result], split: str) -> None:
+        """Refuse to train an app that raised on every example of the baseline."""
         failed = [r for r in results if r.error is not None]
         if len(failed) == len(results) and not self.config.tolerate_app_errors:
             if all(_unreachable(r.error) for r in failed):
@@ -400,10 +445,9 @@ class Trainer:
                     "repair a failing app (e.g. trainable code), pass tolerate_app_errors=True"
                 )
             raise AppError(
-                f"the app raised on all {len(results)} train examples (train example "
+                f"the app raised on all {len(results)} {split} examples ({split} example "
                 f"{failed[0].index}: {failed[0].error}); there is nothing to learn from. {advice}"
             )
-        self._consider_best(self._current, self._selection_score(self._current, "baseline"))
 
     def _batches(self, epoch: int) -> list[list[int]]:
         order = list(range(len(self.train)))
@@ -626,7 +670,12 @@ class Trainer:
     def _evaluate_all(self, version: int) -> None:
         for split in ("train", "val"):
             if self.examples[split]:
-                self._evaluate(version, split, range(len(self.examples[split])), "final")
+                try:
+                    self._evaluate(version, split, range(len(self.examples[split])), "final")
+                except Stop as stop:
+                    if stop.status != MAX_METRIC_CALLS:
+                        raise
+                    logger.warning("version %d is not scored on all of %s: %s", version, split, stop.message)
 
     def _restore_best(self) -> None:
         """Write the best values seen back into the app."""
@@ -703,7 +752,8 @@ def optimize(
     ``objective=``). ``store`` is an SQLite file path (default: in memory). Further options
     are ``Trainer``'s: ``input_key``, ``parameters``, ``resume``, ``config=TrainConfig(...)``,
     or any ``TrainConfig`` field as a keyword (``epochs``, ``batch_size``,
-    ``max_concurrency``, ``n_candidates``, ``time_limit``, ``max_steps``, ``progress``...).
+    ``max_concurrency``, ``n_candidates``, ``time_limit``, ``max_steps``, ``progress``,
+    ``search="pareto"``, ``proposals_per_step``, ``merge``, ``max_metric_calls``...).
 
     ``traces`` (with ``feedback``) instead of ``train``: propose from runs recorded elsewhere
     (LangSmith runs, OpenInference spans; see ``opto_adapters.from_traces``) and validate
