@@ -62,7 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="passes over the training set (default 1)")
     p.add_argument("--batch-size", type=int, help="examples per optimizer step (default 4)")
     p.add_argument("--concurrency", type=int, help="app runs in parallel (default 4)")
-    p.add_argument("--candidates", type=int, help="candidates proposed per step (default 1)")
+    p.add_argument("--candidates", type=int, help="candidates proposed per step (greedy search; default 1)")
+    p.add_argument(
+        "--search", choices=("greedy", "pareto"),
+        help="greedy (default): one incumbent, kept if a candidate does not score worse on val; "
+        "pareto: a pool of candidates, parents drawn from the Pareto front of per-example val scores",
+    )
+    p.add_argument("--proposals-per-step", type=int, help="pareto: children per step, from different parents (default 1)")
+    p.add_argument("--merge", action="store_true", help="pareto: also merge candidates that changed different parameters")
+    p.add_argument(
+        "--max-metric-calls", type=int,
+        help="stop before this many app runs scored by the guide (train and val together)",
+    )
     p.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite file for the run (default {DEFAULT_STORE})")
     p.add_argument("--resume", action="store_true", help="continue the latest run in the store")
     p.add_argument("--name", default=None, help="a name for the run (default: the recipe's)")
@@ -196,6 +207,10 @@ def _optimize(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
         "acceptance": args.acceptance,
         "tolerance": args.tolerance,
+        "search": args.search,
+        "proposals_per_step": args.proposals_per_step,
+        "max_metric_calls": args.max_metric_calls,
+        "merge": True if args.merge else None,
     }
     options.update({k: v for k, v in flags.items() if v is not None})
     if args.no_copy_guard:
@@ -278,7 +293,11 @@ def _optimize(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    if result.status in ("interrupted", "budget_exhausted", "time_limit", "max_steps"):
+    if result.front:
+        print(f"pareto front: {len(result.front)} candidate(s): " + ", ".join(
+            f"v{f.version_id} ({_fmt(f.mean)})" for f in result.front
+        ))
+    if result.status in ("interrupted", "budget_exhausted", "time_limit", "max_steps", "max_metric_calls"):
         print(resume)
     print(f"report: opto-adapters report {args.store} -o report.html")
     return 130 if result.status == "interrupted" else 0

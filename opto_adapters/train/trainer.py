@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..llm import Budget, BudgetExceeded
+from ..llm import Budget, BudgetExceeded, DeadlineExceeded
 from ..trace import Feedback, Parameter, apply_updates
 from ..trace.render import short_repr
 from ..trace.tracer import TracedRun
@@ -35,10 +35,13 @@ from .engine import Evaluator, Result, Stop, by_example, mean
 from .errors import AppError, InfrastructureError
 from .guard import DEFAULT_THRESHOLD, CopyGuard
 from .record import open_run
-from .result import DONE, Scores, StepSummary, TrainResult, build_result
+from .result import DONE, FrontCandidate, Scores, StepSummary, TrainResult, build_result
+from .rollouts import MAX_METRIC_CALLS, CountingEvaluator
 from .store import Store
 
-__all__ = ["Scores", "StepSummary", "TrainConfig", "TrainResult", "Trainer", "build_result", "optimize"]
+__all__ = [
+    "FrontCandidate", "Scores", "StepSummary", "TrainConfig", "TrainResult", "Trainer", "build_result", "optimize",
+]
 
 logger = logging.getLogger("opto_adapters.train")
 
@@ -69,6 +72,12 @@ def _nothing_to_learn(results: list[Result]) -> bool:
     )
 
 
+def nothing_to_learn(results: list[Result]) -> bool:
+    """Whether every run of a minibatch got the best score and no text to learn from (the
+    check both searches make before asking the optimizer)."""
+    return _nothing_to_learn(results)
+
+
 class Trainer:
     """Optimize an app's parameters on ``train``, gated on ``val``; ``fit()`` runs it.
 
@@ -88,9 +97,13 @@ class Trainer:
     ``resume`` (``True``: the latest run of the store, or a run id).
 
     Settings: ``config`` (a ``TrainConfig``), or any of its fields as keywords (``epochs``,
-    ``batch_size``, ``shuffle``, ``seed``, ``n_candidates``, ``max_steps``, ``time_limit``,
+    ``batch_size``, ``shuffle``, ``seed``, ``n_candidates``, ``search``,
+    ``proposals_per_step``, ``merge``, ``max_steps``, ``max_metric_calls``, ``time_limit``,
     ``max_concurrency``, ``error_score``, ``tolerate_app_errors``, ``run_name``,
     ``store_graphs``, ``progress``), which override ``config``'s.
+
+    How to search: ``search="greedy"`` (the default) keeps one incumbent and the loop below;
+    ``search="pareto"`` keeps a pool of candidates (``opto_adapters.train.search``).
     """
 
     def __init__(
@@ -256,6 +269,10 @@ class Trainer:
             "app": short_repr(self.tracer, 200),
             "time_limit": cfg.time_limit,
             "max_steps": cfg.max_steps,
+            "search": cfg.search,
+            "proposals_per_step": cfg.proposals_per_step,
+            "merge": cfg.merge,
+            "max_metric_calls": cfg.max_metric_calls,
             "repeats": cfg.repeats,
             "acceptance": cfg.acceptance_rule,
             "tolerance": float(cfg.tolerance),
@@ -304,12 +321,14 @@ class Trainer:
         self._prepare()
         limit = self.config.time_limit
         self._deadline = time.monotonic() + limit if limit else None
+        if hasattr(self.optimizer, "deadline"):  # the limit holds inside optimizer requests too
+            self.optimizer.deadline = self._deadline
         self.run_id = None
         status, message = "completed", None
         try:
             self._open_run()
             with self._make_evaluator():
-                self._loop()
+                self._search()
         except KeyboardInterrupt:
             if self.run_id is None:  # nothing was stored: there is no run to report
                 raise
@@ -334,20 +353,23 @@ class Trainer:
                 self._steps_bar = None
         if message:
             logger.warning("training stopped: %s", message)
-        if status in ("completed", "max_steps", "budget_exhausted"):
+        if status in ("completed", "max_steps", "budget_exhausted", MAX_METRIC_CALLS):
             try:
                 self._final_evaluations()
             except KeyboardInterrupt:
                 status, message = "interrupted", "interrupted during the final evaluation"
             except BudgetExceeded as exc:
                 status, message = "budget_exhausted", str(exc)
+            except Stop as stop:  # the rollout budget: what does not fit is not evaluated
+                logger.warning("the final evaluation is incomplete: %s", stop.message)
         self._restore_best()
         self.store.update_run(self.run_id, status=status, message=message)
         return self.result()
 
     def _make_evaluator(self) -> Evaluator:
         assert self.run_id is not None
-        self._evaluator = Evaluator(
+        self._evaluator = CountingEvaluator(
+            limit=self.config.max_metric_calls, used=self.store.evaluation_count(self.run_id),
             store=self.store, run_id=self.run_id, tracer=self.tracer, inputs=self.inputs,
             examples=self.examples, guide=self.guide, parameters=self._by_name,
             error_score=float(self.config.error_score), max_concurrency=self.config.max_concurrency,
@@ -366,6 +388,26 @@ class Trainer:
         if repeats is None:
             repeats = self.config.repeats if split == "val" else 1
         return self._evaluator.evaluate(version, split, indices, phase, step=step, graphs=graphs, repeats=repeats)
+
+    def _search(self) -> None:
+        """Run the configured search: today's greedy loop, or the Pareto search."""
+        cfg = self.config
+        if cfg.search == "pareto":
+            from .search import ParetoSearch
+
+            if type(self)._step is not Trainer._step:  # e.g. TraceTrainer: steps from imported runs
+                raise TypeError(
+                    f"search='pareto' runs the app on training minibatches; {type(self).__name__} "
+                    "takes its steps another way: use search='greedy' with it"
+                )
+
+            if cfg.n_candidates != 1:
+                logger.warning("n_candidates=%d is for search='greedy'; the Pareto search uses proposals_per_step", cfg.n_candidates)
+            ParetoSearch(self).run()
+            return
+        if cfg.proposals_per_step != 1 or cfg.merge:
+            logger.warning("proposals_per_step and merge are for search='pareto'; search='greedy' ignores them")
+        self._loop()
 
     def _loop(self) -> None:
         run_id = self.run_id
@@ -397,6 +439,11 @@ class Trainer:
 
     def _baseline_phase(self) -> None:
         results = self._evaluate(self._current, "train", range(len(self.train)), "baseline", graphs=True)
+        self._check_app_runs(results, "train")
+        self._consider_best(self._current, self._selection_score(self._current, "baseline"))
+
+    def _check_app_runs(self, results: list[Result], split: str) -> None:
+        """Refuse to train an app that raised on every example of the baseline."""
         failed = [r for r in results if r.error is not None]
         if len(failed) == len(results) and not self.config.tolerate_app_errors:
             if all(_unreachable(r.error) for r in failed):
@@ -410,10 +457,9 @@ class Trainer:
                     "repair a failing app (e.g. trainable code), pass tolerate_app_errors=True"
                 )
             raise AppError(
-                f"the app raised on all {len(results)} train examples (train example "
+                f"the app raised on all {len(results)} {split} examples ({split} example "
                 f"{failed[0].index}: {failed[0].error}); there is nothing to learn from. {advice}"
             )
-        self._consider_best(self._current, self._selection_score(self._current, "baseline"))
 
     def _batches(self, epoch: int) -> list[list[int]]:
         order = list(range(len(self.train)))
@@ -598,6 +644,8 @@ class Trainer:
                 status=status, reason=reason, memory=self._memory_state(),
             )
             next_k += 1
+            if proposal.unanswered and isinstance(proposal.cause, DeadlineExceeded):
+                raise Stop("time_limit", f"time limit of {self.config.time_limit:g} s reached during an optimizer request")
             if proposal.unanswered:
                 self._optimizer_failed(step, proposal.error or "the optimizer request failed")
             if proposal.values:
@@ -651,14 +699,15 @@ class Trainer:
         self.store.update_candidate(cid, score=score)
         return score, results
 
-    def _copy_guard_check(self, values: dict[str, Any]) -> str | None:
-        """Why ``values`` copy a training example into a prompt (see ``guard``), or ``None``."""
+    def _copy_guard_check(self, values: dict[str, Any], current: dict[str, Any] | None = None) -> str | None:
+        """Why ``values`` copy a training example into a prompt (see ``guard``), or ``None``;
+        text ``current`` (default: the values in the app now) already holds does not count."""
         threshold = _guard_threshold(self.config.guard_copies)
         if threshold is None:
             return None
         if self._guard is None:
             self._guard = CopyGuard(self.train, self.inputs["train"], threshold=threshold)
-        return self._guard.check(values, self._values())
+        return self._guard.check(values, self._values() if current is None else current)
 
     def _remember(
         self,
@@ -698,7 +747,12 @@ class Trainer:
     def _evaluate_all(self, version: int) -> None:
         for split in ("train", "val"):
             if self.examples[split]:
-                self._evaluate(version, split, range(len(self.examples[split])), "final")
+                try:
+                    self._evaluate(version, split, range(len(self.examples[split])), "final")
+                except Stop as stop:
+                    if stop.status != MAX_METRIC_CALLS:
+                        raise
+                    logger.warning("version %d is not scored on all of %s: %s", version, split, stop.message)
 
     def _restore_best(self) -> None:
         """Write the best values seen back into the app."""
@@ -795,7 +849,8 @@ def optimize(
     ``objective=``). ``store`` is an SQLite file path (default: in memory). Further options
     are ``Trainer``'s: ``input_key``, ``parameters``, ``resume``, ``config=TrainConfig(...)``,
     or any ``TrainConfig`` field as a keyword (``epochs``, ``batch_size``,
-    ``max_concurrency``, ``n_candidates``, ``time_limit``, ``max_steps``, ``progress``...).
+    ``max_concurrency``, ``n_candidates``, ``time_limit``, ``max_steps``, ``progress``,
+    ``search="pareto"``, ``proposals_per_step``, ``merge``, ``max_metric_calls``...).
 
     ``traces`` (with ``feedback``) instead of ``train``: propose from runs recorded elsewhere
     (LangSmith runs, OpenInference spans; see ``opto_adapters.from_traces``) and validate
