@@ -330,3 +330,24 @@ def test_a_versions_mean_counts_each_example_once_whatever_its_repeats():
         store.add_evaluation(run_id, v, "val", 0, phase="val", score=score, repeat=rep)
     store.add_evaluation(run_id, v, "val", 1, phase="val", score=0.0)  # example 1, once
     assert store.mean_score(run_id, v, "val") == (0.5, 2)  # not 0.75 over 4 rows
+
+
+def test_the_pareto_search_repeats_val_and_keeps_per_example_means(scripted_llm):
+    from tests.test_search_pareto import suggest, two_part, wanting
+
+    calls = {}
+
+    def counted(example, output):  # every second evaluation of an example is 0.5 lower
+        calls[example["input"], output] = calls.get((example["input"], output), 0) + 1
+        ok = example["want"] in output
+        return float(ok) - (0.5 if ok and calls[example["input"], output] % 2 == 0 else 0.0)
+
+    scripted_llm.script(suggest(prefix="A"), suggest(prefix="B"))
+    app, store, result = two_part(
+        scripted_llm, wanting("A", "A", "B", "B"), wanting("A", "B", "B", prefix="v"), guide=counted, repeats=2,
+    )
+    by_values = {f.values["prefix"]: f for f in result.front}
+    assert by_values["B"].scores == [0.0, 0.75, 0.75]  # the mean of its two repeats per example
+    val = store.evaluations(result.run_id, split="val")
+    assert sorted({e.repeat for e in val}) == [0, 1] and len(val) == 3 * 2 * 3  # 3 versions
+    assert store.check() == []
