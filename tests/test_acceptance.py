@@ -266,7 +266,8 @@ def test_an_older_store_is_migrated_and_keeps_its_evaluations(tmp_path):
         "UNIQUE (run_id, version_id, split, idx)); "
         "INSERT INTO ev1 SELECT id, run_id, version_id, split, idx, phase, step, output, error, score, feedback, "
         "duration, created_at FROM evaluations; DROP TABLE evaluations; ALTER TABLE ev1 RENAME TO evaluations; "
-        "ALTER TABLE candidates DROP COLUMN ci_low; ALTER TABLE candidates DROP COLUMN ci_high; COMMIT;"
+        "ALTER TABLE candidates DROP COLUMN ci_low; ALTER TABLE candidates DROP COLUMN ci_high; "
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'; COMMIT;"
     )
     conn.close()
     with Store(str(path), readonly=True) as old:  # read-only: read as it is, never changed
@@ -278,6 +279,9 @@ def test_an_older_store_is_migrated_and_keeps_its_evaluations(tmp_path):
         migrated.add_evaluation(run_id, v, "val", 0, phase="val", score=1.0, repeat=1)
         assert [x.repeat for x in migrated.evaluations(run_id)] == [0, 1]
         assert migrated.check() == []
+    conn = sqlite3.connect(path)  # marked version 2: an opto_adapters of version 1 refuses to write to it
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    conn.close()
 
 
 def test_the_report_and_show_give_the_interval(scripted_llm, tmp_path, capsys):

@@ -85,7 +85,7 @@ __all__ = [
 
 logger = logging.getLogger("opto_adapters.train")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: evaluations keyed by repeat too (an older opto_adapters must not write to it)
 MEMORY = ":memory:"
 DEFAULT_VALUE_BUDGET = 20_000
 """Characters kept of one stored text or graph node value (the optimizer prompt shows 1,000)."""
@@ -566,7 +566,7 @@ class Store:
         rebuild = "repeat" not in self._columns("evaluations")
         if not missing and not rebuild:
             return
-        script = "BEGIN;"
+        script = f"BEGIN; UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';"
         script += "".join(f" ALTER TABLE candidates ADD COLUMN {c} {t};" for c, t in missing)
         if rebuild:
             script += (
