@@ -124,3 +124,16 @@ def test_an_app_input_made_by_an_input_key_function_is_checked_too():
     assert why is not None and "train example 0 (its app input)" in why
     with pytest.raises(ValueError, match="one to one"):
         CopyGuard(examples, [QUESTION, QUESTION])
+
+
+def test_the_pareto_search_refuses_a_copying_child_before_any_app_run(scripted_llm):
+    store = Store()
+    app, result = train(scripted_llm, store, search="pareto")
+    assert app.prompt.value == "Reply {q}"
+    cands = store.candidates(result.run_id)
+    assert cands and [c.status for c in cands] == ["refused"] * len(cands)
+    assert all("copies train example 0" in c.reason and c.version_id is None for c in cands)
+    baseline = store.run(result.run_id).baseline_version_id
+    assert {e.version_id for e in store.evaluations(result.run_id)} == {baseline}  # no child ever ran
+    memory = section(user_prompts(scripted_llm)[1], "Memory")
+    assert "REFUSED" in memory

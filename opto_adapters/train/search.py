@@ -311,6 +311,9 @@ class ParetoSearch:
             why = "the suggestion changed no value"
             store.update_candidate(cid, status="no_change", reason=why)
             return "no_change", why, None
+        copied = t._refuse_if_copied(step, cid, child.values, base)  # before any app run
+        if copied is not None:
+            return "rejected", copied, None
         try:
             t._write(full)
         except Exception as exc:  # a value that became invalid, or a failing binding

@@ -674,14 +674,9 @@ class Trainer:
         assert run_id is not None
         if not values:
             return None
-        why = self._copy_guard_check(values)
-        if why is not None:  # refused before any app run
-            self.store.update_candidate(cid, status="refused", reason=why)
+        why = self._refuse_if_copied(step, cid, values)
+        if why is not None:
             self._refused[cid] = why
-            remember = getattr(self.optimizer, "remember", None)
-            if remember is not None:
-                remember(values, f"REFUSED: {why}.")
-            logger.info("step %d: candidate %d %s", step, cid, why)
             return None
         try:
             previous = apply_updates({self._by_name[n]: v for n, v in values.items() if n in self._by_name})
@@ -698,6 +693,21 @@ class Trainer:
         score = mean(results)
         self.store.update_candidate(cid, score=score)
         return score, results
+
+    def _refuse_if_copied(
+        self, step: int, cid: int, values: dict[str, Any], current: dict[str, Any] | None = None
+    ) -> str | None:
+        """Refuse (store, remember, log) a candidate that copies a training example, before any
+        app run; returns why, or ``None`` when it copies nothing."""
+        why = self._copy_guard_check(values, current)
+        if why is None:
+            return None
+        self.store.update_candidate(cid, status="refused", reason=why)
+        remember = getattr(self.optimizer, "remember", None)
+        if remember is not None:
+            remember(values, f"REFUSED: {why}.")
+        logger.info("step %d: candidate %d %s", step, cid, why)
+        return why
 
     def _copy_guard_check(self, values: dict[str, Any], current: dict[str, Any] | None = None) -> str | None:
         """Why ``values`` copy a training example into a prompt (see ``guard``), or ``None``;
