@@ -349,9 +349,28 @@ def test_the_pareto_search_repeats_val_and_keeps_per_example_means(scripted_llm)
     scripted_llm.script(suggest(prefix="A"), suggest(prefix="B"))
     app, store, result = two_part(
         scripted_llm, wanting("A", "A", "B", "B"), wanting("A", "B", "B", prefix="v"), guide=counted, repeats=2,
+        acceptance="mean",  # the per-example means are under test here, not the interval
     )
     by_values = {f.values["prefix"]: f for f in result.front}
     assert by_values["B"].scores == [0.0, 0.75, 0.75]  # the mean of its two repeats per example
     val = store.evaluations(result.run_id, split="val")
     assert sorted({e.repeat for e in val}) == [0, 1] and len(val) == 3 * 2 * 3  # 3 versions
     assert store.check() == []
+
+
+def test_the_pareto_search_rejects_a_lucky_child_with_repeats(scripted_llm):
+    """Pareto with repeats: a child that passed its minibatch by luck must still beat its
+    parent on validation by the interval, or it does not join the pool."""
+
+    def joined(seed, **kw):
+        _, result = one_step(scripted_llm, "Reply {q}.", seed, store=Store(), search="pareto", **kw)
+        return any(h.status == "accepted" for h in result.history)
+
+    seeds = range(12)
+    without = [joined(s) for s in seeds]
+    with_repeats = [joined(s, repeats=5) for s in seeds]
+    assert sum(without) >= 3
+    assert sum(with_repeats) <= 1 and sum(with_repeats) < sum(without)
+    _, better = one_step(scripted_llm, "ANSWER {q}", 0, store=Store(), search="pareto", repeats=5)
+    assert any(h.status == "accepted" for h in better.history), [h.reason for h in better.history]
+    assert "vs parent" in next(h.reason for h in better.history if h.status == "accepted")

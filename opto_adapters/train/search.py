@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from .engine import Result, Stop, mean
+from .acceptance import accept
+from .engine import Result, Stop, by_example, mean
 from .errors import AppError
 from .pareto import EPS, find_merge, pareto_front, sample_parents
 from .result import DONE
@@ -339,6 +340,19 @@ class ParetoSearch:
         val = t._evaluate(version, self.split, self.indices, "candidate", step=step)
         score = mean(val)
         why += f"; {self.split} score {score:.4g} on all {len(val)} examples"
+        if t.config.acceptance_rule == "bootstrap":  # noise-aware: against the (first) parent
+            parent = t._evaluate(child.parents[0], self.split, self.indices, "candidate", step=step)
+            decision = accept(
+                by_example(val), by_example(parent), tolerance=t.config.tolerance,
+                confidence=t.config.confidence, seed=t.config.seed * 1_000_003 + step * 1_009 + cid,
+            )
+            store.update_candidate(cid, ci_low=decision.interval.low, ci_high=decision.interval.high)
+            why += f"; vs parent v{child.parents[0]}: {decision.reason}"
+            if not decision.accepted:
+                store.update_candidate(cid, score=score, status="rejected", reason=why)
+                if child.kind == "mutation":
+                    t._remember(child.values, why, self.split, parent, val)
+                return "rejected", why, None
         store.update_candidate(cid, score=score, status="accepted", reason=why)
         store.add_pool_member(run_id, version, step=step, kind=child.kind, parents=child.parents, candidate_id=cid)
         self._store_front()
