@@ -313,8 +313,8 @@ def measure(seeds: int, budgets: tuple[int, ...]) -> dict[str, Any]:
     over: dict[str, int] = {}
     notes: dict[str, str] = {}
     oracle, baseline = [], []
-    worlds = {s: World(s) for s in range(seeds)}
-    for s, w in worlds.items():
+    for s in range(seeds):
+        w = World(s)
         oracle.append(w.oracle()[0])
         baseline.append(w.expected_score(SEED_PROMPTS))
     for engine in engines():

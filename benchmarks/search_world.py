@@ -156,6 +156,7 @@ class Answer:
     right: bool
     cause: tuple[str, str] | None  # (instruction key, "missing" | "harm" | "misplaced")
     prompts: tuple[frozenset[str], frozenset[str]]
+    draw: int = 0  # how many runs of the same prompts on the same example came before
 
     def __str__(self) -> str:
         return "right" if self.right else f"wrong ({self.cause[1] if self.cause else 'no cause'})"
@@ -226,7 +227,7 @@ class World:
             self._draws[key] += 1
         right = unit_draw("run", *key, k) < self.probability(example, plan, answer)
         cause = None if right else self._cause(example, plan, answer, unit_draw("cause", *key, k))
-        return Answer(example_id, right, cause, (plan, answer))
+        return Answer(example_id, right, cause, (plan, answer), k)
 
     @staticmethod
     def _cause(example: Example, plan: frozenset[str], answer: frozenset[str], u: float):
@@ -253,12 +254,12 @@ class World:
                 return cause
         return causes[-1][1]
 
-    def feedback(self, out: Answer, *, seed_key: Any = None) -> Feedback:
+    def feedback(self, out: Answer) -> Feedback:
         """The guide's verdict: 1 and no text when right; else 0 and, ``CUE_RATE`` of the
         time, the cause in words."""
         if out.right:
             return Feedback(score=1.0, text="")
-        k = unit_draw("cue", self.seed, out.example_id, out.prompts[0], out.prompts[1], seed_key)
+        k = unit_draw("cue", self.seed, out.example_id, sorted(out.prompts[0]), sorted(out.prompts[1]), out.draw)
         if out.cause is None or k >= CUE_RATE:
             return Feedback(score=0.0, text=GENERIC)
         key, how = out.cause
