@@ -147,7 +147,7 @@ def ours(search: str | None, *, merge: bool = False, repeats: int = 1, opro: boo
             options["max_metric_calls"] = budget
         result = optimize(
             app, world.dataset("train"), world.dataset("val"), guide=guide, optimizer=optimizer,
-            parameters=params, seed=seed, batch_size=BATCH, epochs=10_000, progress=False,
+            parameters=params, seed=seed, batch_size=BATCH, epochs=10_000, max_steps=budget, progress=False,
             max_concurrency=1, **options,
         )
         notes = [] if result.status in ("completed", "budget_exhausted", "max_metric_calls") else [result.status]
