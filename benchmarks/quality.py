@@ -333,17 +333,21 @@ def values_now(parameters: list[Any]) -> dict[str, Any]:
     return {p.name: p.value for p in parameters}
 
 
-def score(task: Task, tracer: Any, examples: list[Any]) -> float:
+def score(task: Task, tracer: Any, examples: list[Any], concurrency: int = 1) -> float:
     """Mean guide score of the app's current values on ``examples`` (not budgeted)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from opto_adapters.train.data import app_inputs, call_guide
 
     inputs = app_inputs(examples, "test", task.input_key)
-    total = 0.0
-    for i, (example, value) in enumerate(zip(examples, inputs, strict=True)):
-        run = tracer.run(value)
-        fb = call_guide(task.guide, example, run.output, run.error, split="test", index=i, error_score=0.0)
-        total += float(fb.score)
-    return total / len(examples)
+
+    def one(i: int) -> float:
+        run = tracer.run(inputs[i])
+        fb = call_guide(task.guide, examples[i], run.output, run.error, split="test", index=i, error_score=0.0)
+        return float(fb.score)
+
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        return statistics.fmean(pool.map(one, range(len(examples))))
 
 
 @dataclass
@@ -401,7 +405,7 @@ def run_ours(engine: str, task: Task, seed: int, sizes: Sizes, endpoint: Endpoin
     train, val, test = data
     tracer, params = task.build(endpoint)
     if engine == "none":
-        return Row(task.name, engine, seed, score(task, tracer, test))
+        return Row(task.name, engine, seed, score(task, tracer, test, endpoint.concurrency))
     before = values_now(params)
     llm = endpoint.llm()
     optimizer = (OPRO if engine == "opro" else OptoPrime)(params, llm, objective=task.objective)
@@ -418,7 +422,7 @@ def run_ours(engine: str, task: Task, seed: int, sizes: Sizes, endpoint: Endpoin
         max_concurrency=endpoint.concurrency, tolerate_app_errors=True, **options,
     )
     set_values(params, result.best_values)
-    return Row(task.name, engine, seed, score(task, tracer, test), guide.used,
+    return Row(task.name, engine, seed, score(task, tracer, test, endpoint.concurrency), guide.used,
                llm.usage.total_tokens, "" if result.status in ("completed", "budget_exhausted", "max_steps") else result.status,
                changed=values_now(params) != before)
 
@@ -494,7 +498,7 @@ def run_gepa(task: Task, seed: int, sizes: Sizes, endpoint: Endpoint, data) -> R
         raise_on_exception=False, display_progress_bar=False,
     )
     set_values(params, dict(result.best_candidate))  # type: ignore[arg-type]
-    return Row(task.name, "gepa", seed, score(task, tracer, test), guide.used, llm.usage.total_tokens,
+    return Row(task.name, "gepa", seed, score(task, tracer, test, endpoint.concurrency), guide.used, llm.usage.total_tokens,
                changed=any(values_now(params)[k] != v for k, v in seed_candidate.items()))
 
 
