@@ -237,3 +237,33 @@ def test_rollouts_to_target_follows_the_best_validated_candidate():
     target = world.expected_score(good) - 1e-9
     assert bench_search.rollouts_to_target(world, target) == 2 * len(val)
     assert bench_search.rollouts_to_target(world, world.expected_score(good) + 0.01) is None
+
+
+def test_engines_pass_the_issue_13_options_when_the_trainer_has_them(monkeypatch):
+    """With search/merge/repeats/max_metric_calls present (as after the Pareto and acceptance
+    branches), each engine asks for its own; today's trainer runs the call without them."""
+    monkeypatch.setattr(bench_search, "trainer_supports", lambda: dict.fromkeys(
+        ("search", "pareto", "merge", "repeats", "max_metric_calls"), True))
+    calls: list[dict] = []
+    real = bench_search.optimize
+
+    def recording(*args, **kwargs):
+        calls.append({k: kwargs.pop(k) for k in ("search", "merge", "repeats", "max_metric_calls") if k in kwargs})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench_search, "optimize", recording)
+    engines = {e.name: e for e in bench_search.engines()}
+    assert all(engines[n].run is not None for n in engines if not n.startswith("gepa"))
+    expected = {
+        "greedy (today's search)": {"search": "greedy"},
+        "greedy + repeats": {"search": "greedy", "repeats": bench_search.REPEATS},
+        "pareto": {"search": "pareto"},
+        "pareto + merge": {"search": "pareto", "merge": True},
+        "pareto + repeats": {"search": "pareto", "repeats": bench_search.REPEATS},
+        "pareto + merge + repeats": {"search": "pareto", "merge": True, "repeats": bench_search.REPEATS},
+        "OPRO-style, graph-free (greedy)": {"search": "greedy"},
+    }
+    for name, options in expected.items():
+        calls.clear()
+        engines[name].run(World(1), 1, 70)
+        assert calls == [{**options, "max_metric_calls": 70}], name
