@@ -312,6 +312,7 @@ def measure(seeds: int, budgets: tuple[int, ...]) -> dict[str, Any]:
     reach: dict[str, list[tuple[int | None, int | None]]] = {}
     over: dict[str, int] = {}
     notes: dict[str, str] = {}
+    seconds: dict[str, float] = {}
     oracle, baseline = [], []
     for s in range(seeds):
         w = World(s)
@@ -323,6 +324,7 @@ def measure(seeds: int, budgets: tuple[int, ...]) -> dict[str, Any]:
             continue
         rows[engine.name], spent[engine.name], reach[engine.name] = {}, {}, []
         over[engine.name] = 0
+        started = time.monotonic()
         for budget in budgets:
             scores, used = [], []
             for s in range(seeds):
@@ -338,8 +340,9 @@ def measure(seeds: int, budgets: tuple[int, ...]) -> dict[str, Any]:
                     )
             rows[engine.name][budget] = scores
             spent[engine.name][budget] = used
+        seconds[engine.name] = time.monotonic() - started
     return {"rows": rows, "spent": spent, "reach": reach, "over": over, "notes": notes,
-            "oracle": oracle, "baseline": baseline}
+            "oracle": oracle, "baseline": baseline, "seconds": seconds}
 
 
 def fmt(m: float, h: float) -> str:
@@ -368,15 +371,16 @@ def report(data: dict[str, Any], seeds: int, budgets: tuple[int, ...], seconds: 
         "",
         "Mean final test score, 95% interval over seeds, by budget of metric calls:",
         "",
-        "| engine | " + " | ".join(f"{x} calls" for x in budgets) + " | rollouts used (largest) |",
-        "|---|" + "---:|" * len(budgets) + "---:|",
+        "| engine | " + " | ".join(f"{x} calls" for x in budgets) + " | rollouts used (largest) | seconds (all runs) |",
+        "|---|" + "---:|" * len(budgets) + "---:|---:|",
     ]
     for name in [e.name for e in engines()]:
         if name in data["notes"]:
-            lines.append(f"| {name} | " + " | ".join(data["notes"][name] if i == 0 else "" for i in range(len(budgets))) + " | |")
+            lines.append(f"| {name} | " + " | ".join(data["notes"][name] if i == 0 else "" for i in range(len(budgets))) + " | | |")
             continue
         cells = [fmt(*interval(rows[name][x])) for x in budgets]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.fmean(spent[name][max(budgets)]):.0f} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.fmean(spent[name][max(budgets)]):.0f} | "
+                     f"{data['seconds'][name]:.1f} |")
     gepa_name = "gepa (round-robin component)"
     if gepa_name in rows:
         lines += [

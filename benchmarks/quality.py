@@ -240,7 +240,7 @@ ANSWER_SYSTEM = "You are a helpful assistant. Answer the customer's question usi
 
 def langchain_task() -> Task:
     sys.path.insert(0, str(ROOT / "recipes"))
-    from common import answer_feedback, keyword_vector  # noqa: PLC0415
+    from common import answer_feedback, keyword_vector
 
     def build(endpoint: Endpoint) -> tuple[Any, list[Any]]:
         from langchain_core.output_parsers import StrOutputParser
