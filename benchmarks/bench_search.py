@@ -443,8 +443,6 @@ def write_section(text: str, seconds: float) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    # every run ends at its budget: the trainer's "training stopped" warning is expected here
-    logging.getLogger("opto_adapters.train").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 seeds, budgets 100 and 200: a smoke run")
     parser.add_argument("--seeds", type=int, default=None)
@@ -454,7 +452,14 @@ def main(argv: list[str] | None = None) -> None:
     seeds = args.seeds or (3 if args.quick else SEEDS)
     budgets = tuple(int(x) for x in args.budgets.split(",")) if args.budgets else ((100, 200) if args.quick else BUDGETS)
     start = time.monotonic()
-    data = measure(seeds, budgets)
+    # every run ends at its budget: the trainer's "training stopped" warning is expected here
+    log = logging.getLogger("opto_adapters.train")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        data = measure(seeds, budgets)
+    finally:
+        log.setLevel(level)
     seconds = time.monotonic() - start
     text = report(data, seeds, budgets, seconds)
     print(text)

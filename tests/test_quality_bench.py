@@ -4,6 +4,7 @@ budget, optimizer tokens for the engines that optimize, and no connection leaves
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import sys
@@ -40,9 +41,11 @@ def loopback_only(monkeypatch):
 def test_tiny_run_gives_every_engine_a_row_with_rollouts_counted(loopback_only, monkeypatch, capsys):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     tasks = ["object_counting", "langchain_notes", "llama_index_rag"]
+    level = logging.getLogger("opto_adapters.train").level
     with ScriptedLLMServer(quality.scripted_reply) as server:
         rows = quality.main(["--tiny", "--base-url", server.base_url, "--tasks", ",".join(tasks)])
         served = len(server.requests)
+    assert logging.getLogger("opto_adapters.train").level == level  # put back after the run
     assert served > 0 and loopback_only and set(loopback_only) <= set(LOOPBACK)
     budget = quality.TINY.budget
     by = {(r.task, r.engine): r for r in rows}
