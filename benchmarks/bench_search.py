@@ -1,6 +1,7 @@
 """Search benchmark, simulated: every engine on the same rollout budgets, with GEPA's engine.
 
-Run: python benchmarks/bench_search.py [--quick] [--seeds N] [--budgets 100,200,400,800] [--write]
+Run: python benchmarks/bench_search.py [--quick] [--seeds N] [--budgets 100,200,400,800] [--only pareto,gepa]
+     [--write]
 
 The world (benchmarks/search_world.py) is an app with two trainable prompts whose score on
 each example depends on which instructions each prompt holds, with the noise of a sampled
@@ -306,7 +307,7 @@ def rollouts_to_target(world: World, target: float) -> int | None:
 # -- the run ---------------------------------------------------------------------------------
 
 
-def measure(seeds: int, budgets: tuple[int, ...]) -> dict[str, Any]:
+def measure(seeds: int, budgets: tuple[int, ...], only: tuple[str, ...] = ()) -> dict[str, Any]:
     rows: dict[str, dict[int, list[float]]] = {}
     spent: dict[str, dict[int, list[int]]] = {}
     reach: dict[str, list[tuple[int | None, int | None]]] = {}
@@ -319,6 +320,9 @@ def measure(seeds: int, budgets: tuple[int, ...]) -> dict[str, Any]:
         oracle.append(w.oracle()[0])
         baseline.append(w.expected_score(SEED_PROMPTS))
     for engine in engines():
+        if only and not any(word in engine.name for word in only):
+            notes[engine.name] = "not run (--only)"
+            continue
         if engine.run is None:
             notes[engine.name] = engine.missing
             continue
@@ -448,6 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--budgets", default=None, help="comma-separated metric-call budgets")
     parser.add_argument("--write", action="store_true", help="also write the section into benchmarks/RESULTS.md")
+    parser.add_argument("--only", default="", help="comma-separated words: run only the engines whose name has one")
     args = parser.parse_args(argv)
     seeds = args.seeds or (3 if args.quick else SEEDS)
     budgets = tuple(int(x) for x in args.budgets.split(",")) if args.budgets else ((100, 200) if args.quick else BUDGETS)
@@ -457,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        data = measure(seeds, budgets)
+        data = measure(seeds, budgets, tuple(w for w in args.only.split(",") if w))
     finally:
         log.setLevel(level)
     seconds = time.monotonic() - start
