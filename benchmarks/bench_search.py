@@ -1,7 +1,7 @@
 """Search benchmark, simulated: every engine on the same rollout budgets, with GEPA's engine.
 
-Run: python benchmarks/bench_search.py [--quick] [--seeds N] [--budgets 100,200,400,800] [--only pareto,gepa]
-     [--write]
+Run: python benchmarks/bench_search.py [--quick] [--seeds N] [--budgets 100,200,400,800]
+     [--only pareto,gepa] [--write]      (about 2 minutes on 2 idle cores; --quick: seconds)
 
 The world (benchmarks/search_world.py) is an app with two trainable prompts whose score on
 each example depends on which instructions each prompt holds, with the noise of a sampled
@@ -15,8 +15,20 @@ scored on held-out test examples by its exact expected score (no rollouts spent 
 
 Printed: the mean final test score with a 95% interval over seeds per engine and budget, the
 paired difference to GEPA's engine, and the rollouts each engine needed (in its largest
-budget run) until the candidate it would return scored 90% of the attainable score. Engines
-that the installed trainer cannot run are listed as "not available in this build".
+budget run) until the candidate it would return scored 90% of the attainable score (and half
+way to it). Engines that the installed trainer cannot run are listed as "not available in
+this build" (the options are read from ``TrainConfig``'s fields).
+
+The budget: ``max_metric_calls`` when the trainer has it; the guide also counts its calls and
+refuses the one past the budget (``BudgetExceeded``: the trainer stops cleanly and returns the
+best values it validated), so a trainer without the option stops there too, and one that
+overshoots it is reported. GEPA's engine gets the budget as its ``max_metric_calls`` and an
+adapter that refuses an evaluation that would pass it.
+
+What each engine tells the stand-in is its own protocol's: our trainer gives the feedback of
+the runs whose trace reached each prompt and remembers rejected candidates (``remember``);
+GEPA gives the reflective dataset of the components it picks (one at a time, round robin, by
+default; "all components" is shown too) and no memory; OPRO-style gives values and scores only.
 """
 
 from __future__ import annotations
