@@ -1,7 +1,7 @@
 """Search benchmark, simulated: every engine on the same rollout budgets, with GEPA's engine.
 
 Run: python benchmarks/bench_search.py [--quick] [--seeds N] [--budgets 100,200,400,800]
-     [--only pareto,gepa] [--write]      (about 2 minutes on 2 idle cores; --quick: seconds)
+     [--only pareto,gepa] [--write]   (2-5 minutes on 2 busy cores, --quick: seconds)
 
 The world (benchmarks/search_world.py) is an app with two trainable prompts whose score on
 each example depends on which instructions each prompt holds, with the noise of a sampled
