@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import textwrap
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,7 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="passes over the training set (default 1)")
     p.add_argument("--batch-size", type=int, help="examples per optimizer step (default 4)")
     p.add_argument("--concurrency", type=int, help="app runs in parallel (default 4)")
-    p.add_argument("--candidates", type=int, help="candidates proposed per step (default 1)")
+    p.add_argument("--candidates", type=int, help="candidates proposed per step (greedy search; default 1)")
+    p.add_argument(
+        "--search", choices=("greedy", "pareto"),
+        help="greedy (default): one incumbent, kept if a candidate does not score worse on val; "
+        "pareto: a pool of candidates, parents drawn from the Pareto front of per-example val scores",
+    )
+    p.add_argument("--proposals-per-step", type=int, help="pareto: children per step, from different parents (default 1)")
+    p.add_argument("--merge", action="store_true", help="pareto: also merge candidates that changed different parameters")
+    p.add_argument(
+        "--max-metric-calls", type=int,
+        help="stop before this many app runs scored by the guide (train and val together)",
+    )
     p.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite file for the run (default {DEFAULT_STORE})")
     p.add_argument("--resume", action="store_true", help="continue the latest run in the store")
     p.add_argument("--name", default=None, help="a name for the run (default: the recipe's)")
@@ -69,6 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--seed", type=int, help="seed of the minibatch order (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--traces", nargs="+", metavar="FILE",
+        help="learn from runs recorded elsewhere (LangSmith runs JSONL, OTLP JSON, Phoenix spans) "
+        "instead of running train; every candidate is validated live on the recipe's val "
+        "(or its train examples when it has no val)",
+    )
+    p.add_argument("--feedback", nargs="+", metavar="FILE", help="feedback on the --traces runs (LangSmith feedback, annotations, a CSV/JSONL of id, score, comment)")
     p.set_defaults(handler=_optimize)
 
     p = sub.add_parser("runs", help="list the runs of a store", description="List the runs of a store.")
@@ -155,7 +176,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _optimize(args: argparse.Namespace) -> int:
     from .llm import LLM, Budget
-    from .train import Trainer
+    from .train import InfrastructureError, Trainer
     from .train.recipe import endpoint_configured, load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -173,6 +194,10 @@ def _optimize(args: argparse.Namespace) -> int:
         "time_limit": args.time_limit,
         "max_steps": args.max_steps,
         "seed": args.seed,
+        "search": args.search,
+        "proposals_per_step": args.proposals_per_step,
+        "max_metric_calls": args.max_metric_calls,
+        "merge": True if args.merge else None,
     }
     options.update({k: v for k, v in flags.items() if v is not None})
     if args.no_progress:
@@ -190,17 +215,37 @@ def _optimize(args: argparse.Namespace) -> int:
         app = as_tracer(app, parameters=parameters)
         parameters = None
         optimizer = recipe.build_optimizer(app.parameters, llm)
+    if args.feedback and not args.traces:
+        print("error: --feedback goes with --traces (feedback on the imported runs)", file=sys.stderr)
+        return 2
     print(f"optimizing {recipe.path} with {llm.model} at {llm.base_url}; storing in {args.store}")
     start = time.monotonic()
-    trainer = Trainer(
-        app, train, val, guide=recipe.guide, optimizer=optimizer,
-        llm=None if optimizer is not None else llm, objective=recipe.objective,
-        parameters=parameters, input_key=recipe.input_key, store=str(args.store),
-        resume=args.resume, run_name=args.name or recipe.name, **options,
-    )
+    common = {
+        "guide": recipe.guide, "optimizer": optimizer, "llm": None if optimizer is not None else llm,
+        "objective": recipe.objective, "parameters": parameters, "input_key": recipe.input_key,
+        "store": str(args.store), "resume": args.resume, "run_name": args.name or recipe.name, **options,
+    }
+    if args.traces:
+        from .train.from_traces import TraceTrainer
+
+        trainer: Trainer = TraceTrainer(
+            app, [str(t) for t in args.traces], val or train,
+            feedback=[str(f) for f in args.feedback] if args.feedback else None, **common,
+        )
+        print(
+            f"learning from {len(trainer.imported)} imported run(s) with feedback, validated live on "
+            f"{len(trainer.val)} {'val' if val else 'train'} example(s)\n{trainer.import_report.summary()}"
+        )
+    else:
+        trainer = Trainer(app, train, val, **common)
+    failed: Exception | None = None
     with trainer:
         try:
             result = trainer.fit()
+        except InfrastructureError as exc:  # an endpoint failed: stored as failed, resumable
+            if trainer.run_id is None:
+                raise
+            failed, result = exc, trainer.result()
         except Exception:
             if trainer.run_id is not None:
                 print(f"run {trainer.run_id} failed; what was done is stored in {args.store}", file=sys.stderr)
@@ -210,7 +255,7 @@ def _optimize(args: argparse.Namespace) -> int:
     print(
         _table(
             ["", "train", "val"],
-            [[k, _fmt(s.train), _fmt(s.val)] for k, s in (("baseline", result.baseline), ("best", result.best), ("final", result.final))],
+            [[k, s.text("train"), s.text("val")] for k, s in (("baseline", result.baseline), ("best", result.best), ("final", result.final))],
         )
     )
     calls = result.usage.get("optimizer_calls", 0)
@@ -220,6 +265,11 @@ def _optimize(args: argparse.Namespace) -> int:
         f"({answered} answered, {calls - answered} failed), {result.usage.get('total_tokens', 0)} "
         f"tokens; {time.monotonic() - start:.1f} s"
     )
+    resume = f"continue with: opto-adapters optimize {args.recipe} --store {args.store} --resume"
+    if failed is not None:
+        print(f"error: {failed}", file=sys.stderr)
+        print(f"nothing that failed was scored; once the endpoint works, {resume}")
+        return 1
     if calls and not answered:
         print(
             f"error: no optimizer call was answered, so nothing was learned (first error: "
@@ -228,8 +278,12 @@ def _optimize(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    if result.status in ("interrupted", "budget_exhausted", "time_limit", "max_steps"):
-        print(f"continue with: opto-adapters optimize {args.recipe} --store {args.store} --resume")
+    if result.front:
+        print(f"pareto front: {len(result.front)} candidate(s): " + ", ".join(
+            f"v{f.version_id} ({_fmt(f.mean)})" for f in result.front
+        ))
+    if result.status in ("interrupted", "budget_exhausted", "time_limit", "max_steps", "max_metric_calls"):
+        print(resume)
     print(f"report: opto-adapters report {args.store} -o report.html")
     return 130 if result.status == "interrupted" else 0
 
@@ -324,7 +378,7 @@ def _show_run(store: Any, run: Any) -> None:
     print(f"optimizer {c.get('optimizer')} ({c.get('model')}); {c.get('train_size')} train, {c.get('val_size')} val; "
           f"epochs {c.get('epochs')}, batch size {c.get('batch_size')}")
     print()
-    print(_table(["", "train", "val"], [[k, _fmt(s.train), _fmt(s.val)] for k, s in (("baseline", r.baseline), ("best", r.best), ("final", r.final))]))
+    print(_table(["", "train", "val"], [[k, s.text("train"), s.text("val")] for k, s in (("baseline", r.baseline), ("best", r.best), ("final", r.final))]))
     print()
     if r.history:
         print(_table(
@@ -352,6 +406,19 @@ def _show_step(store: Any, run_id: int, step: Any) -> None:
             print(f"  {name}: {before.get(name)!r}\n    -> {value!r}")
         for name, reason in c.invalid.items():
             print(f"  refused {name}: {reason}")
+        if c.error:
+            print(f"  error: {c.error}")
+        if c.reply:
+            print("  raw reply:\n" + textwrap.indent(_cut(c.reply, _REPLY_SHOWN), "    "))
+
+
+_REPLY_SHOWN = 4000
+
+
+def _cut(text: str, budget: int) -> str:
+    if len(text) <= budget:
+        return text
+    return text[:budget] + f"\n… ({len(text) - budget} more characters; the store holds all of it)"
 
 
 def _step_graph(store: Any, run_id: int, step: Any) -> tuple[str | None, str | None, str]:
@@ -404,5 +471,22 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def run() -> None:
+    """The ``opto-adapters`` console script: ``main``, then exit. App runs still waiting on
+    their model endpoint (after Ctrl-C or a time limit) do not hold the process: everything
+    is stored by then, so it exits without joining their threads."""
+    code = main()
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck:
+        print(
+            f"exiting without waiting for {len(stuck)} app run(s) still waiting on their model endpoint",
+            file=sys.stderr,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

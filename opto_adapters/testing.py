@@ -17,6 +17,16 @@ A callable ``fn(request_body) -> item`` can serve as the default reply used
 once the script is exhausted; without a default an exhausted script answers
 HTTP 500 with an explanatory error.
 
+``family=`` makes the server answer as one server family's OpenAI-compatible endpoint does
+(``"openai"``, ``"vllm"``, ``"llama.cpp"`` for llama-server, ``"llama-cpp-python"``,
+``"ollama"``): the structured-output requests it refuses and the exact error bodies it refuses
+them with, its answer to a prompt over its context (``context_size``, in ~4-character tokens),
+the fields it adds to replies, and where it publishes its context (llama-server ``GET /props``,
+vLLM ``max_model_len`` in ``GET /v1/models``)::
+
+    with ScriptedLLMServer(['{"a": 1}'], family="llama-cpp-python") as server:
+        ...  # json_schema -> HTTP 500 "Input should be 'text' or 'json_object'"
+
 For pytest, register the :func:`scripted_llm` fixture in a ``conftest.py``::
 
     from opto_adapters.testing import scripted_llm  # noqa: F401
@@ -38,6 +48,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
+    "SERVER_FAMILIES",
     "RecordedRequest",
     "Reply",
     "ReplyFunction",
@@ -71,6 +82,15 @@ _ERROR_MESSAGES = {
     422: "Unprocessable entity.",
     429: "Rate limit reached. Please try again later.",
 }
+
+
+SERVER_FAMILIES: tuple[str, ...] = ("openai", "vllm", "llama.cpp", "llama-cpp-python", "ollama")
+_DEFAULT_CONTEXT = {"vllm": 8192, "llama.cpp": 4096, "llama-cpp-python": 2048, "ollama": 4096}
+_PYDANTIC_LITERAL_ERROR = (
+    "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+    "'msg': \"Input should be 'text' or 'json_object'\", 'input': '%s', "
+    "'ctx': {'expected': \"'text' or 'json_object'\"}}]"
+)
 
 
 def _estimate_tokens(text: str) -> int:
@@ -330,9 +350,16 @@ class ScriptedLLMServer:
             ``None`` an exhausted script answers HTTP 500.
         supports_json_schema: when False, chat requests with
             ``response_format.type == "json_schema"`` are rejected with
-            ``unsupported_status`` without consuming a scripted reply.
+            ``unsupported_status`` (or as ``family`` rejects them) without consuming a
+            scripted reply; ``None``: as ``family`` does (llama-cpp-python 0.3 refuses it,
+            the others accept it).
         supports_json_object: same for ``response_format.type == "json_object"``.
-        unsupported_status: HTTP status for rejected response formats (400 or 422).
+        unsupported_status: HTTP status for rejected response formats (400 or 422) when no
+            ``family`` is given.
+        family: answer as that server family does (see :data:`SERVER_FAMILIES`).
+        context_size: the model's context in tokens (~4 characters each); a longer prompt
+            gets the family's refusal (Ollama cuts it silently and counts what it kept).
+            Default: the family's usual default, unlimited without a family.
         api_key: when set, requests must carry it (``Authorization: Bearer`` or
             ``api-key`` header); others get 401 without consuming a reply.
         model_ids: model ids listed by ``GET /v1/models``.
@@ -343,12 +370,20 @@ class ScriptedLLMServer:
         replies: Iterable[ReplySpec] | ReplyFunction | None = None,
         *,
         default: ReplySpec | ReplyFunction = None,
-        supports_json_schema: bool = True,
+        supports_json_schema: bool | None = None,
         supports_json_object: bool = True,
         unsupported_status: int = 400,
         api_key: str | None = None,
         model_ids: Iterable[str] = (DEFAULT_MODEL_ID,),
+        family: str | None = None,
+        context_size: int | None = None,
     ) -> None:
+        if family is not None and family not in SERVER_FAMILIES:
+            raise ValueError(f"family must be one of {SERVER_FAMILIES} or None, got {family!r}")
+        if supports_json_schema is None:
+            supports_json_schema = family != "llama-cpp-python"
+        self.family = family
+        self.context_size = context_size if context_size is not None else _DEFAULT_CONTEXT.get(family or "")
         self._lock = threading.Lock()
         self._queue: deque[ReplySpec] = deque()
         self._default: ReplySpec | ReplyFunction = default
@@ -578,6 +613,9 @@ class ScriptedLLMServer:
         elif method == "GET" and parts.path.rstrip("/").endswith("/models"):
             self._send_json(handler, record, 200, self._models_body())
             return
+        elif method == "GET" and parts.path.rstrip("/") == "/props" and self.family == "llama.cpp":
+            self._send_json(handler, record, 200, self._props_body())
+            return
         elif record.is_chat:
             reply = self._chat_reply(record)
         else:
@@ -594,12 +632,19 @@ class ScriptedLLMServer:
             return self._error_reply(400, "'messages' is a required property", param="messages")
         rf_type = record.response_format_type
         if rf_type == "json_schema" and not self.supports_json_schema:
-            return self._error_reply(
-                self.unsupported_status,
-                "Invalid parameter: 'response_format' of type 'json_schema' is not supported "
-                "by this server.",
-                param="response_format",
-            )
+            refusal = self._family_format_refusal(rf_type)
+            if refusal is not None:
+                return refusal
+            if self.family != "ollama":  # (an Ollama before 0.5 ignores it without a word)
+                return self._error_reply(
+                    self.unsupported_status,
+                    "Invalid parameter: 'response_format' of type 'json_schema' is not supported "
+                    "by this server.",
+                    param="response_format",
+                )
+        overflow = self._context_refusal(record)
+        if overflow is not None:
+            return overflow
         if rf_type == "json_object" and not self.supports_json_object:
             return self._error_reply(
                 self.unsupported_status,
@@ -616,6 +661,118 @@ class ScriptedLLMServer:
             )
         return reply
 
+    def _family_format_refusal(self, rf_type: str) -> Reply | None:
+        """The family's exact refusal of a response_format type it does not know."""
+        if self.family == "llama-cpp-python":  # pydantic's literal error, wrapped as a 500
+            body: dict[str, Any] = {
+                "error": {
+                    "message": _PYDANTIC_LITERAL_ERROR % rf_type,
+                    "type": "internal_server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+            return Reply.raw(json.dumps(body), status=500)
+        if self.family == "llama.cpp":  # llama-server builds before json_schema support
+            message = (
+                'response_format type must be one of "text" or "json_object", but got: ' + rf_type
+            )
+            body = {"error": {"code": 500, "message": message, "type": "server_error"}}
+            return Reply.raw(json.dumps(body), status=500)
+        if self.family == "vllm":  # vLLM before json_schema: FastAPI's validation error
+            body = {
+                "object": "error",
+                "message": _PYDANTIC_LITERAL_ERROR % rf_type,
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            }
+            return Reply.raw(json.dumps(body), status=400)
+        return None
+
+    def _context_refusal(self, record: RecordedRequest) -> Reply | None:
+        """The family's exact answer to a prompt (or prompt + max_tokens) over its context."""
+        ctx = self.context_size
+        if ctx is None or self.family == "ollama":  # Ollama cuts the prompt, never refuses
+            return None
+        n = _estimate_tokens(record.prompt)
+        body_in = record.body if isinstance(record.body, dict) else {}
+        max_tokens = body_in.get("max_tokens") or body_in.get("max_completion_tokens")
+        body: dict[str, Any]
+        if self.family == "llama.cpp":
+            if n < ctx:
+                return None
+            message = (
+                f"request ({n} tokens) exceeds the available context size ({ctx} tokens), "
+                "try increasing it"
+            )
+            body = {
+                "error": {
+                    "code": 400,
+                    "message": message,
+                    "type": "exceed_context_size_error",
+                    "n_prompt_tokens": n,
+                    "n_ctx": ctx,
+                }
+            }
+        elif self.family == "llama-cpp-python":
+            if n < ctx:
+                return None
+            message = (
+                f"This model's maximum context length is {ctx} tokens. However, you requested "
+                f"{n + (max_tokens or 0)} tokens ({n} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion."
+            )
+            body = {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": "messages",
+                    "code": "context_length_exceeded",
+                }
+            }
+        elif self.family == "vllm":
+            if n > ctx:
+                message = (
+                    f"This model's maximum context length is {ctx} tokens. However, your request "
+                    f"has {n} input tokens. Please reduce the length of the input messages."
+                )
+            elif max_tokens and n + max_tokens > ctx:
+                message = (
+                    f"'max_tokens' or 'max_completion_tokens' is too large: {max_tokens}. This "
+                    f"model's maximum context length is {ctx} tokens and your request has {n} "
+                    f"input tokens ({max_tokens} > {ctx} - {n})."
+                )
+            else:
+                return None
+            body = {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}}
+        else:
+            if n <= ctx:
+                return None
+            message = (
+                f"This model's maximum context length is {ctx} tokens. However, your messages "
+                f"resulted in {n} tokens. Please reduce the length of the messages."
+            )
+            body = {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "param": "messages",
+                    "code": "context_length_exceeded",
+                }
+            }
+        record.error = message
+        return Reply.raw(json.dumps(body), status=400)
+
+    def _props_body(self) -> dict[str, Any]:
+        """llama-server's ``GET /props`` (the fields a client reads)."""
+        return {
+            "default_generation_settings": {"n_ctx": self.context_size, "params": {"n_predict": -1}},
+            "total_slots": 1,
+            "model_path": f"/models/{self.model_ids[0] if self.model_ids else DEFAULT_MODEL_ID}.gguf",
+            "build_info": "b6000-scripted",
+        }
+
     @staticmethod
     def _error_reply(
         status: int,
@@ -628,13 +785,16 @@ class ScriptedLLMServer:
         return Reply.error(status, message, type=type_, code=code, param=param)
 
     def _models_body(self) -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": m, "object": "model", "created": 0, "owned_by": "scripted"}
-                for m in self.model_ids
-            ],
-        }
+        owner = {"vllm": "vllm", "llama.cpp": "llamacpp", "llama-cpp-python": "me", "ollama": "library"}
+        data: list[dict[str, Any]] = []
+        for m in self.model_ids:
+            entry: dict[str, Any] = {
+                "id": m, "object": "model", "created": 0, "owned_by": owner.get(self.family or "", "scripted")
+            }
+            if self.family == "vllm":
+                entry.update(root=m, parent=None, max_model_len=self.context_size)
+            data.append(entry)
+        return {"object": "list", "data": data}
 
     def _send_reply(self, handler: _Handler, record: RecordedRequest, reply: Reply) -> None:
         if reply.delay_seconds > 0 and self._closing.wait(reply.delay_seconds):
@@ -665,6 +825,8 @@ class ScriptedLLMServer:
             if reply.prompt_tokens is not None
             else _estimate_tokens(record.prompt)
         )
+        if self.family == "ollama" and self.context_size is not None:
+            prompt_tokens = min(prompt_tokens, self.context_size)  # it kept only this much
         completion_tokens = (
             reply.completion_tokens
             if reply.completion_tokens is not None
@@ -697,7 +859,20 @@ class ScriptedLLMServer:
             "usage": usage,
             "system_fingerprint": None,
         }
+        self._add_family_fields(payload, usage)
         self._send_json(handler, record, 200, payload, reply.headers)
+
+    def _add_family_fields(self, payload: dict[str, Any], usage: dict[str, int]) -> None:
+        """The fields each family adds to a chat completion (how a client can tell them apart)."""
+        if self.family == "ollama":
+            payload["system_fingerprint"] = "fp_ollama"
+        elif self.family == "llama.cpp":
+            payload["system_fingerprint"] = "b6000-scripted"
+            payload["timings"] = {"prompt_n": usage["prompt_tokens"], "predicted_n": usage["completion_tokens"]}
+        elif self.family == "vllm":
+            payload["prompt_logprobs"] = None
+            for choice in payload["choices"]:
+                choice["stop_reason"] = None
 
     def _send_stream(
         self,

@@ -14,6 +14,20 @@ _STOPWORDS = frozenset(
 )
 
 
+def chat_openai(cfg):
+    """LangChain's ChatOpenAI for the recipes' app model, with its timeout and reply limit.
+
+    A compatible server (llama.cpp, vLLM, Ollama) gets ``max_tokens``; OpenAI itself gets
+    LangChain's ``max_completion_tokens``."""
+    from langchain_openai import ChatOpenAI
+
+    limit = {"extra_body": {"max_tokens": cfg.max_tokens}} if cfg.base_url else {"max_tokens": cfg.max_tokens}
+    return ChatOpenAI(
+        model=cfg.model, base_url=cfg.base_url, api_key=cfg.api_key, temperature=0,
+        timeout=cfg.timeout, max_retries=1, **limit,
+    )
+
+
 def load_json(name: str):
     return json.loads((DATA / name).read_text(encoding="utf-8"))
 

@@ -41,12 +41,11 @@ def build_app(dry_run: bool = False):
             ]
         )
     else:
-        from langchain_openai import ChatOpenAI
+        from common import chat_openai
 
         from opto_adapters.train.recipe import app_model
 
-        cfg = app_model()
-        model = ChatOpenAI(model=cfg.model, base_url=cfg.base_url, api_key=cfg.api_key, temperature=0)
+        model = chat_openai(app_model())
     return prompt | model | StrOutputParser()
 
 

@@ -67,14 +67,16 @@ def build_app(dry_run: bool = False):
 
         cfg = app_model()
         llm = OpenAILike(model=cfg.model, api_base=cfg.base_url or "https://api.openai.com/v1",
-                         api_key=cfg.api_key, is_chat_model=True, context_window=16000)
+                         api_key=cfg.api_key, is_chat_model=True, context_window=cfg.context_window,
+                         max_tokens=cfg.max_tokens, timeout=cfg.timeout, max_retries=1)
     engine = index.as_query_engine(
         llm=llm,
         similarity_top_k=2,
         text_qa_template=PromptTemplate(QA_TEMPLATE),
         refine_template=PromptTemplate(REFINE_TEMPLATE),
     )
-    return OptoTracer(engine, include=["*text_qa_template", "*refine_template"])
+    # the two templates given above (not the synthesizer's chat_content_refine_template)
+    return OptoTracer(engine, include=["*.text_qa_template", "*.refine_template"])
 
 
 def guide(example, output):

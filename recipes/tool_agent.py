@@ -81,12 +81,11 @@ def build_app(dry_run: bool = False):
             messages=iter([AIMessage(content="", tool_calls=[call]), AIMessage(content="About 20.")])
         )
     else:
-        from langchain_openai import ChatOpenAI
+        from common import chat_openai
 
         from opto_adapters.train.recipe import app_model
 
-        cfg = app_model()
-        model = ChatOpenAI(model=cfg.model, base_url=cfg.base_url, api_key=cfg.api_key, temperature=0)
+        model = chat_openai(app_model())
     return create_agent(
         model,
         tools=[shipping_cost, convert_currency, order_status],

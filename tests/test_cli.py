@@ -8,7 +8,7 @@ import pytest
 from opto_adapters import cli
 from opto_adapters.testing import Reply
 from opto_adapters.trace import load_parameters, node
-from opto_adapters.train import RecipeError
+from opto_adapters.train import RecipeError, Store
 from opto_adapters.train.recipe import load_recipe
 from tests.train_apps import improve_then_worsen
 
@@ -178,5 +178,23 @@ def test_optimize_exits_1_when_no_optimizer_call_was_answered(recipe, scripted_l
     code = cli.main(["optimize", str(recipe), "--store", str(tmp_path / "s.sqlite"), "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1
-    assert "optimizer calls (0 answered, 2 failed)" in captured.out
-    assert "no optimizer call was answered" in captured.err and "HTTP 503" in captured.err
+    # the first unanswered call stops the run: nothing of the step is kept, resumable
+    assert "run 1: failed" in captured.out and "optimizer calls (0 answered, 1 failed)" in captured.out
+    assert "gave no answer" in captured.err and "HTTP 503" in captured.err and scripted_llm.base_url in captured.err
+    assert "--resume" in captured.out
+    store = Store(str(tmp_path / "s.sqlite"))
+    assert [s.status for s in store.steps(1)] == ["failed"]
+    assert [c.status for c in store.candidates(1)] == ["failed"]
+    store.close()
+    # the endpoint is back: --resume asks again for exactly the failed step, then goes on
+    scripted_llm.set_default(improve_then_worsen)
+    code = cli.main(["optimize", str(recipe), "--store", str(tmp_path / "s.sqlite"), "--no-progress", "--resume"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "run 1: completed" in captured.out
+    assert "3 optimizer calls (2 answered, 1 failed)" in captured.out
+    store = Store(str(tmp_path / "s.sqlite"))
+    assert [s.status for s in store.steps(1)] != [] and all(s.status in ("accepted", "rejected", "no_change") for s in store.steps(1))
+    assert [(c.step, c.k, c.status) for c in store.candidates(1)][0] == (1, 0, "failed")
+    assert len(store.candidates(1)) == 3
+    store.close()

@@ -49,7 +49,8 @@ def test_resume_with_the_optimizer_memory_ends_like_an_uninterrupted_run(tmp_pat
 
 
 def test_a_surrogate_in_a_suggested_value_is_refused(tmp_path):
-    outcome = run_seed(1, tmp_path, kinds=(SURROGATE_IN_VALUE,), kill=("guide", 1))
+    # (the faults drawn depend on the prompt's text: seed 2 draws this one with today's prompts)
+    outcome = run_seed(2, tmp_path, kinds=(SURROGATE_IN_VALUE,), kill=("guide", 1))
     assert outcome.faults[SURROGATE_IN_VALUE] >= 1
     assert outcome.problems == []
     assert signal.SIGKILL  # the run was killed and resumed as in the other cases

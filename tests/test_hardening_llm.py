@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPTO_MODEL", "AZURE_OPENAI_API_KEY"):
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPTO_MODEL", "AZURE_OPENAI_API_KEY", "OPTO_JSON_MODE", "OPTO_CHECK_CONTEXT"):
         monkeypatch.delenv(name, raising=False)
 
 

@@ -33,7 +33,7 @@ SCHEMA = {
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPTO_MODEL", "AZURE_OPENAI_API_KEY"):
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPTO_MODEL", "AZURE_OPENAI_API_KEY", "OPTO_JSON_MODE", "OPTO_CHECK_CONTEXT"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -93,7 +93,7 @@ def test_complete_json_requests_json_schema(scripted_llm):
     assert rf["type"] == "json_schema"
     assert rf["json_schema"]["name"] == "Verdict_v1"
     assert rf["json_schema"]["schema"]["required"] == ["answer"]
-    assert llm.json_mode == "json_schema"
+    assert llm.active_json_mode == "json_schema"
 
 
 def test_complete_json_without_schema_uses_json_object_and_mentions_json(scripted_llm):
@@ -128,9 +128,9 @@ def test_fallback_json_schema_to_json_object_to_text_and_mode_is_remembered():
             None,
         ]
         assert [r.status for r in server.requests] == [400, 400, 200]
-        # in plain-text mode the schema travels in the prompt
-        assert "JSON Schema" in server.prompts()[-1]
-        assert '"required": ["answer"]' in server.prompts()[-1]
+        # in plain-text mode the prompt shows an example of the reply, never the schema text
+        assert 'Like this: {"answer": "...", "score": 0}' in server.prompts()[-1]
+        assert "Schema" not in server.prompts()[-1] and '"required"' not in server.prompts()[-1]
         assert llm.unsupported_modes == {"json_schema", "json_object"}
 
         second = llm.complete_json("q2", schema=SCHEMA)
@@ -153,7 +153,7 @@ def test_fallback_stops_at_json_object_when_supported_even_with_422():
             "json_object",
             "json_object",
         ]
-        assert llm.json_mode == "json_object"
+        assert llm.active_json_mode == "json_object"
 
 
 def test_unrelated_400_is_not_treated_as_format_rejection(scripted_llm):
@@ -238,6 +238,32 @@ def test_extract_json_failures_carry_raw_text(text):
     with pytest.raises(LLMResponseError) as err:
         extract_json(text)
     assert err.value.raw_text == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"reasoning": "r", "suggestion": {"a": {"b": 1}, "c": "cut',  # outer object never closed
+        'Sure: {"suggestion": {"a": 1}, "more": [',
+        '{"reasoning": "see ```json\n{\"a\": 1}\n``` above", "sugg',  # a fence inside the cut object
+    ],
+)
+def test_extract_json_of_a_cut_reply_takes_no_nested_object(text):
+    assert isinstance(extract_json(text), dict)  # leniently, something nested would be found
+    with pytest.raises(LLMResponseError):
+        extract_json(text, nested=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"a": 1, "b": [1, 2,],} and then more tex', {"a": 1, "b": [1, 2]}),
+        ('```json\n{"a": {"b": 2}}\n```\nThat is it, and I will now expl', {"a": {"b": 2}}),
+        ('<think>hmm {"x": 0}</think> {"a": 3} trailing {', {"a": 3}),
+    ],
+)
+def test_extract_json_of_a_cut_reply_takes_a_complete_top_level_object(text, expected):
+    assert extract_json(text, nested=False) == expected
 
 
 # --------------------------------------------------------------------------- retries
@@ -560,11 +586,12 @@ def test_a_format_refusal_answered_with_http_500_falls_back_at_once():
     with ScriptedLLMServer(respond) as server:
         llm = make_llm(server)
         result = llm.complete_json("q", schema=SCHEMA)
-        assert result.data == {"answer": "ok"} and result.mode == "json_object"
+        assert result.data == {"answer": "ok"} and result.mode == "llama.cpp"
         assert [(r.response_format_type, r.status) for r in server.requests] == [
             ("json_schema", 500),  # once: not retried
-            ("json_object", 200),
+            ("json_object", 200),  # with the schema: llama.cpp makes it a grammar
         ]
+        assert server.requests[1].response_format == {"type": "json_object", "schema": SCHEMA}
         assert llm.unsupported_modes == {"json_schema"}
         llm.complete_json("q2", schema=SCHEMA)
         assert server.request_count == 3  # remembered for this endpoint

@@ -198,4 +198,27 @@ def test_one_short_epoch_end_to_end(name, endpoint, tmp_path, capsys):
     scores = dict(re.findall(r"^(baseline|best)\s+\S+\s+(\S+)$", out, flags=re.M))
     assert float(scores["best"]) > float(scores["baseline"]), out
     if app is not None:  # the app model was really called over HTTP by the framework's client
-        assert any(r.model == "app-model" for r in endpoint.chat_requests)
+        app_requests = [r for r in endpoint.chat_requests if r.model == "app-model"]
+        assert app_requests
+        # issue 12: a reply limit on every app call, so a model that never stops cannot hold a run
+        assert {r.body.get("max_tokens") for r in app_requests} == {512}
+
+
+def test_the_app_models_limits_come_from_the_environment(endpoint, monkeypatch):
+    from opto_adapters.train import RecipeError
+    from opto_adapters.train.recipe import app_model, load_recipe
+
+    monkeypatch.setenv("OPTO_APP_TIMEOUT", "7.5")
+    monkeypatch.setenv("OPTO_APP_MAX_TOKENS", "33")
+    cfg = app_model()
+    assert (cfg.timeout, cfg.max_tokens, cfg.context_window) == (7.5, 33, 16_000)
+    chain = load_recipe(RECIPES / "langchain_qa.py").build_app()
+    model = chain.steps[1]
+    assert model.request_timeout == 7.5 and model.max_retries == 1
+    assert model.extra_body == {"max_tokens": 33}
+    engine = load_recipe(RECIPES / "rag_prompt_tuning.py").build_app()
+    llm = engine.target._response_synthesizer._llm  # the query engine the tracer wraps
+    assert (llm.timeout, llm.max_tokens, llm.max_retries) == (7.5, 33, 1)
+    monkeypatch.setenv("OPTO_APP_MAX_TOKENS", "lots")
+    with pytest.raises(RecipeError, match="OPTO_APP_MAX_TOKENS='lots' must be a positive int"):
+        app_model()

@@ -9,6 +9,7 @@ from opto_adapters.train import (
     AppError,
     DatasetError,
     GuideError,
+    InfrastructureError,
     PythonApp,
     Store,
     StoreError,
@@ -185,9 +186,9 @@ def test_an_app_that_cannot_reach_its_model_is_told_so(scripted_llm):
         raise ConnectionError("Connection error.")
 
     app.respond = unreachable
-    with pytest.raises(AppError) as info:
-        trainer_for(app, scripted_llm, data(2)).fit()
+    with pytest.raises(InfrastructureError) as info:
+        trainer_for(app, scripted_llm, data(2), infra_retries=0).fit()
     text = str(info.value)
-    assert "could not reach its model endpoint" in text and "OPENAI_BASE_URL" in text
+    assert "could not be reached" in text and "OPENAI_BASE_URL" in text and "resume=True" in text
     assert "input_key" not in text
     assert scripted_llm.prompts() == []

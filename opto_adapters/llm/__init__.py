@@ -1,17 +1,21 @@
 """The LLM client the optimizers use: any OpenAI-compatible endpoint, with retries, a shared
-budget and lenient JSON replies.
+budget, a deadline and lenient JSON replies.
 
 One idea a module: :mod:`.errors` (what can go wrong), :mod:`.budget` (usage and limits),
-:mod:`.json_repair` (JSON out of a reply), :mod:`.endpoint` (configuration and the ``openai``
-client, imported only when one is made) and :mod:`.client` (``LLM`` itself).
+:mod:`.json_repair` (JSON out of a reply), :mod:`.formats` (structured output per server
+family), :mod:`.server` (what a server says about itself: family, context), :mod:`.endpoint`
+(configuration and the ``openai`` client, imported only when one is made) and
+:mod:`.client` (``LLM`` itself).
 """
 
 from .budget import Budget, Usage
-from .client import LLM, JSONMode, JSONResult
+from .client import JSON_MODES, LLM, JSONMode, JSONResult
 from .endpoint import DEFAULT_MODEL
 from .errors import (
     AuthenticationError,
     BudgetExceeded,
+    ContextOverflow,
+    DeadlineExceeded,
     LLMError,
     LLMRequestError,
     LLMResponseError,
@@ -20,10 +24,13 @@ from .json_repair import extract_json
 
 __all__ = [
     "DEFAULT_MODEL",
+    "JSON_MODES",
     "LLM",
     "AuthenticationError",
     "Budget",
     "BudgetExceeded",
+    "ContextOverflow",
+    "DeadlineExceeded",
     "JSONMode",
     "JSONResult",
     "LLMError",

@@ -7,6 +7,8 @@ from typing import Any
 __all__ = [
     "AuthenticationError",
     "BudgetExceeded",
+    "ContextOverflow",
+    "DeadlineExceeded",
     "LLMError",
     "LLMRequestError",
     "LLMResponseError",
@@ -55,6 +57,47 @@ class LLMRequestError(LLMError):
         self.status_code = status_code
         self.attempts = attempts
         self.body = body
+
+
+class ContextOverflow(LLMRequestError):
+    """The prompt (plus the reply's ``max_tokens``) does not fit the model's context.
+
+    Raised when the server says so (never retried: the same prompt fails again) or, with
+    ``LLM(check_context=True)``, before sending when the server publishes its context size.
+    ``prompt_tokens`` is the server's count when it gives one, else our estimate
+    (``estimated=True``); ``context_size`` is the server's context when it says it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        attempts: int = 0,
+        body: Any = None,
+        prompt_tokens: int | None = None,
+        context_size: int | None = None,
+        prompt_chars: int = 0,
+        max_tokens: int | None = None,
+        estimated: bool = False,
+    ) -> None:
+        super().__init__(message, status_code=status_code, attempts=attempts, body=body)
+        self.prompt_tokens = prompt_tokens
+        self.context_size = context_size
+        self.prompt_chars = prompt_chars
+        self.max_tokens = max_tokens
+        self.estimated = estimated
+
+
+class DeadlineExceeded(LLMRequestError):
+    """The caller's deadline (``LLM.deadline`` or ``deadline=``) passed before an answer came.
+
+    ``attempts`` requests were sent (0: the deadline had passed before the first one).
+    """
+
+    def __init__(self, message: str, *, attempts: int = 0, deadline: float | None = None) -> None:
+        super().__init__(message, attempts=attempts)
+        self.deadline = deadline
 
 
 class LLMResponseError(LLMError):

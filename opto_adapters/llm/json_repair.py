@@ -58,11 +58,12 @@ def _loads_object(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _balanced_objects(text: str) -> Iterator[str]:
-    """Yield ``{...}`` segments with balanced braces (string-aware), left to right."""
+def _balanced_objects(text: str, starts: int = _MAX_OBJECT_STARTS) -> Iterator[str]:
+    """Yield ``{...}`` segments with balanced braces (string-aware), left to right, trying at
+    most ``starts`` opening braces (1: only the outermost object at the first ``{``)."""
     start = text.find("{")
     tried = 0
-    while start != -1 and tried < _MAX_OBJECT_STARTS:
+    while start != -1 and tried < starts:
         tried += 1
         depth = 0
         in_string = escaped = False
@@ -87,23 +88,31 @@ def _balanced_objects(text: str) -> Iterator[str]:
         start = text.find("{", start + 1)
 
 
-def extract_json(text: str | None) -> dict[str, Any]:
+def extract_json(text: str | None, *, nested: bool = True) -> dict[str, Any]:
     """Parse the first JSON object in a model reply, leniently.
 
     Accepts bare JSON, JSON in a Markdown code fence, JSON surrounded by prose,
-    ``<think>…</think>`` preambles and trailing commas.  Raises
-    :class:`LLMResponseError` (carrying the raw text) when no object is found.
+    ``<think>…</think>`` preambles and trailing commas.  ``nested=False`` (for a reply cut
+    at ``max_tokens``) accepts only a complete top-level object: an object inside one that
+    never closed is not taken for the reply.  Raises :class:`LLMResponseError` (carrying the
+    raw text) when no object is found.
     """
     raw = text or ""
     if not raw.strip():
         raise LLMResponseError("empty reply where a JSON object was expected", raw_text=raw)
     cleaned = _THINK_RE.sub("", raw).strip() if "think>" in raw.lower() else raw.strip()
-    candidates = itertools.chain((cleaned,), (m.group(1) for m in _FENCE_RE.finditer(cleaned)))
+    first_brace = cleaned.find("{")
+    fences = (
+        m.group(1)
+        for m in _FENCE_RE.finditer(cleaned)
+        if nested or m.start() < first_brace  # (cut reply: a fence around the reply, not in it)
+    )
+    candidates = itertools.chain((cleaned,), fences)
     for candidate in candidates:  # (lazily: a reply that parses at once costs one parse)
         obj = _loads_object(candidate)
         if obj is not None:
             return obj
-    for segment in _balanced_objects(cleaned):
+    for segment in _balanced_objects(cleaned, _MAX_OBJECT_STARTS if nested else 1):
         obj = _loads_object(segment)
         if obj is not None:
             return obj

@@ -25,7 +25,11 @@ class Proposal:
 
     ``values`` holds the suggestions that are typed and valid, by parameter name; ``rejected``
     says why each other suggestion was refused. ``error`` is set when no usable reply came
-    back (not JSON, empty, the endpoint failed after its retries).
+    back (not JSON, empty, cut at ``max_tokens``, the endpoint failed after its retries), and
+    ``cause`` holds the exception behind it; ``unanswered`` when the request itself failed (no
+    reply at all: unreachable, timed out, refused, over the context, past the deadline), which
+    says nothing about the values and is not a finished proposal. ``truncated``: the reply was
+    cut at ``max_tokens``.
     """
 
     values: dict[str, Any] = field(default_factory=dict)
@@ -36,6 +40,9 @@ class Proposal:
     messages: list[dict[str, str]] = field(default_factory=list)
     raw: str = ""
     usage: dict[str, int] = field(default_factory=dict)
+    unanswered: bool = False
+    truncated: bool = False
+    cause: BaseException | None = field(default=None, repr=False, compare=False)
 
     @property
     def prompt(self) -> str:

@@ -9,13 +9,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..llm import LLM, AuthenticationError, BudgetExceeded, LLMError, LLMResponseError
+from ..llm import (
+    LLM,
+    AuthenticationError,
+    BudgetExceeded,
+    LLMError,
+    LLMResponseError,
+)
 from ..trace import Parameter, Subgraph
 from ..trace.coercion import differs
 from ..trace.render import cut, value_text
 from .base import Optimizer, Proposal
 
-__all__ = ["LLMOptimizer", "MemoryEntry", "REPLY_SCHEMA"]
+__all__ = ["LLMOptimizer", "MemoryEntry", "REPLY_SCHEMA", "reply_example", "reply_format"]
 
 REPLY_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -26,11 +32,44 @@ REPLY_SCHEMA: dict[str, Any] = {
     "required": ["reasoning", "suggestion"],
 }
 
-REPLY_FORMAT = (
-    'Reply with one JSON object only: {"reasoning": "<what caused the feedback, what to '
-    'change>", "suggestion": {"<variable name>": <whole new value in its type>}}. '
-    'Leave out variables that should stay; if none should change, give "suggestion": {}.'
-)
+PLACEHOLDER_TEXT = "<new text>"
+"""The example reply's stand-in for a new text value (a reply that copies it is refused)."""
+
+_EXAMPLE_VARIABLES = 2  # variables named in the example reply (enough to show the shape)
+_SHORT_VALUE = 40  # a non-text value this short is shown as it is (copying it changes nothing)
+
+
+def example_value(value: Any) -> Any:
+    """What the example reply shows for a variable now holding ``value``: the value itself
+    when it is a short non-text value (a model that copies it changes nothing), else a
+    placeholder the optimizer refuses if it comes back."""
+    if isinstance(value, str):
+        return PLACEHOLDER_TEXT
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        return PLACEHOLDER_TEXT
+    return value if len(text) <= _SHORT_VALUE else PLACEHOLDER_TEXT
+
+
+def reply_example(parameters: Iterable[Parameter]) -> dict[str, Any]:
+    """A filled-in reply with the real variable names: small models follow an example of the
+    reply where they echo a JSON Schema back."""
+    trainable = [p for p in parameters if p.trainable][:_EXAMPLE_VARIABLES]
+    return {
+        "reasoning": "The feedback says ... because ...; changing ... fixes it.",
+        "suggestion": {p.name: example_value(p.value) for p in trainable},
+    }
+
+
+def reply_format(parameters: Iterable[Parameter]) -> str:
+    """The reply instruction that ends the prompt: one JSON object, shown by example."""
+    return (
+        "Reply with one JSON object only, like this example: "
+        + json.dumps(reply_example(parameters))
+        + "\nIn \"suggestion\" give the whole new value of each variable to change, in its "
+        'type; leave out the others ("suggestion": {} if none should change).'
+    )
 
 
 @dataclass(frozen=True)
@@ -50,8 +89,10 @@ class LLMOptimizer(Optimizer):
 
     ``memory_size`` earlier (values, feedback) pairs are shown with each request; replies are
     limited to ``max_tokens`` (``"auto"``: sized to the values to rewrite, see ``reply_tokens``);
-    ``remember`` adds one (the trainer records rejected candidates this way). A missing key
-    (``AuthenticationError``) or a spent ``Budget`` (``BudgetExceeded``) is raised.
+    ``remember`` adds one (the trainer records rejected candidates this way). ``deadline``
+    (a ``time.monotonic()`` time, or ``None``) is passed to every request: none runs past it.
+    A missing key (``AuthenticationError``) or a spent ``Budget`` (``BudgetExceeded``) is
+    raised; any other failure is the proposal's ``error`` (and ``cause``).
     """
 
     fatal_errors = (AuthenticationError, BudgetExceeded)
@@ -77,6 +118,7 @@ class LLMOptimizer(Optimizer):
         self.value_budget = value_budget
         self.memory: deque[MemoryEntry] = deque(maxlen=memory_size or None)
         self.memory_size = memory_size
+        self.deadline: float | None = None
         self._memory_lock = threading.Lock()
 
     @property
@@ -126,6 +168,10 @@ class LLMOptimizer(Optimizer):
             blocks.append(f"[{i}]\n{values}\nfeedback: {entry.feedback}")
         return "\n".join(blocks)
 
+    def reply_format(self) -> str:
+        """The reply instruction ending the prompt (an example reply with these variables)."""
+        return reply_format(self.parameters)
+
     def reply_tokens(self) -> int | None:
         """The ``max_tokens`` of a reply: ``max_tokens`` as given, or with ``"auto"`` room for
         the reasoning plus every trainable value written out anew (a weak model that never
@@ -146,28 +192,51 @@ class LLMOptimizer(Optimizer):
         """Send ``messages``; turn the reply into a checked ``Proposal``.
 
         Authentication and budget errors are raised (the caller must act); any other failure
-        is recorded in ``proposal.error`` and changes nothing.
+        is recorded in ``proposal.error`` (the exception in ``proposal.cause``) and changes
+        nothing. A reply cut at ``max_tokens`` is flagged ``truncated``; only a complete
+        top-level object in it is used.
         """
         proposal = Proposal(messages=messages)
+        limit = self.reply_tokens()
         try:
-            extra = {} if self.reply_tokens() is None else {"max_tokens": self.reply_tokens()}
+            extra = {} if limit is None else {"max_tokens": limit}
             result = self.llm.complete_json(
-                messages, REPLY_SCHEMA, schema_name="optimizer_reply", **extra
+                messages,
+                REPLY_SCHEMA,
+                schema_name="optimizer_reply",
+                json_instruction=False,  # the messages end with the reply format, by example
+                deadline=self.deadline,
+                **extra,
             )
         except LLMResponseError as exc:
             proposal.raw = exc.raw_text or ""
+            proposal.cause = exc
             if proposal.raw.strip().strip(".").upper() == "TERMINATE":
                 proposal.terminated = True
                 proposal.reasoning = "the optimizer replied TERMINATE: no change needed"
+                proposal.cause = None
+                return proposal
+            if exc.finish_reason == "length":
+                proposal.truncated = True
+                proposal.error = (
+                    f"the optimizer's reply was cut at max_tokens={limit} before its JSON object "
+                    "was complete; nothing changed. Raise it (e.g. OptoPrime(max_tokens="
+                    f"{2 * limit if limit else 4096})) or ask for shorter values"
+                    if limit
+                    else f"the optimizer's reply was cut before its JSON object was complete: {exc.reason}"
+                )
                 return proposal
             proposal.error = f"the optimizer's reply had no usable JSON: {exc.reason}"
             return proposal
         except (AuthenticationError, BudgetExceeded):
             raise  # the caller must act: set the key, or raise the budget
         except LLMError as exc:
+            proposal.cause = exc
             proposal.error = f"the optimizer request failed: {exc}"
+            proposal.unanswered = True
             return proposal
         proposal.raw = result.text
+        proposal.truncated = result.truncated
         proposal.usage = {
             "prompt_tokens": result.usage.prompt_tokens,
             "completion_tokens": result.usage.completion_tokens,
@@ -187,6 +256,10 @@ class LLMOptimizer(Optimizer):
             return proposal
         if not suggestion:
             proposal.terminated = True
-        self.check(suggestion, proposal)
+        copied = [name for name, value in suggestion.items() if value == PLACEHOLDER_TEXT]
+        for name in copied:
+            proposal.rejected[str(name)] = (
+                f"the reply copied the example's placeholder {PLACEHOLDER_TEXT!r} instead of a new value"
+            )
+        self.check({k: v for k, v in suggestion.items() if k not in copied}, proposal)
         return proposal
-

@@ -15,7 +15,7 @@ from ..llm import LLM
 from ..trace import Parameter
 from ..trace.render import cut, value_text
 from .base import Proposal
-from .llm_optimizer import REPLY_FORMAT, LLMOptimizer
+from .llm_optimizer import LLMOptimizer
 
 __all__ = ["OPRO"]
 
@@ -73,7 +73,7 @@ class OPRO(LLMOptimizer):
         )
         return [
             {"role": "system", "content": self.system_prompt},
-            {"role": "user", "content": f"{body}\n\n{REPLY_FORMAT}"},
+            {"role": "user", "content": f"{body}\n\n{self.reply_format()}"},
         ]
 
     def _propose(self) -> Proposal:

@@ -8,7 +8,7 @@ from ..llm import LLM
 from ..trace import Parameter, render
 from ..trace.render import DEFAULT_INSTRUCTION, ProblemInstance
 from .base import Proposal
-from .llm_optimizer import REPLY_FORMAT, LLMOptimizer
+from .llm_optimizer import LLMOptimizer
 
 __all__ = ["OptoPrime"]
 
@@ -67,7 +67,7 @@ class OptoPrime(LLMOptimizer):
         memory = self.memory_text()
         if memory:
             body += f"\n\n#Memory\n{memory}"
-        body += f"\n\n{REPLY_FORMAT}"
+        body += f"\n\n{self.reply_format()}"
         return [
             {"role": "system", "content": self.system_prompt},
             {"role": "user", "content": body},

@@ -7,8 +7,16 @@
 from ..trace import Feedback
 from .apps import AppTracer, PythonApp, as_tracer
 from .config import TrainConfig
-from .errors import AppError, DatasetError, GuideError, RecipeError, StoreError, TrainingError
-from .result import Scores, StepSummary, TrainResult, build_result
+from .errors import (
+    AppError,
+    DatasetError,
+    GuideError,
+    InfrastructureError,
+    RecipeError,
+    StoreError,
+    TrainingError,
+)
+from .result import FrontCandidate, Scores, StepSummary, TrainResult, build_result
 from .store import Store
 from .trainer import Trainer, optimize
 
@@ -17,7 +25,9 @@ __all__ = [
     "AppTracer",
     "DatasetError",
     "Feedback",
+    "FrontCandidate",
     "GuideError",
+    "InfrastructureError",
     "PythonApp",
     "RecipeError",
     "Scores",

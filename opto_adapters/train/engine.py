@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
@@ -26,7 +27,9 @@ from ..trace.render import value_text
 from ..trace.tracer import TracedRun
 from .apps import AppTracer
 from .data import call_guide
+from .errors import InfrastructureError
 from .graphs import graph_from_json, graph_to_json
+from .infra import failure
 from .store import Store, StoredEvaluation
 
 __all__ = ["Evaluator", "Result", "Stop", "mean"]
@@ -34,6 +37,9 @@ __all__ = ["Evaluator", "Result", "Stop", "mean"]
 logger = logging.getLogger("opto_adapters.train")
 
 Guide = Callable[[Any, Any], Any]
+_TICK = 0.25  # seconds between checks of the time limit while runs are in flight
+_GRACE = 10.0  # seconds runs in flight are waited for when the loop stops (time limit, error)
+_INTERRUPT_GRACE = 3.0  # the same after Ctrl-C (a second Ctrl-C stops waiting at once)
 
 
 class Stop(Exception):
@@ -93,6 +99,7 @@ class Evaluator:
         progress: bool,
         check: Callable[[], None],
         probe: TracedRun | None = None,
+        retries: int = 2,
     ) -> None:
         self.store, self.run_id, self.tracer = store, run_id, tracer
         self.inputs, self.examples, self.guide = inputs, examples, guide
@@ -101,7 +108,9 @@ class Evaluator:
         self.max_concurrency = max_concurrency
         self.check = check
         self.probe = probe  # a first run already made (discovery): train example 0's baseline
+        self.retries = retries
         self.cache: dict[tuple[int, str, int], Graph] = {}
+        self._stopping = threading.Event()
         self._executor: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> Evaluator:
@@ -204,21 +213,30 @@ class Evaluator:
                 for i in todo
             }
             try:
-                for future in as_completed(futures):
-                    record(futures[future], future.result())
+                pending = set(futures)
+                while pending:
+                    # the time limit is checked while runs are in flight, not only between them
+                    done, pending = wait(pending, timeout=_TICK, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        record(futures[future], future.result())
                     self.check()
             except BaseException as exc:
-                _settle(futures, interrupted=isinstance(exc, KeyboardInterrupt))
+                self._stopping.set()  # runs waiting to retry give up at once
+                try:
+                    interrupted = isinstance(exc, KeyboardInterrupt)
+                    _settle(futures, interrupted=interrupted, grace=_INTERRUPT_GRACE if interrupted else _GRACE)
+                finally:
+                    self._stopping.clear()
                 raise
         finally:
             bar.close()
 
     def _run_one(self, split: str, i: int) -> _Outcome:
         start = time.perf_counter()
-        if self.probe is not None and split == "train" and i == 0:
+        if self.probe is not None and split == "train" and i == 0 and failure(self.probe.error) is None:
             traced, self.probe = self.probe, None
         else:
-            traced = self.tracer.run(self.inputs[split][i])
+            traced = self._run_app(split, i)
         if isinstance(traced.error, BudgetExceeded):
             raise traced.error
         feedback = call_guide(
@@ -228,23 +246,54 @@ class Evaluator:
         graph_json = graph_to_json(traced.graph) if traced.graph is not None and self.store_graphs else None
         return _Outcome(traced, feedback, time.perf_counter() - start, graph_json)
 
+    def _run_app(self, split: str, i: int) -> TracedRun:
+        """Run the app on one example; a run that failed for its endpoint (see ``infra``) is
+        tried again, then raised as ``InfrastructureError``: it is never scored."""
+        for attempt in range(self.retries + 1):
+            traced = self.tracer.run(self.inputs[split][i])
+            found = failure(traced.error)
+            if found is None:
+                return traced
+            if attempt < self.retries and not self._stopping.is_set():
+                delay = 0.5 * 2**attempt
+                logger.warning(
+                    "%s example %d: the app's model endpoint failed (%s); trying again in %.1f s",
+                    split, i, found.error, delay,
+                )
+                if not self._stopping.wait(delay):
+                    continue
+            raise InfrastructureError(
+                f"the app failed on {split} example {i} for its endpoint, {attempt + 1} time(s) "
+                f"({found.error}): {found.advice()}. Nothing of it was scored; the run stopped as "
+                "failed and continues where it stopped with resume=True (CLI: --resume)",
+                kind=found.kind, url=found.url,
+            ) from traced.error
+        raise AssertionError("unreachable")
 
-def _settle(futures: Iterable[Future[Any]], *, interrupted: bool) -> None:
+
+def _settle(futures: Iterable[Future[Any]], *, interrupted: bool, grace: float | None = None) -> None:
     """Cancel the runs not started and wait for those in flight (their results are dropped),
     so the parameters are not changed under a running app. After Ctrl-C a second Ctrl-C
-    stops waiting."""
+    stops waiting; otherwise (the time limit, an error) at most ``grace`` seconds are waited."""
     running = [f for f in futures if not f.cancel() and not f.done()]
     if not running:
         return
     if interrupted:
         logger.warning(
-            "waiting for %d app run(s) in flight before the parameters are restored; "
-            "press Ctrl-C again to stop without waiting", len(running),
+            "waiting up to %.0f s for %d app run(s) in flight before the parameters are restored; "
+            "press Ctrl-C again to stop without waiting", grace or 0, len(running),
         )
+    deadline = None if grace is None else time.monotonic() + grace
     try:
         pending = set(running)
         while pending:
-            _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            if deadline is not None and time.monotonic() >= deadline:
+                logger.warning(
+                    "stopped waiting after %.0f s: %d app run(s) still in flight may see the "
+                    "parameters change (their results are not used)", grace, len(pending),
+                )
+                return
+            _, pending = wait(pending, timeout=_TICK, return_when=FIRST_COMPLETED)
     except KeyboardInterrupt:
         if not interrupted:
             raise

@@ -6,6 +6,7 @@ __all__ = [
     "AppError",
     "DatasetError",
     "GuideError",
+    "InfrastructureError",
     "RecipeError",
     "StoreError",
     "TrainingError",
@@ -34,3 +35,14 @@ class StoreError(TrainingError):
 
 class RecipeError(TrainingError):
     """A recipe file cannot be loaded or lacks the names of the convention."""
+
+
+class InfrastructureError(TrainingError):
+    """An endpoint could not be reached or did not answer, after retries; the run stopped as
+    ``failed`` and resumes where it stopped (``resume=True``). ``kind`` and ``url`` say what
+    failed where."""
+
+    def __init__(self, message: str, *, kind: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.url = url

@@ -29,8 +29,9 @@ Optional
         Returns the optimizer to use (default: ``OptoPrime(parameters, llm,
         objective=OBJECTIVE)``).
     ``SETTINGS``
-        A dict of ``Trainer`` options (``epochs``, ``batch_size``, ``n_candidates``...);
-        command-line flags override them.
+        A dict of ``Trainer`` options (``epochs``, ``batch_size``, ``n_candidates``,
+        ``search="pareto"``, ``proposals_per_step``, ``merge``, ``max_metric_calls``...);
+        command-line flags (``--search``...) override them.
 
 The optimizer's LLM is configured by the environment: ``OPTO_MODEL`` (or ``--model``),
 ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``. An app that calls a model of its own reads
@@ -257,20 +258,44 @@ def _parameter_names(fn: Callable[..., Any]) -> set[str]:
 
 @dataclass(frozen=True)
 class AppModel:
-    """Where an app's own model is: ``model``, ``base_url`` (None: OpenAI), ``api_key``."""
+    """Where an app's own model is: ``model``, ``base_url`` (None: OpenAI), ``api_key``; and
+    how long it may take: ``timeout`` (seconds per request), ``max_tokens`` (per reply), and
+    ``context_window`` (tokens), so a weak model that never stops cannot hold a run."""
 
     model: str
     base_url: str | None
     api_key: str | None
+    timeout: float = 60.0
+    max_tokens: int = 512
+    context_window: int = 16_000
 
 
 def app_model(default: str = "gpt-4o-mini") -> AppModel:
     """The application model from the environment: ``OPTO_APP_MODEL`` (else ``OPTO_MODEL``,
-    else ``default``) at ``OPENAI_BASE_URL`` with ``OPENAI_API_KEY``."""
+    else ``default``) at ``OPENAI_BASE_URL`` with ``OPENAI_API_KEY``; ``OPTO_APP_TIMEOUT``,
+    ``OPTO_APP_MAX_TOKENS`` and ``OPTO_APP_CONTEXT`` override the limits."""
     model = os.environ.get("OPTO_APP_MODEL") or os.environ.get("OPTO_MODEL") or default
     base_url = os.environ.get("OPENAI_BASE_URL") or None
     api_key = os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
-    return AppModel(model, base_url, api_key)
+    return AppModel(
+        model, base_url, api_key,
+        timeout=_env_number("OPTO_APP_TIMEOUT", 60.0, float),
+        max_tokens=_env_number("OPTO_APP_MAX_TOKENS", 512, int),
+        context_window=_env_number("OPTO_APP_CONTEXT", 16_000, int),
+    )
+
+
+def _env_number(name: str, default: Any, kind: Callable[[str], Any]) -> Any:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value <= 0:
+        raise RecipeError(f"{name}={raw!r} must be a positive {kind.__name__}")
+    return value
 
 
 def endpoint_configured() -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from .store import Store
 
-__all__ = ["DONE", "Scores", "StepSummary", "TrainResult", "build_result"]
+__all__ = ["DONE", "FrontCandidate", "Scores", "StepSummary", "TrainResult", "build_result"]
 
 # the statuses of a finished step (a stopped run may have one "started")
 DONE = ("accepted", "rejected", "no_change")
@@ -19,10 +19,26 @@ DONE = ("accepted", "rejected", "no_change")
 
 @dataclass(frozen=True)
 class Scores:
-    """Mean scores of one set of parameter values (``None`` where not evaluated)."""
+    """Mean scores of one set of parameter values (``None`` where not evaluated).
+
+    ``counts`` holds (split, examples scored, examples in the split); a mean over fewer
+    examples than the split has (a run stopped while evaluating) is ``partial``."""
 
     train: float | None = None
     val: float | None = None
+    counts: tuple[tuple[str, int, int], ...] = ()
+
+    def partial(self, split: str) -> bool:
+        """Whether the mean on ``split`` covers only some of its examples."""
+        return any(s == split and 0 < n < size for s, n, size in self.counts)
+
+    def text(self, split: str) -> str:
+        """The mean on ``split`` as text: ``-`` when not evaluated, marked when partial."""
+        score = self.train if split == "train" else self.val
+        if score is None:
+            return "-"
+        n, size = next(((n, size) for s, n, size in self.counts if s == split), (0, 0))
+        return f"{score:.3f} (partial: {n} of {size})" if self.partial(split) else f"{score:.3f}"
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,25 @@ class StepSummary:
     val_score: float | None
 
 
+@dataclass(frozen=True)
+class FrontCandidate:
+    """A candidate on the Pareto search's front: no other candidate of the pool is at least as
+    good on every validation example and better on one.
+
+    ``scores`` holds its score on each validation example (on each training example when the
+    run had no ``val``), ``mean`` their mean; ``parents`` are the version ids it came from
+    (none for the seed, two for a merge); ``kind`` is ``seed``, ``mutation`` or ``merge``.
+    """
+
+    version_id: int
+    values: dict[str, Any]
+    scores: list[float | None]
+    mean: float | None
+    parents: list[int]
+    step: int
+    kind: str
+
+
 @dataclass
 class TrainResult:
     """The outcome of ``optimize``/``Trainer.fit``.
@@ -53,7 +88,8 @@ class TrainResult:
     ``baseline`` scores the starting values, ``final`` the values training ended with, and
     ``best`` the best values seen (on val, or on the full training set without val), which
     are written back into the app. ``status`` is ``completed``, ``max_steps``,
-    ``interrupted``, ``budget_exhausted`` or ``time_limit``.
+    ``interrupted``, ``budget_exhausted``, ``time_limit`` or ``max_metric_calls``. ``front``
+    lists the Pareto search's front (empty for the greedy search).
     """
 
     run_id: int
@@ -66,6 +102,7 @@ class TrainResult:
     best_values: dict[str, Any]
     history: list[StepSummary] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)
+    front: list[FrontCandidate] = field(default_factory=list)
 
     @property
     def accepted(self) -> int:
@@ -86,10 +123,13 @@ def build_result(store: Store, run_id: int) -> TrainResult:
     def scores(version: int | None) -> Scores:
         if version is None:
             return Scores()
-        return Scores(
-            train=store.mean_score(run_id, version, "train")[0],
-            val=store.mean_score(run_id, version, "val")[0],
+        (train, n_train), (val, n_val) = (store.mean_score(run_id, version, split) for split in ("train", "val"))
+        sizes = run.config
+        counts = (
+            ("train", n_train, int(sizes.get("train_size") or 0)),
+            ("val", n_val, int(sizes.get("val_size") or 0)),
         )
+        return Scores(train=train, val=val, counts=counts)
 
     by_step: dict[int, list[float | None]] = {}
     for cand in store.candidates(run_id):
@@ -104,6 +144,7 @@ def build_result(store: Store, run_id: int) -> TrainResult:
     ]
     best = run.best_version_id or run.current_version_id
     return TrainResult(
+        front=front(store, run_id),
         run_id=run_id,
         store_path=store.path,
         status=run.status,
@@ -115,3 +156,26 @@ def build_result(store: Store, run_id: int) -> TrainResult:
         history=history,
         usage=store.usage(run_id),
     )
+
+
+def front(store: Store, run_id: int) -> list[FrontCandidate]:
+    """The front of a run's Pareto pool, as stored (in the order its members joined)."""
+    members = [m for m in store.pool(run_id) if m.on_front]
+    if not members:
+        return []
+    config = store.run(run_id).config
+    split = "val" if config.get("val_size") else "train"
+    size = int(config.get(f"{split}_size") or 0)
+    matrix = store.score_matrix(run_id, [m.version_id for m in members], split, size)
+    out = []
+    for m in members:
+        scores = matrix[m.version_id]
+        known = [s for s in scores if s is not None]
+        out.append(
+            FrontCandidate(
+                version_id=m.version_id, values=store.version_values(m.version_id), scores=scores,
+                mean=sum(known) / len(known) if known else None, parents=list(m.parents),
+                step=m.step, kind=m.kind,
+            )
+        )
+    return out

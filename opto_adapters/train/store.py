@@ -23,6 +23,17 @@ Schema (version 1)::
     evaluations(id, run_id, version_id, split, idx, phase, step, output, error, score,
                 feedback, duration, created_at)      -- UNIQUE (run_id, version_id, split, idx)
     graphs(evaluation_id PRIMARY KEY, data BLOB, dot, text)
+    optimizer_memory(run_id PRIMARY KEY, step, entries JSON)
+    search_pool(run_id, version_id, candidate_id, step, kind, parents JSON, on_front,
+                created_at)                          -- PRIMARY KEY (run_id, version_id)
+    search_lineage(candidate_id PRIMARY KEY, run_id, kind, parents JSON)
+
+The Pareto search (``search="pareto"``) keeps its pool in ``search_pool`` (every candidate
+accepted into it: the seed, mutations and merges, with the parent version ids and whether it
+is on the front now) and the parents of every candidate it proposed in ``search_lineage``;
+the score matrix is the pool's ``evaluations`` on the validation split. The last three tables
+were added to schema version 1 without a new version (old readers ignore them): a store made
+before gets them when it is opened for writing, and reads as having none when opened read-only.
 
 What is written is bounded and always encodable: free text (outputs, errors, feedback, the
 optimizer's prompt, reply and reasoning, reasons, messages) and the node values of stored graphs
@@ -64,6 +75,7 @@ __all__ = [
     "Store",
     "StoredCandidate",
     "StoredEvaluation",
+    "StoredPoolMember",
     "StoredRun",
     "StoredStep",
     "StoredVersion",
@@ -108,6 +120,32 @@ CREATE TABLE IF NOT EXISTS optimizer_memory (
     entries TEXT NOT NULL
 );
 """
+
+_POOL_TABLE = """
+CREATE TABLE IF NOT EXISTS search_pool (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    candidate_id INTEGER,
+    step INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    parents TEXT NOT NULL DEFAULT '[]',
+    on_front INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (run_id, version_id)
+);
+"""
+
+_LINEAGE_TABLE = """
+CREATE TABLE IF NOT EXISTS search_lineage (
+    candidate_id INTEGER PRIMARY KEY REFERENCES candidates(id),
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    kind TEXT NOT NULL,
+    parents TEXT NOT NULL DEFAULT '[]'
+);
+"""
+
+# tables added to schema version 1 after it shipped, created when a store is opened for writing
+_ADDED_TABLES = (("optimizer_memory", _MEMORY_TABLE), ("search_pool", _POOL_TABLE), ("search_lineage", _LINEAGE_TABLE))
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -202,7 +240,7 @@ CREATE TABLE graphs (
     dot TEXT,
     text TEXT
 );
-""" + _MEMORY_TABLE
+""" + _MEMORY_TABLE + _POOL_TABLE + _LINEAGE_TABLE
 
 # The optimizer's memory after the last finished step, so a resumed run asks exactly what the
 # uninterrupted one would. Added to schema version 1 without a new version: a store made before
@@ -330,6 +368,21 @@ class StoredEvaluation:
     created_at: float
 
 
+@dataclass(frozen=True)
+class StoredPoolMember:
+    """A candidate of the Pareto search's pool: its version, where it came from, and whether
+    it is on the front (``kind``: ``seed``, ``mutation`` or ``merge``)."""
+
+    run_id: int
+    version_id: int
+    candidate_id: int | None
+    step: int
+    kind: str
+    parents: list[int]
+    on_front: bool
+    created_at: float
+
+
 def values_hash(values: Mapping[str, Any]) -> str:
     """A stable hash of parameter values (the identity of a version)."""
     return hashlib.sha256(_values_json(values).encode("utf-8", "surrogatepass")).hexdigest()[:24]
@@ -438,9 +491,11 @@ class Store:
                     f"{where} has schema version {version}, written by a newer opto_adapters; "
                     f"this one reads up to version {SCHEMA_VERSION}: upgrade opto_adapters"
                 )
-        if not self.readonly and "optimizer_memory" not in tables and "meta" in tables:
-            with self._conn:
-                self._conn.execute(_MEMORY_TABLE)
+        missing = [sql for name, sql in _ADDED_TABLES if name not in tables]
+        if not self.readonly and missing and "meta" in tables:
+            with self._conn:  # the migration of a store made before these tables
+                for sql in missing:
+                    self._conn.execute(sql)
         if self.path != MEMORY and not self.readonly:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -701,16 +756,24 @@ class Store:
         status: str = "pending",
         reason: str | None = None,
         memory: list[Any] | None = None,
+        lineage: tuple[str, list[int]] | None = None,
     ) -> int:
         """Record a proposal; returns the candidate id. ``memory``: the optimizer's memory
         after it, kept in the same transaction (a resumed step that reuses this proposal
-        starts from the memory the proposal left)."""
+        starts from the memory the proposal left). ``lineage``: (kind, parent version ids)
+        of a Pareto search's candidate, kept in the same transaction."""
         self._check_writable()
         with self._lock, self._conn:
             cursor = self._add_candidate(
                 run_id, step, k, values, invalid, reasoning, prompt, reply, error,
                 prompt_tokens, completion_tokens, status, reason,
             )
+            if lineage is not None:
+                kind, parents = lineage
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO search_lineage(candidate_id, run_id, kind, parents) VALUES (?, ?, ?, ?)",
+                    (int(cursor.lastrowid), run_id, kind, json.dumps([int(p) for p in parents])),
+                )
             if memory is not None:
                 self._conn.execute(
                     "INSERT OR REPLACE INTO optimizer_memory(run_id, step, entries) VALUES (?, ?, ?)",
@@ -773,6 +836,71 @@ class Store:
             "completion_tokens": int(completion),
             "total_tokens": int(prompt) + int(completion),
         }
+
+    # -- the Pareto search's pool -------------------------------------------------------------
+
+    def lineage(self, run_id: int) -> dict[int, tuple[str, list[int]]]:
+        """(kind, parent version ids) of each Pareto-search candidate of a run, by candidate id."""
+        try:
+            rows = self._rows("SELECT * FROM search_lineage WHERE run_id = ?", (run_id,))
+        except sqlite3.OperationalError:  # an older store opened read-only: no such table
+            return {}
+        return {r["candidate_id"]: (r["kind"], json.loads(r["parents"])) for r in rows}
+
+    def add_pool_member(
+        self,
+        run_id: int,
+        version_id: int,
+        *,
+        step: int,
+        kind: str,
+        parents: Iterable[int] = (),
+        candidate_id: int | None = None,
+    ) -> None:
+        """Put a version into the run's pool (again: nothing changes)."""
+        self._write(
+            "INSERT OR IGNORE INTO search_pool(run_id, version_id, candidate_id, step, kind, parents, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, version_id, candidate_id, step, kind, json.dumps([int(p) for p in parents]), time.time()),
+        )
+
+    def pool(self, run_id: int) -> list[StoredPoolMember]:
+        """The run's pool, in the order its members joined."""
+        try:
+            rows = self._rows("SELECT * FROM search_pool WHERE run_id = ? ORDER BY step, rowid", (run_id,))
+        except sqlite3.OperationalError:  # an older store opened read-only: no such table
+            return []
+        return [_pool_member(r) for r in rows]
+
+    def set_front(self, run_id: int, version_ids: Iterable[int]) -> None:
+        """Mark exactly these pool members as the front."""
+        ids = sorted({int(v) for v in version_ids})
+        self._check_writable()
+        with self._lock, self._conn:
+            self._conn.execute("UPDATE search_pool SET on_front = 0 WHERE run_id = ?", (run_id,))
+            self._conn.executemany(
+                "UPDATE search_pool SET on_front = 1 WHERE run_id = ? AND version_id = ?",
+                [(run_id, v) for v in ids],
+            )
+
+    def score_matrix(
+        self, run_id: int, version_ids: Iterable[int], split: str, size: int
+    ) -> dict[int, list[float | None]]:
+        """Per version, its stored score on each of the ``size`` examples of ``split``
+        (``None`` where it was not evaluated)."""
+        out: dict[int, list[float | None]] = {}
+        for v in version_ids:
+            row: list[float | None] = [None] * size
+            for e in self.evaluations(run_id, version_id=v, split=split):
+                if 0 <= e.index < size:
+                    row[e.index] = e.score
+            out[v] = row
+        return out
+
+    def evaluation_count(self, run_id: int) -> int:
+        """How many evaluations (app runs scored by the guide) a run has stored."""
+        ((n,),) = self._rows("SELECT COUNT(*) FROM evaluations WHERE run_id = ?", (run_id,))
+        return int(n)
 
     # -- evaluations and graphs --------------------------------------------------------------
 
@@ -905,7 +1033,7 @@ class Store:
         for run in self._rows("SELECT * FROM runs"):
             for column in ("baseline_version_id", "current_version_id", "best_version_id"):
                 own(run["id"], run[column], column)
-        unfinished_ok = {"running", "interrupted", "failed", "time_limit", "budget_exhausted"}
+        unfinished_ok = {"running", "interrupted", "failed", "time_limit", "budget_exhausted", "max_metric_calls"}
         for step in self._rows("SELECT s.*, r.status AS run_status FROM steps s JOIN runs r ON r.id = s.run_id"):
             where = f"step {step['step']} of run {step['run_id']}"
             own(step["run_id"], step["version_id"], f"{where}'s version")
@@ -930,6 +1058,17 @@ class Store:
                     problems.append(f"candidate {c['id']}: {column} is not JSON")
         for e in self._rows("SELECT id, run_id, version_id FROM evaluations"):
             own(e["run_id"], e["version_id"], f"evaluation {e['id']}'s version")
+        tables = {r["name"] for r in self._rows("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "search_pool" in tables:
+            for m in self._rows("SELECT * FROM search_pool"):
+                own(m["run_id"], m["version_id"], "a pool member")
+                for p in json.loads(m["parents"]):
+                    own(m["run_id"], p, f"pool member {m['version_id']}'s parent")
+        if "search_lineage" in tables:
+            candidates = {r["id"]: r["run_id"] for r in self._rows("SELECT id, run_id FROM candidates")}
+            for r in self._rows("SELECT candidate_id, run_id FROM search_lineage"):
+                if candidates.get(r["candidate_id"]) != r["run_id"]:
+                    problems.append(f"lineage of candidate {r['candidate_id']}: no such candidate of run {r['run_id']}")
         orphans = self._rows("SELECT evaluation_id FROM graphs WHERE evaluation_id NOT IN (SELECT id FROM evaluations)")
         problems.extend(f"graph of evaluation {r['evaluation_id']}: no such evaluation" for r in orphans)
         for g in self._rows("SELECT evaluation_id, data FROM graphs"):
@@ -980,6 +1119,14 @@ def _candidate(r: sqlite3.Row) -> StoredCandidate:
         prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
         version_id=r["version_id"], score=r["score"], status=r["status"], reason=r["reason"],
         created_at=r["created_at"],
+    )
+
+
+def _pool_member(r: sqlite3.Row) -> StoredPoolMember:
+    return StoredPoolMember(
+        run_id=r["run_id"], version_id=r["version_id"], candidate_id=r["candidate_id"],
+        step=r["step"], kind=r["kind"], parents=json.loads(r["parents"]),
+        on_front=bool(r["on_front"]), created_at=r["created_at"],
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..llm import Budget, BudgetExceeded
+from ..llm import Budget, BudgetExceeded, DeadlineExceeded
 from ..trace import Parameter, apply_updates
 from ..trace.render import short_repr
 from ..trace.tracer import TracedRun
@@ -31,12 +31,15 @@ from .apps import AppTracer, PythonApp, adopt_parameters, as_tracer, no_paramete
 from .config import TrainConfig
 from .data import InputKey, app_inputs, examples_list, fingerprint
 from .engine import Evaluator, Result, Stop, mean
-from .errors import AppError
+from .errors import AppError, InfrastructureError
 from .record import open_run
-from .result import DONE, Scores, StepSummary, TrainResult, build_result
+from .result import DONE, FrontCandidate, Scores, StepSummary, TrainResult, build_result
+from .rollouts import MAX_METRIC_CALLS, CountingEvaluator
 from .store import Store
 
-__all__ = ["Scores", "StepSummary", "TrainConfig", "TrainResult", "Trainer", "build_result", "optimize"]
+__all__ = [
+    "FrontCandidate", "Scores", "StepSummary", "TrainConfig", "TrainResult", "Trainer", "build_result", "optimize",
+]
 
 logger = logging.getLogger("opto_adapters.train")
 
@@ -67,6 +70,12 @@ def _nothing_to_learn(results: list[Result]) -> bool:
     )
 
 
+def nothing_to_learn(results: list[Result]) -> bool:
+    """Whether every run of a minibatch got the best score and no text to learn from (the
+    check both searches make before asking the optimizer)."""
+    return _nothing_to_learn(results)
+
+
 class Trainer:
     """Optimize an app's parameters on ``train``, gated on ``val``; ``fit()`` runs it.
 
@@ -86,9 +95,13 @@ class Trainer:
     ``resume`` (``True``: the latest run of the store, or a run id).
 
     Settings: ``config`` (a ``TrainConfig``), or any of its fields as keywords (``epochs``,
-    ``batch_size``, ``shuffle``, ``seed``, ``n_candidates``, ``max_steps``, ``time_limit``,
+    ``batch_size``, ``shuffle``, ``seed``, ``n_candidates``, ``search``,
+    ``proposals_per_step``, ``merge``, ``max_steps``, ``max_metric_calls``, ``time_limit``,
     ``max_concurrency``, ``error_score``, ``tolerate_app_errors``, ``run_name``,
     ``store_graphs``, ``progress``), which override ``config``'s.
+
+    How to search: ``search="greedy"`` (the default) keeps one incumbent and the loop below;
+    ``search="pareto"`` keeps a pool of candidates (``opto_adapters.train.search``).
     """
 
     def __init__(
@@ -252,6 +265,10 @@ class Trainer:
             "app": short_repr(self.tracer, 200),
             "time_limit": cfg.time_limit,
             "max_steps": cfg.max_steps,
+            "search": cfg.search,
+            "proposals_per_step": cfg.proposals_per_step,
+            "merge": cfg.merge,
+            "max_metric_calls": cfg.max_metric_calls,
         }
 
     def _values(self) -> dict[str, Any]:
@@ -295,12 +312,14 @@ class Trainer:
         self._prepare()
         limit = self.config.time_limit
         self._deadline = time.monotonic() + limit if limit else None
+        if hasattr(self.optimizer, "deadline"):  # the limit holds inside optimizer requests too
+            self.optimizer.deadline = self._deadline
         self.run_id = None
         status, message = "completed", None
         try:
             self._open_run()
             with self._make_evaluator():
-                self._loop()
+                self._search()
         except KeyboardInterrupt:
             if self.run_id is None:  # nothing was stored: there is no run to report
                 raise
@@ -309,6 +328,11 @@ class Trainer:
             status, message = "budget_exhausted", str(exc)
         except Stop as stop:
             status, message = stop.status, stop.message
+        except InfrastructureError as exc:
+            if self.run_id is not None:
+                self._restore_best()
+                self.store.update_run(self.run_id, status="failed", message=str(exc))
+            raise
         except BaseException as exc:
             if self.run_id is not None:
                 self._restore_best()
@@ -320,25 +344,28 @@ class Trainer:
                 self._steps_bar = None
         if message:
             logger.warning("training stopped: %s", message)
-        if status in ("completed", "max_steps", "budget_exhausted"):
+        if status in ("completed", "max_steps", "budget_exhausted", MAX_METRIC_CALLS):
             try:
                 self._final_evaluations()
             except KeyboardInterrupt:
                 status, message = "interrupted", "interrupted during the final evaluation"
             except BudgetExceeded as exc:
                 status, message = "budget_exhausted", str(exc)
+            except Stop as stop:  # the rollout budget: what does not fit is not evaluated
+                logger.warning("the final evaluation is incomplete: %s", stop.message)
         self._restore_best()
         self.store.update_run(self.run_id, status=status, message=message)
         return self.result()
 
     def _make_evaluator(self) -> Evaluator:
         assert self.run_id is not None
-        self._evaluator = Evaluator(
+        self._evaluator = CountingEvaluator(
+            limit=self.config.max_metric_calls, used=self.store.evaluation_count(self.run_id),
             store=self.store, run_id=self.run_id, tracer=self.tracer, inputs=self.inputs,
             examples=self.examples, guide=self.guide, parameters=self._by_name,
             error_score=float(self.config.error_score), max_concurrency=self.config.max_concurrency,
             store_graphs=self.config.store_graphs, progress=self.config.progress,
-            check=self._check_time, probe=self._probe,
+            check=self._check_time, probe=self._probe, retries=self.config.infra_retries,
         )
         self._probe = None
         return self._evaluator
@@ -349,6 +376,26 @@ class Trainer:
     ) -> list[Result]:
         assert self._evaluator is not None
         return self._evaluator.evaluate(version, split, indices, phase, step=step, graphs=graphs)
+
+    def _search(self) -> None:
+        """Run the configured search: today's greedy loop, or the Pareto search."""
+        cfg = self.config
+        if cfg.search == "pareto":
+            from .search import ParetoSearch
+
+            if type(self)._step is not Trainer._step:  # e.g. TraceTrainer: steps from imported runs
+                raise TypeError(
+                    f"search='pareto' runs the app on training minibatches; {type(self).__name__} "
+                    "takes its steps another way: use search='greedy' with it"
+                )
+
+            if cfg.n_candidates != 1:
+                logger.warning("n_candidates=%d is for search='greedy'; the Pareto search uses proposals_per_step", cfg.n_candidates)
+            ParetoSearch(self).run()
+            return
+        if cfg.proposals_per_step != 1 or cfg.merge:
+            logger.warning("proposals_per_step and merge are for search='pareto'; search='greedy' ignores them")
+        self._loop()
 
     def _loop(self) -> None:
         run_id = self.run_id
@@ -380,6 +427,11 @@ class Trainer:
 
     def _baseline_phase(self) -> None:
         results = self._evaluate(self._current, "train", range(len(self.train)), "baseline", graphs=True)
+        self._check_app_runs(results, "train")
+        self._consider_best(self._current, self._selection_score(self._current, "baseline"))
+
+    def _check_app_runs(self, results: list[Result], split: str) -> None:
+        """Refuse to train an app that raised on every example of the baseline."""
         failed = [r for r in results if r.error is not None]
         if len(failed) == len(results) and not self.config.tolerate_app_errors:
             if all(_unreachable(r.error) for r in failed):
@@ -393,10 +445,9 @@ class Trainer:
                     "repair a failing app (e.g. trainable code), pass tolerate_app_errors=True"
                 )
             raise AppError(
-                f"the app raised on all {len(results)} train examples (train example "
+                f"the app raised on all {len(results)} {split} examples ({split} example "
                 f"{failed[0].index}: {failed[0].error}); there is nothing to learn from. {advice}"
             )
-        self._consider_best(self._current, self._selection_score(self._current, "baseline"))
 
     def _batches(self, epoch: int) -> list[list[int]]:
         order = list(range(len(self.train)))
@@ -503,7 +554,9 @@ class Trainer:
         """(candidate id, suggested values): the stored ones of a resumed step, then new ones."""
         run_id = self.run_id
         assert run_id is not None
-        stored = self.store.candidates(run_id, step)
+        everything = self.store.candidates(run_id, step)
+        stored = [c for c in everything if c.status != "failed"]  # unanswered calls are asked again
+        next_k = max((c.k for c in everything), default=-1) + 1
         out = [(c.id, c.values) for c in stored]
         if len(stored) >= self.config.n_candidates:
             return out
@@ -517,7 +570,7 @@ class Trainer:
                 f"{sorted(self._by_name)}: the app's output must be computed from them (through "
                 "@bundle operations, or the framework tracer's graph)"
             )
-        for k in range(len(stored), self.config.n_candidates):
+        for _ in range(len(stored), self.config.n_candidates):
             self._check_time()
             proposal = self.optimizer.propose()
             usage = proposal.usage or {}
@@ -526,18 +579,37 @@ class Trainer:
                 reason = proposal.error or "the optimizer suggested no change"
                 if proposal.rejected:
                     reason += "; refused: " + "; ".join(f"{n}: {r}" for n, r in proposal.rejected.items())
+            status = "pending" if proposal.values else "failed" if proposal.unanswered else "no_change"
             cid = self.store.add_candidate(
-                run_id, step, k,
+                run_id, step, next_k,
                 values=proposal.values, invalid=proposal.rejected, reasoning=proposal.reasoning,
                 prompt=proposal.prompt, reply=proposal.raw, error=proposal.error,
                 prompt_tokens=usage.get("prompt_tokens", 0),
                 completion_tokens=usage.get("completion_tokens", 0),
-                status="pending" if proposal.values else "no_change", reason=reason,
-                memory=self._memory_state(),
+                status=status, reason=reason, memory=self._memory_state(),
             )
+            next_k += 1
+            if proposal.unanswered and isinstance(proposal.cause, DeadlineExceeded):
+                raise Stop("time_limit", f"time limit of {self.config.time_limit:g} s reached during an optimizer request")
+            if proposal.unanswered:
+                self._optimizer_failed(step, proposal.error or "the optimizer request failed")
             if proposal.values:
                 out.append((cid, proposal.values))
         return out
+
+    def _optimizer_failed(self, step: int, error: str) -> None:
+        """An optimizer call got no answer: the step is not done (a resume asks again)."""
+        assert self.run_id is not None
+        llm = getattr(self.optimizer, "llm_if_created", None)
+        url = getattr(llm, "base_url", None)
+        message = (
+            f"step {step}: the optimizer's endpoint{f' at {url}' if url else ''} gave no answer "
+            f"after its retries ({error}). Nothing of the step was kept; check the endpoint "
+            "(OPENAI_BASE_URL, OPTO_MODEL, OPENAI_API_KEY, its context size), then continue with "
+            "resume=True (CLI: --resume)"
+        )
+        self.store.update_step(self.run_id, step, status="failed", reason=message)
+        raise InfrastructureError(message, kind="optimizer", url=str(url) if url else None)
 
     def _try_candidate(
         self, step: int, cid: int, values: dict[str, Any], split: str, indices: list[int]
@@ -598,7 +670,12 @@ class Trainer:
     def _evaluate_all(self, version: int) -> None:
         for split in ("train", "val"):
             if self.examples[split]:
-                self._evaluate(version, split, range(len(self.examples[split])), "final")
+                try:
+                    self._evaluate(version, split, range(len(self.examples[split])), "final")
+                except Stop as stop:
+                    if stop.status != MAX_METRIC_CALLS:
+                        raise
+                    logger.warning("version %d is not scored on all of %s: %s", version, split, stop.message)
 
     def _restore_best(self) -> None:
         """Write the best values seen back into the app."""
@@ -655,13 +732,15 @@ def _attach_budget(optimizer: Any, budget: Budget | None) -> Budget | None:
 
 def optimize(
     app: Any,
-    train: Iterable[Any],
+    train: Iterable[Any] | None = None,
     val: Iterable[Any] | None = None,
     *,
     guide: Guide,
     optimizer: Any = None,
     store: str | Store | None = None,
     budget: Budget | None = None,
+    traces: Any = None,
+    feedback: Any = None,
     **options: Any,
 ) -> TrainResult:
     """Optimize ``app``'s trainable parameters on ``train``, keeping only what does not score
@@ -673,8 +752,28 @@ def optimize(
     ``objective=``). ``store`` is an SQLite file path (default: in memory). Further options
     are ``Trainer``'s: ``input_key``, ``parameters``, ``resume``, ``config=TrainConfig(...)``,
     or any ``TrainConfig`` field as a keyword (``epochs``, ``batch_size``,
-    ``max_concurrency``, ``n_candidates``, ``time_limit``, ``max_steps``, ``progress``...).
+    ``max_concurrency``, ``n_candidates``, ``time_limit``, ``max_steps``, ``progress``,
+    ``search="pareto"``, ``proposals_per_step``, ``merge``, ``max_metric_calls``...).
+
+    ``traces`` (with ``feedback``) instead of ``train``: propose from runs recorded elsewhere
+    (LangSmith runs, OpenInference spans; see ``opto_adapters.from_traces``) and validate
+    every candidate live on ``val`` (required), see ``TraceTrainer``.
     """
+    if traces is not None:
+        if train is not None:
+            raise TypeError("pass train= (examples to run) or traces= (runs that already happened), not both")
+        from .from_traces import TraceTrainer
+
+        trainer: Trainer = TraceTrainer(
+            app, traces, val, guide=guide, feedback=feedback, optimizer=optimizer, store=store,
+            budget=budget, **options,
+        )
+        with trainer:
+            return trainer.fit()
+    if feedback is not None:
+        raise TypeError("feedback= goes with traces= (feedback on imported runs); a train run's feedback comes from guide")
+    if train is None:
+        raise TypeError("optimize() needs train= (examples to run the app on) or traces= (runs to learn from)")
     trainer = Trainer(app, train, val, guide=guide, optimizer=optimizer, store=store, budget=budget, **options)
     with trainer:
         return trainer.fit()
