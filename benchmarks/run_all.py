@@ -326,7 +326,7 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
         ),
     ]
     gepa = cell(se, ("gepa (round-robin component)",), 3)
-    for engine in ("greedy (today's search)", "pareto", "pareto + merge + repeats"):
+    for engine in ("greedy (today's search)", "pareto", "pareto + merge", "pareto + merge + repeats"):
         score = cell(se, (engine,), 3)
         rows.append(
             (
