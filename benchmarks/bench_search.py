@@ -141,7 +141,7 @@ def counted_guide(world: World, budget: int) -> tuple[Callable[[Any, Any], Any],
     return guide, state
 
 
-def ours(search: str | None, *, merge: bool = False, repeats: int = 1, opro: bool = False):
+def ours(search: str | None, *, merge: bool = False, repeats: int = 1, opro: bool = False, **extra: Any):
     supports = trainer_supports()
 
     def run(world: World, seed: int, budget: int) -> Outcome:
@@ -158,6 +158,7 @@ def ours(search: str | None, *, merge: bool = False, repeats: int = 1, opro: boo
             options["repeats"] = repeats
         if supports["max_metric_calls"]:
             options["max_metric_calls"] = budget
+        options.update(extra)
         result = optimize(
             app, world.dataset("train"), world.dataset("val"), guide=guide, optimizer=optimizer,
             parameters=params, seed=seed, batch_size=BATCH, epochs=10_000, max_steps=budget, progress=False,
@@ -267,6 +268,9 @@ def engines() -> list[Engine]:
         Engine("pareto + repeats", ours("pareto", repeats=REPEATS), needs("pareto", "repeats")),
         Engine("pareto + merge + repeats", ours("pareto", merge=True, repeats=REPEATS),
                needs("pareto", "merge", "repeats")),
+        Engine("greedy + repeats + bootstrap", ours("greedy", repeats=REPEATS, acceptance="bootstrap"), needs("repeats")),
+        Engine("pareto + repeats + bootstrap", ours("pareto", repeats=REPEATS, acceptance="bootstrap"),
+               needs("pareto", "repeats")),
         Engine("OPRO-style, graph-free (greedy)", ours("greedy", opro=True)),
         Engine("gepa (round-robin component)", gepa_engine(merge=False), "" if have_gepa else no_gepa),
         Engine("gepa + merge", gepa_engine(merge=True), "" if have_gepa else no_gepa),

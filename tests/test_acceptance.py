@@ -126,7 +126,7 @@ def test_settings_are_validated(settings, message):
 
 def test_the_rule_in_force():
     assert TrainConfig().acceptance_rule == "mean"
-    assert TrainConfig(repeats=3).acceptance_rule == "bootstrap"
+    assert TrainConfig(repeats=3).acceptance_rule == "mean"  # repeats alone average; the interval is asked for
     assert TrainConfig(acceptance="bootstrap").acceptance_rule == "bootstrap"
     assert TrainConfig(repeats=3, acceptance="mean").acceptance_rule == "mean"
 
@@ -160,7 +160,7 @@ def test_a_lucky_candidate_is_rejected_with_repeats_and_accepted_without(scripte
     """"Reply {q}." is no better than "Reply {q}": only the noise can make it look better."""
     seeds = range(12)
     without = [one_step(scripted_llm, "Reply {q}.", s)[1].history[0].status for s in seeds]
-    with_repeats = [one_step(scripted_llm, "Reply {q}.", s, repeats=5)[1].history[0].status for s in seeds]
+    with_repeats = [one_step(scripted_llm, "Reply {q}.", s, repeats=5, acceptance="bootstrap")[1].history[0].status for s in seeds]
     assert without.count("accepted") >= 4  # about half of them look better by luck
     assert with_repeats.count("accepted") <= 1  # about 1 in 40 at 95% (one-sided)
     assert with_repeats.count("accepted") < without.count("accepted")
@@ -168,14 +168,14 @@ def test_a_lucky_candidate_is_rejected_with_repeats_and_accepted_without(scripte
 
 def test_a_really_better_candidate_is_still_accepted_with_repeats(scripted_llm):
     for seed in range(6):
-        app, result = one_step(scripted_llm, "ANSWER {q}", seed, repeats=5)
+        app, result = one_step(scripted_llm, "ANSWER {q}", seed, repeats=5, acceptance="bootstrap")
         assert result.history[0].status == "accepted", result.history[0].reason
         assert app.prompt.value == "ANSWER {q}"
 
 
 def test_the_interval_is_stored_and_in_the_reason(scripted_llm):
     store = Store()
-    _, result = one_step(scripted_llm, "ANSWER {q}", 0, store=store, repeats=4)
+    _, result = one_step(scripted_llm, "ANSWER {q}", 0, store=store, repeats=4, acceptance="bootstrap")
     (cand,) = store.candidates(result.run_id)
     assert cand.ci_low is not None and cand.ci_high is not None and 0 < cand.ci_low <= cand.ci_high
     assert "95% CI" in cand.reason and f"{cand.ci_low:+.4g}" in cand.reason
@@ -210,7 +210,7 @@ def test_without_val_the_minibatch_gate_is_repeated(scripted_llm):
     store = Store()
     result = optimize(
         app, data(4), guide=noisy_guide(1), optimizer=OptoPrime([app.prompt], llm_for(scripted_llm)),
-        epochs=1, batch_size=4, max_concurrency=1, store=store, progress=False, repeats=3, max_steps=1,
+        epochs=1, batch_size=4, max_concurrency=1, store=store, progress=False, repeats=3, acceptance="bootstrap", max_steps=1,
     )
     step = result.history[0]
     assert "CI" in step.reason
@@ -289,7 +289,7 @@ def test_the_report_and_show_give_the_interval(scripted_llm, tmp_path, capsys):
     from opto_adapters.train.report import render_report
 
     path = str(tmp_path / "runs.sqlite")
-    _, result = one_step(scripted_llm, "Reply {q}.", 0, store=path, repeats=5)
+    _, result = one_step(scripted_llm, "Reply {q}.", 0, store=path, repeats=5, acceptance="bootstrap")
     with Store(path, readonly=True) as store:
         (cand,) = store.candidates(result.run_id)
         html = render_report(store, result.run_id)
@@ -315,7 +315,7 @@ def test_the_command_line_sets_repeats_and_the_rule(scripted_llm, tmp_path, monk
     scripted_llm.set_default(improve_then_worsen)
     path = tmp_path / "runs.sqlite"
     argv = ["optimize", str(recipe), "--store", str(path), "--model", "m", "--no-progress",
-            "--repeats", "2", "--tolerance", "0.05", "--no-copy-guard", "--max-steps", "1"]
+            "--repeats", "2", "--acceptance", "bootstrap", "--tolerance", "0.05", "--no-copy-guard", "--max-steps", "1"]
     assert cli.main(argv) == 0, capsys.readouterr()
     with Store(str(path), readonly=True) as store:
         run = store.run()
@@ -368,9 +368,9 @@ def test_the_pareto_search_rejects_a_lucky_child_with_repeats(scripted_llm):
 
     seeds = range(12)
     without = [joined(s) for s in seeds]
-    with_repeats = [joined(s, repeats=5) for s in seeds]
+    with_repeats = [joined(s, repeats=5, acceptance="bootstrap") for s in seeds]
     assert sum(without) >= 3
     assert sum(with_repeats) <= 1 and sum(with_repeats) < sum(without)
-    _, better = one_step(scripted_llm, "ANSWER {q}", 0, store=Store(), search="pareto", repeats=5)
+    _, better = one_step(scripted_llm, "ANSWER {q}", 0, store=Store(), search="pareto", repeats=5, acceptance="bootstrap")
     assert any(h.status == "accepted" for h in better.history), [h.reason for h in better.history]
     assert "vs parent" in next(h.reason for h in better.history if h.status == "accepted")
