@@ -19,6 +19,7 @@ from . import runs
 from .runs.attach import Attacher, Evidence, ImportReport
 from .runs.feedback import FeedbackRecord, combine, normal_id, read_feedback
 from .runs.records import TraceFormatError, read_records
+from .runs.stored import StoredMatcher
 from .trace import Feedback, Parameter
 from .trace.tracer import TracedRun
 
@@ -26,7 +27,7 @@ __all__ = ["ImportMismatchError", "ImportedRun", "ImportedRuns", "from_traces"]
 
 logger = logging.getLogger("opto_adapters.traces")
 
-FORMATS = ("langsmith", "otlp", "phoenix")
+FORMATS = ("langsmith", "otlp", "phoenix", "store")
 
 
 class ImportMismatchError(ValueError):
@@ -67,7 +68,9 @@ def from_traces(
     """Import recorded runs of ``app`` (an app or its tracer) from ``traces``.
 
     ``traces``: a path, an open file, or an iterable of records (or a list of paths): LangSmith
-    runs, OTLP JSON lines or Phoenix spans (``format`` to skip detection). ``feedback``: the
+    runs, OTLP JSON lines or Phoenix spans (``format`` to skip detection), or an opto_adapters
+    store (``runs.sqlite``, ``store:runs.sqlite``, ``store:runs.sqlite#RUN`` for one run): its
+    stored graphs, with the feedback of their evaluations. ``feedback``: the
     same kinds of source holding LangSmith feedback, span annotations or a
     ``trace_id|span_id|run_id, score, comment`` table. Returns the runs with ``.graph`` and
     ``.feedback``, ready for ``optimizer.backward(run.graph, run.feedback)``. Raises
@@ -82,8 +85,24 @@ def from_traces(
     attacher = Attacher(parameters, report, syntax=syntax)
     wanted = _feedback_index(feedback)
     out: list[ImportedRun] = []
+    stored: StoredMatcher | None = None
     for source in _sources(traces):
         name = source if isinstance(source, (str, os.PathLike)) else type(source).__name__
+        store = _store_path(source, format)
+        if store is not None:
+            stored = stored or StoredMatcher(parameters, report)
+            for run in _stored_runs(store, stored):
+                report.traces += 1
+                records = wanted.pop(normal_id(run.trace_id), [])
+                if records:  # feedback given since, beside what the evaluation recorded
+                    extra = combine(records)
+                    if run.feedback is not None:
+                        text = "\n".join(t for t in (run.feedback.text, extra.text) if t)
+                        extra = Feedback(score=extra.score if extra.score is not None else run.feedback.score, text=text)
+                    run.feedback = extra
+                    report.feedback += len(records)
+                out.append(run)
+            continue
         for trace_id, root, evidence in _traces(source, format, window):
             report.traces += 1
             uses = attacher.attach(root, evidence)
@@ -100,6 +119,9 @@ def from_traces(
             report.feedback += len(records)
             out.append(ImportedRun(root.output, graph, _error(root), fb, trace_id, str(name)))
     attacher.finish()
+    if stored is not None:
+        stored.finish()
+        report.unused = [n for n in report.unused if n not in report.parameters]
     report.unknown_feedback = [r for records in wanted.values() for r in records]
     if report.unknown_feedback:
         logger.warning(
@@ -115,6 +137,66 @@ def from_traces(
         )
     logger.info("opto_adapters: %s", report.summary().replace("\n", "; "))
     return ImportedRuns(out, report, parameters)
+
+
+_SQLITE = b"SQLite format 3\x00"
+
+
+def _store_path(source: Any, format: str | None) -> tuple[str, int | None] | None:
+    """``(path, run id or None)`` when ``source`` names an opto_adapters store."""
+    if format not in (None, "store") or not isinstance(source, (str, os.PathLike)):
+        return None
+    text = os.fspath(source)
+    named = text.startswith("store:") or format == "store"
+    if text.startswith("store:"):
+        text = text[len("store:"):]
+    run: int | None = None
+    if named and "#" in text:
+        text, _, tail = text.rpartition("#")
+        try:
+            run = int(tail)
+        except ValueError:
+            raise ValueError(f"store:{text}#{tail}: the run after '#' must be a number (see `opto-adapters runs {text}`)") from None
+    if not named:
+        try:
+            with open(text, "rb") as f:
+                named = f.read(len(_SQLITE)) == _SQLITE
+        except OSError:
+            return None
+    return (text, run) if named else None
+
+
+def _stored_runs(store: tuple[str, int | None], matcher: StoredMatcher) -> Iterator[ImportedRun]:
+    """The stored graphs of the store's runs (or of one), over the live parameters, each with
+    the feedback its evaluation recorded."""
+    from .train.graphs import graph_from_json
+    from .train.store import Store
+
+    path, only = store
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no store at {path!r}")
+    with Store(path, readonly=True) as db:
+        runs_ = [db.run(only)] if only is not None else db.runs()
+        for run in runs_:
+            skipped = 0
+            for e in db.evaluations(run.id):
+                data = db.graph(e.id)
+                if data is None:
+                    skipped += 1
+                    continue
+                live = matcher.match(data)
+                try:
+                    graph = graph_from_json(data, live)
+                except (ValueError, KeyError, IndexError, TypeError) as exc:
+                    matcher.report.unmatched[f"a stored graph of run {run.id} cannot be read ({exc})"] += 1
+                    continue
+                trace_id = f"store:{run.id}:{e.split}:{e.index}:v{e.version_id}"
+                graph.metadata.update(trace_id=trace_id, source=path, imported=True)
+                feedback = Feedback(score=e.score, text=e.feedback) if e.score is not None or e.feedback.strip() else None
+                error = RuntimeError(e.error) if e.error else None
+                yield ImportedRun(None if error else graph.value_of(graph.output), graph, error, feedback, trace_id, path)
+            if skipped:
+                logger.warning("run %d of %s: %d evaluation(s) without a stored graph left out", run.id, path, skipped)
 
 
 def _sources(traces: Any) -> list[Any]:
@@ -139,6 +221,8 @@ def _traces(source: Any, format: str | None, window: int) -> Iterator[tuple[str,
     if first is None:
         return
     kind = format or _detect(first[1], first[0])
+    if kind == "store":
+        raise ValueError("format='store' reads a store file: give its path (runs.sqlite), not records")
     if kind not in FORMATS:
         raise ValueError(f"unknown trace format {format!r}; expected one of {FORMATS}")
     stream = (record for _, record in chain([first], records))

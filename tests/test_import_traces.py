@@ -8,6 +8,7 @@ import json
 import pytest
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableLambda
 
 from opto_adapters import from_traces
 from opto_adapters.langchain import OptoTracer
@@ -229,3 +230,102 @@ def test_interleaved_traces_within_the_window_stay_whole():
     got = list(group_traces([{"t": t, "r": r} for t, r in order], trace_of=lambda x: x["t"],
                             is_root=lambda x: x["r"], window=2))
     assert sorted((t, len(g)) for t, g, _ in got) == [(0, 3), (1, 2)]
+
+
+# -- our own store ------------------------------------------------------------------------------
+
+
+def stored_qa_run(tmp_path, scripted_llm):
+    """A store holding one optimize run of the QA chain (the optimizer on the scripted server)."""
+    from opto_adapters import Feedback, optimize
+    from opto_adapters.llm import LLM
+
+    chain = qa_chain(["Paris, I think.", "Paris."] * 20)
+    scripted_llm.set_default(json.dumps({"reasoning": "shorter", "suggestion": {
+        "prompt.system": "You answer questions about {topic} with the bare answer."}}))
+    llm = LLM(base_url=scripted_llm.base_url, api_key="k", model="opt", backoff_base=0.01)
+
+    def guide(example, output):
+        ok = output.strip() == "Paris."
+        return Feedback(score=float(ok), text="correct" if ok else "answer with the city alone")
+
+    store = tmp_path / "runs.sqlite"
+    train = [X1, {**X1, "question": "Capital of France, again?"}]
+    optimize(chain, train, [X2], guide=guide, llm=llm, epochs=1, batch_size=2, store=str(store), progress=False)
+    return store
+
+
+def test_stored_runs_become_graphs_over_the_live_parameters(tmp_path, scripted_llm):
+    from opto_adapters.train.store import Store
+
+    store = stored_qa_run(tmp_path, scripted_llm)
+    with Store(store, readonly=True) as db:
+        evaluations = [e for e in db.evaluations(db.latest_run().id) if db.graph(e.id) is not None]
+    assert len(evaluations) >= 3
+    chain = qa_chain()  # a fresh app: the same program, run again
+    tracer = OptoTracer(chain)
+    imported = from_traces(tracer, store)
+    live = tracer.run(X1).graph
+    assert len(imported) == len(evaluations) == imported.report.traces
+    for run, e in zip(imported, evaluations, strict=True):
+        assert same_parameters(live, run.graph)
+        assert model_calls(run.graph) == model_calls(live) == 1
+        assert (run.feedback.score, run.feedback.text) == (e.score, e.feedback)
+        assert run.trace_id == f"store:1:{e.split}:{e.index}:v{e.version_id}"
+    assert ("prompt.system", "name") in imported.report.matched
+    # the graph shows the value each run used, not the live one
+    used = {run.graph.value_of(tracer.parameter("prompt.system")) for run in imported}
+    assert used == {SYSTEM, "You answer questions about {topic} with the bare answer."}
+    assert len(from_traces(tracer, f"store:{store}#1")) == len(evaluations)
+    with pytest.raises(Exception, match="has no run 7; its runs are \\[1\\]"):
+        from_traces(tracer, f"store:{store}#7")
+
+
+def test_stored_runs_match_renamed_parameters_by_value_and_variables(tmp_path, scripted_llm):
+    from langchain_core.prompts import PromptTemplate
+
+    store = stored_qa_run(tmp_path, scripted_llm)
+    # the same prompts, written as two PromptTemplates: other names, one text edited since
+    system = PromptTemplate.from_template(SYSTEM)
+    human = PromptTemplate.from_template("Question: {question}")
+    other = {"system": system, "human": human} | RunnableLambda(lambda d: d["system"].text + d["human"].text)
+    tracer = OptoTracer(other)
+    names = sorted(p.name for p in tracer.parameters)
+    imported = from_traces(tracer, store)
+    how = {(name, way) for (name, way) in imported.report.matched}
+    assert any(way == "value" for _, way in how) and any(way == "template variables" for _, way in how)
+    assert sorted({p.name for run in imported for p in run.graph.parameters if p.trainable}) == names
+
+
+def test_stored_runs_of_another_app_match_nothing(tmp_path, scripted_llm):
+    store = stored_qa_run(tmp_path, scripted_llm)
+    other = ChatPromptTemplate.from_messages([("system", "You translate English to {language}, word for word."),
+                                               ("human", "Translate: {text}")])
+    tracer = OptoTracer(other | RecordingChatModel(responses=["x"]) | StrOutputParser())
+    before = {p.name: p.value for p in tracer.parameters}
+    with pytest.raises(ImportMismatchError, match=r"stored parameter 'prompt.system' \('You answer questions"):
+        from_traces(tracer, store)
+    assert {p.name: p.value for p in tracer.parameters} == before
+
+
+def test_optoprime_step_from_stored_runs_changes_the_live_prompt(tmp_path, scripted_llm):
+    from opto_adapters.llm import LLM
+    from opto_adapters.optimizers import OptoPrime
+
+    store = stored_qa_run(tmp_path, scripted_llm)
+    chain = qa_chain(["Paris."])
+    tracer = OptoTracer(chain)
+    imported = from_traces(tracer, store)
+    failed = [r for r in imported if r.feedback.score == 0]
+    assert failed
+    new = "You answer questions about {topic}: the city, nothing else."
+    server = scripted_llm.script({"reasoning": "bare answers", "suggestion": {"prompt.system": new}})
+    opt = OptoPrime(imported.parameters, LLM(base_url=server.base_url, api_key="t", model="m"))
+    opt.zero_feedback()
+    for run in failed:
+        opt.backward(run, run.feedback)
+    record = opt.step()
+    assert "answer with the city alone" in server.prompts()[-1]
+    assert list(record.applied) == ["prompt.system"]
+    chain.invoke(X2)
+    assert chain.steps[1].calls[-1].system == "You answer questions about history: the city, nothing else."
