@@ -329,3 +329,98 @@ def test_optoprime_step_from_stored_runs_changes_the_live_prompt(tmp_path, scrip
     assert list(record.applied) == ["prompt.system"]
     chain.invoke(X2)
     assert chain.steps[1].calls[-1].system == "You answer questions about history: the city, nothing else."
+
+
+# -- agents ---------------------------------------------------------------------------------------
+
+AGENT_SYSTEM = "You answer shipping questions with the tools; costs are in US dollars."
+
+
+def shipping_agent():
+    """``create_agent`` with two tools; the model calls ``shipping_cost`` once, then answers."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import SystemMessage
+    from langchain_core.tools import tool
+
+    from tests.langchain_fakes import tool_call
+
+    @tool
+    def shipping_cost(weight_kg: float, zone: str) -> float:
+        """Shipping cost in USD of a parcel of weight_kg to zone A, B or C."""
+        return {"A": 5.0, "B": 8.0, "C": 10.0}[zone] + 2.5 * weight_kg
+
+    @tool
+    def order_status(order_id: str) -> str:
+        """The delivery status of an order."""
+        return "shipped"
+
+    model = RecordingChatModel(responses=[tool_call("shipping_cost", weight_kg=3, zone="B"), "It costs 15.5 USD."])
+    return create_agent(model, tools=[shipping_cost, order_status], system_prompt=SystemMessage(AGENT_SYSTEM))
+
+
+AGENT_INPUT = {"messages": [{"role": "user", "content": "What does 3 kg to zone B cost?"}]}
+
+
+def test_langsmith_export_of_a_create_agent_run(tmp_path):
+    from tests.import_fixtures import langsmith_export
+
+    agent = shipping_agent()
+    records = langsmith_export(lambda callbacks: agent.invoke(AGENT_INPUT, config={"callbacks": callbacks}))
+    assert {r["run_type"] for r in records} == {"chain", "llm", "tool"}
+    assert sum(r["parent_run_id"] is None for r in records) == 1  # one tree: no parent lost
+    llm_runs = [r for r in records if r["run_type"] == "llm"]
+    path = tmp_path / "agent.jsonl"
+    write_jsonl(path, records)
+    feedback = [{"run_id": llm_runs[-1]["id"], "key": "correct", "score": 0, "comment": "The cost is 15.5 USD; say so."}]
+
+    live_agent = shipping_agent()
+    tracer = OptoTracer(live_agent)
+    imported = from_traces(tracer, path, feedback=feedback)
+    live = tracer.run(AGENT_INPUT)
+    assert live.error is None
+    [run] = imported
+    assert same_parameters(live.graph, run.graph)
+    assert sorted(p.name for p in run.graph.parameters) == ["agent.system_prompt", "tool.order_status", "tool.shipping_cost"]
+    assert model_calls(run.graph) == model_calls(live.graph) == len(llm_runs) == 2
+    tools = [n for n in run.graph.nodes if n.op is not None and n.op.kind == "tool"]
+    assert [n.op.name for n in tools] == [n.op.name for n in live.graph.nodes if n.op is not None and n.op.kind == "tool"]
+    assert "The cost is 15.5 USD" in run.feedback.text and run.feedback.score == 0
+    assert ("tool.shipping_cost", "tool name") in imported.report.matched
+
+
+def test_openinference_spans_of_a_llama_index_function_agent():
+    import asyncio
+
+    from llama_index.core.agent.workflow import FunctionAgent
+
+    from opto_adapters.llama_index import OptoTracer as LlamaTracer
+    from tests.llama_index_fakes import ScriptedToolLLM
+
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    def mul(a: int, b: int) -> int:
+        """Multiply two numbers."""
+        return a * b
+
+    script = [[("add", {"a": 1, "b": 2})], [("mul", {"a": 3, "b": 4})], "The answer is 12."]
+
+    def agent():
+        return FunctionAgent(tools=[add, mul], llm=ScriptedToolLLM(script), system_prompt="You are a calculator.")
+
+    async def ask(a):
+        return await a.run(user_msg="what is (1+2)*4?")
+
+    with OpenInference("llama_index") as oi:
+        assert str(asyncio.run(ask(agent()))) == "The answer is 12."
+    llm_spans = [s for s in oi.spans if s.attributes.get("openinference.span.kind") == "LLM"]
+    assert llm_spans
+    with LlamaTracer(agent()) as tracer:
+        imported = from_traces(tracer, list(oi.otlp_lines()))
+        live = asyncio.run(tracer.arun("what is (1+2)*4?"))
+    assert live.error is None
+    [run] = imported
+    assert same_parameters(live.graph, run.graph)
+    assert sorted(p.name for p in run.graph.parameters) == ["agent.system_prompt", "tool.add", "tool.mul"]
+    assert model_calls(run.graph) == model_calls(live.graph) == 3
