@@ -23,7 +23,7 @@ from .runs.stored import StoredMatcher
 from .trace import Feedback, Parameter
 from .trace.tracer import TracedRun
 
-__all__ = ["ImportMismatchError", "ImportedRun", "ImportedRuns", "from_traces"]
+__all__ = ["ImportMismatchError", "ImportedRun", "ImportedRuns", "TraceStream", "from_traces", "iter_traces"]
 
 logger = logging.getLogger("opto_adapters.traces")
 
@@ -74,69 +74,105 @@ def from_traces(
     same kinds of source holding LangSmith feedback, span annotations or a
     ``trace_id|span_id|run_id, score, comment`` table. Returns the runs with ``.graph`` and
     ``.feedback``, ready for ``optimizer.backward(run.graph, run.feedback)``. Raises
-    ``ImportMismatchError`` when no run used any of the app's parameters.
+    ``ImportMismatchError`` when no run used any of the app's parameters. For files too large
+    to hold every graph at once, ``iter_traces`` gives the runs one at a time.
     """
-    from .train.apps import as_tracer
+    stream = iter_traces(app, traces, feedback, format=format, window=window)
+    return ImportedRuns(list(stream), stream.report, stream.parameters)
 
-    tracer = as_tracer(app)
-    parameters = list(tracer.parameters)
-    syntax = "llama" if type(tracer).__module__.startswith("opto_adapters.llama_index") else "fstring"
-    report = ImportReport()
-    attacher = Attacher(parameters, report, syntax=syntax)
-    wanted = _feedback_index(feedback)
-    out: list[ImportedRun] = []
-    stored: StoredMatcher | None = None
-    for source in _sources(traces):
-        name = source if isinstance(source, (str, os.PathLike)) else type(source).__name__
-        store = _store_path(source, format)
-        if store is not None:
-            stored = stored or StoredMatcher(parameters, report)
-            for run in _stored_runs(store, stored):
+
+def iter_traces(
+    app: Any,
+    traces: Any,
+    feedback: Any = None,
+    *,
+    format: str | None = None,
+    window: int = 1000,
+) -> TraceStream:
+    """``from_traces`` one run at a time: the file is read as the runs are taken, and a run
+    is not kept once given (memory holds the traces within ``window`` records, and the
+    feedback). ``.report`` is complete, and ``ImportMismatchError`` raised, when the
+    iteration ends."""
+    return TraceStream(app, traces, feedback, format=format, window=window)
+
+
+class TraceStream:
+    """The runs of an import, as they are read; see ``iter_traces``."""
+
+    def __init__(self, app: Any, traces: Any, feedback: Any, *, format: str | None, window: int) -> None:
+        from .train.apps import as_tracer
+
+        tracer = as_tracer(app)
+        self.parameters: list[Parameter] = list(tracer.parameters)
+        self.report = ImportReport()
+        self._syntax = "llama" if type(tracer).__module__.startswith("opto_adapters.llama_index") else "fstring"
+        self._traces, self._format, self._window = traces, format, window
+        self._wanted = _feedback_index(feedback)
+        self._started = False
+
+    def __iter__(self) -> Iterator[ImportedRun]:
+        if self._started:
+            raise RuntimeError("an import is read once: call iter_traces again to read the traces again")
+        self._started = True
+        report, wanted, parameters = self.report, self._wanted, self.parameters
+        attacher = Attacher(parameters, report, syntax=self._syntax)
+        stored: StoredMatcher | None = None
+        given = 0
+        for source in _sources(self._traces):
+            name = source if isinstance(source, (str, os.PathLike)) else type(source).__name__
+            store = _store_path(source, self._format)
+            if store is not None:
+                stored = stored or StoredMatcher(parameters, report)
+                for run in _stored_runs(store, stored):
+                    report.traces += 1
+                    records = wanted.pop(normal_id(run.trace_id), [])
+                    if records:  # feedback given since, beside what the evaluation recorded
+                        extra = combine(records)
+                        if run.feedback is not None:
+                            text = "\n".join(t for t in (run.feedback.text, extra.text) if t)
+                            extra = Feedback(score=extra.score if extra.score is not None else run.feedback.score, text=text)
+                        run.feedback = extra
+                        report.feedback += len(records)
+                    given += 1
+                    yield run
+                continue
+            for trace_id, root, evidence in _traces(source, self._format, self._window):
                 report.traces += 1
-                records = wanted.pop(normal_id(run.trace_id), [])
-                if records:  # feedback given since, beside what the evaluation recorded
-                    extra = combine(records)
-                    if run.feedback is not None:
-                        text = "\n".join(t for t in (run.feedback.text, extra.text) if t)
-                        extra = Feedback(score=extra.score if extra.score is not None else run.feedback.score, text=text)
-                    run.feedback = extra
-                    report.feedback += len(records)
-                out.append(run)
-            continue
-        for trace_id, root, evidence in _traces(source, format, window):
-            report.traces += 1
-            uses = attacher.attach(root, evidence)
-            graph = runs.build_graph(
-                root,
-                uses=uses,
-                input_name=_input_name,
-                metadata={"trace_id": trace_id, "source": str(name), "imported": True},
+                uses = attacher.attach(root, evidence)
+                graph = runs.build_graph(
+                    root,
+                    uses=uses,
+                    input_name=_input_name,
+                    metadata={"trace_id": trace_id, "source": str(name), "imported": True},
+                )
+                fb = None
+                if wanted:
+                    ids = {normal_id(s.id) for s in root.walk()} | {normal_id(trace_id)}
+                    records = [r for i in ids for r in wanted.pop(i, ())]
+                    if records:
+                        steps = {normal_id(s.id): s.name for s in root.walk() if s is not root}
+                        fb = combine(records, steps)
+                        report.feedback += len(records)
+                given += 1
+                yield ImportedRun(root.output, graph, _error(root), fb, trace_id, str(name))
+        attacher.finish()
+        if stored is not None:
+            stored.finish()
+            report.unused = [n for n in report.unused if n not in report.parameters]
+        report.unknown_feedback = [r for records in wanted.values() for r in records]
+        if report.unknown_feedback:
+            logger.warning(
+                "%d feedback record(s) name no imported run (first: %s at line %d): were they "
+                "exported with these traces?",
+                len(report.unknown_feedback), report.unknown_feedback[0].target, report.unknown_feedback[0].line,
             )
-            ids = {normal_id(s.id) for s in root.walk()} | {normal_id(trace_id)}
-            records = [r for i in ids for r in wanted.pop(i, ())]
-            steps = {normal_id(s.id): s.name for s in root.walk() if s is not root}
-            fb = combine(records, steps) if records else None
-            report.feedback += len(records)
-            out.append(ImportedRun(root.output, graph, _error(root), fb, trace_id, str(name)))
-    attacher.finish()
-    if stored is not None:
-        stored.finish()
-        report.unused = [n for n in report.unused if n not in report.parameters]
-    report.unknown_feedback = [r for records in wanted.values() for r in records]
-    if report.unknown_feedback:
-        logger.warning(
-            "%d feedback record(s) name no imported run (first: %s at line %d): were they "
-            "exported with these traces?",
-            len(report.unknown_feedback), report.unknown_feedback[0].target, report.unknown_feedback[0].line,
-        )
-    if out and not report.matched:
-        raise ImportMismatchError(
-            f"none of the app's parameters ({', '.join(p.name for p in parameters) or 'none'}) was "
-            f"used by the {report.traces} imported trace(s): are these runs of this app?\n"
-            + report.summary()
-        )
-    logger.info("opto_adapters: %s", report.summary().replace("\n", "; "))
-    return ImportedRuns(out, report, parameters)
+        if given and not report.matched:
+            raise ImportMismatchError(
+                f"none of the app's parameters ({', '.join(p.name for p in parameters) or 'none'}) was "
+                f"used by the {report.traces} imported trace(s): are these runs of this app?\n"
+                + report.summary()
+            )
+        logger.info("opto_adapters: %s", report.summary().replace("\n", "; "))
 
 
 _SQLITE = b"SQLite format 3\x00"

@@ -424,3 +424,42 @@ def test_openinference_spans_of_a_llama_index_function_agent():
     assert same_parameters(live.graph, run.graph)
     assert sorted(p.name for p in run.graph.parameters) == ["agent.system_prompt", "tool.add", "tool.mul"]
     assert model_calls(run.graph) == model_calls(live.graph) == 3
+
+
+@pytest.mark.parametrize("chunk", [5, 64, 1 << 16])
+@pytest.mark.parametrize("shape", ["lines", "list", "indented list"])
+def test_records_are_read_whole_across_read_boundaries(shape, chunk, monkeypatch):
+    import io
+
+    from opto_adapters.runs import records as records_module
+
+    monkeypatch.setattr(records_module, "_CHUNK", chunk)
+    items = [{"i": i, "text": "é\n" * (i * 7919 % 300), "nested": {"a": [1, {"b": "]"}]}} for i in range(40)]
+    text = {
+        "lines": "\n".join(json.dumps(r, ensure_ascii=False) for r in items) + "\n",
+        "list": json.dumps(items, ensure_ascii=False),
+        "indented list": json.dumps(items, indent=2),
+    }[shape]
+    got = list(read_records(io.StringIO(text)))
+    assert [r for _, r in got] == items
+    if shape == "lines":
+        assert [line for line, _ in got] == list(range(1, 41))
+
+
+def test_the_first_record_is_given_before_the_file_is_read():
+    import io
+
+    class Counting(io.StringIO):
+        read_chars = 0
+
+        def read(self, n=-1):
+            out = super().read(n)
+            Counting.read_chars += len(out)
+            return out
+
+    line = json.dumps({"id": "x", "run_type": "chain", "pad": "p" * 500}) + "\n"
+    for text in (line * 2000, "[" + ",".join([line.strip()] * 2000) + "]"):
+        Counting.read_chars = 0
+        stream = read_records(Counting(text))
+        next(stream)
+        assert Counting.read_chars <= 2 * (1 << 16) < len(text)
