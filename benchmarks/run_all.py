@@ -40,6 +40,7 @@ BENCHMARKS = [
     "bench_llama_index",
     "bench_train",
     "bench_faults",
+    "bench_traces_import",
 ]
 NA = "n/a"
 NONE = "-"  # no trace-opt counterpart
@@ -126,7 +127,7 @@ def fewer(theirs: str) -> str:
 def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
     """(what is compared, opto_adapters, trace-opt in the same run, aim) rows, read from the
     benchmarks' own output."""
-    t, p, st, im, lc, li, tr, fa = (out[n] for n in BENCHMARKS)
+    t, p, st, im, lc, li, tr, fa, ti = (out[n] for n in BENCHMARKS)
     t, prompts = (
         section(t, "| traced call |") + section(t, "| backward |"),
         section(t, "| prompt |"),
@@ -322,6 +323,22 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
             "all (no invalid value, store intact, resume = uninterrupted)",
         ),
     ]
+    for label in ("LangSmith JSON lines", "OTLP JSON lines"):
+        rows += [
+            (
+                f"import of recorded runs, {label}, 100,000 spans: spans/s (best / median)",
+                cell(ti, (label, "100,000"), 3),
+                NONE,
+                "(measured)",
+            ),
+            (
+                f"import of recorded runs, {label}: peak memory, 10,000 -> 100,000 spans",
+                find(rf"^{label}: peak memory ([\d.]+ MiB) at", ti) + " -> "
+                + find(rf"^{label}: peak memory .*-> ([\d.]+ MiB) at", ti),
+                NONE,
+                "flat (streamed, not loaded)",
+            ),
+        ]
     return rows
 
 

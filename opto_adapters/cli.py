@@ -102,7 +102,11 @@ def _parser() -> argparse.ArgumentParser:
         "export",
         help="write a run's best values as JSON, a diff of your source and a patch set",
         description="Write parameter values in the format of opto_adapters.trace.save_parameters "
-        "(load them with tracer.load(path) or module.load(path)).",
+        "(load them with tracer.load(path) or module.load(path)) with -o; with --diff, a unified "
+        "diff of the app's source (--source) writing each changed prompt where its original text "
+        "is a string literal (the ones that are not, such as prompts built at run time, are listed "
+        "with the reason); with --patch-set, every change from the baseline as JSON, for "
+        "opto_adapters.apply_patch(app, path).",
     )
     p.add_argument("store", type=Path, help="the SQLite store")
     p.add_argument("-o", "--output", type=Path, help="the JSON file of values to write")

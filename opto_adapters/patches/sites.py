@@ -303,8 +303,9 @@ class SourceIndex:
         shown = ", ".join(_shown(p, root) for p in self.files[:3]) + (" ..." if len(self.files) > 3 else "")
         return (
             f"no string literal in the {len(self.files)} searched file(s) ({shown or 'none'}) holds its "
-            "original text: it was built at run time or read from elsewhere (a file, a hub, a "
-            "database); give the file that writes it with --source, or apply the patch set"
+            "original text: it was built at run time, read from elsewhere (a file, a hub, a "
+            "database) or is the framework's default prompt (not in your code: pass it explicitly "
+            "to patch it); give the file that writes it with --source, or apply the patch set"
         )
 
 
