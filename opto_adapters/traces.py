@@ -104,6 +104,8 @@ class TraceStream:
 
         tracer = as_tracer(app)
         self.parameters: list[Parameter] = list(tracer.parameters)
+        if tracer is not app and hasattr(tracer, "close"):
+            tracer.close()  # made here only to find the parameters; their bindings stay usable
         self.report = ImportReport()
         self._syntax = "llama" if type(tracer).__module__.startswith("opto_adapters.llama_index") else "fstring"
         self._traces, self._format, self._window = traces, format, window

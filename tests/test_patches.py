@@ -241,6 +241,11 @@ def test_export_needs_a_source_for_the_diff_and_something_to_write(tmp_path, cap
     assert cli.main(["export", str(store)]) == 1
     assert "nothing to write" in capsys.readouterr().err
     assert not (tmp_path / "d.patch").exists()
+    # a patch set alone needs no source: its entries are neither located nor unpatchable
+    assert cli.main(["export", str(store), "--patch-set", str(tmp_path / "p.json")]) == 0
+    assert "not patched" not in capsys.readouterr().out
+    [change] = read_patch_set(tmp_path / "p.json")
+    assert (change.parameter, change.old, change.new, change.site, change.unpatchable) == ("p", "a", "b", None, None)
 
 
 # -- literal styles ---------------------------------------------------------------------------

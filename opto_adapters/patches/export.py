@@ -31,8 +31,10 @@ def export_patches(
     sources = list(sources)
     if diff is not None and not sources:
         raise ValueError("a source diff needs the app's source: give the recipe file or the app's folder (--source)")
-    files = project_files(sources, root=root) if sources else []
-    result = source_diff(changes, SourceIndex(files), root)
+    if sources:
+        result = source_diff(changes, SourceIndex(project_files(sources, root=root)), root)
+    else:  # no source to look in: the changes are neither located nor unpatchable
+        result = SourceDiff("", changes)
     if diff is not None:
         target = Path(diff)
         if not target.parent.is_dir():

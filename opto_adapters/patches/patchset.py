@@ -135,7 +135,10 @@ def apply_patch(app: Any, path: str | os.PathLike[str], *, force: bool = False) 
     from ..train.apps import as_tracer
 
     changes = read_patch_set(path)
-    live = {p.name: p for p in as_tracer(app).parameters}
+    tracer = as_tracer(app)
+    live = {p.name: p for p in tracer.parameters}
+    if tracer is not app and hasattr(tracer, "close"):
+        tracer.close()  # made here only to find the parameters; their bindings stay usable
     problems: dict[str, str] = {}
     updates: dict[Parameter, Any] = {}
     for change in changes:
