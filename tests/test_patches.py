@@ -421,3 +421,48 @@ def test_a_trained_function_is_patched_in_its_own_file(tmp_path, capsys):
     patched = load_recipe(root / "trace_python.py")
     assert patched.build_app()("$1,299.00").value == 1299.0
     assert "@bundle(trainable=True)\ndef parse_price(text):" in (root / "trace_python.py").read_text()
+
+
+LLAMA_AGENT = '''
+from llama_index.core.agent.workflow import FunctionAgent
+
+
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+def build(llm):
+    return FunctionAgent(tools=[add], llm=llm, system_prompt="You are a calculator.")
+'''
+
+
+def test_a_llama_index_function_tool_description_is_patched_in_its_docstring(tmp_path):
+    from llama_index.core.tools import FunctionTool
+
+    from opto_adapters.llama_index import OptoTracer as LlamaTracer
+    from tests.llama_index_fakes import ScriptedToolLLM
+
+    src = tmp_path / "calc.py"
+    src.write_text(LLAMA_AGENT)
+    ns: dict = {}
+    exec(compile(LLAMA_AGENT, str(src), "exec", dont_inherit=True), ns)
+    with LlamaTracer(ns["build"](ScriptedToolLLM(["4"]))) as tracer:
+        old = {p.name: p.value for p in tracer.parameters}
+    header = old["tool.add"].split("\n")[0]
+    assert header == "add(a: int, b: int) -> int"
+    new = {**old, "tool.add": header + "\nAdd two whole numbers; use it for every sum.",
+           "agent.system_prompt": "You are a careful calculator."}
+    changes = changes_between(old, new)
+    result = source_diff(changes, SourceIndex([src]), tmp_path)
+    assert [c.site for c in result.changes] == ["calc.py:11", "calc.py:6"]
+    patch = tmp_path / "d.patch"
+    patch.write_text(result.text)
+    git(tmp_path, "init", "-q")
+    git_apply(tmp_path, patch)
+    ns = {}
+    exec(compile(src.read_text(), str(src), "exec", dont_inherit=True), ns)
+    assert FunctionTool.from_defaults(ns["add"]).metadata.description == new["tool.add"]
+    # a new first line is a new signature: not written into the docstring
+    renamed = source_diff([Change("tool.add", new["tool.add"], "plus(a, b)\nAdd.")], SourceIndex([src]), tmp_path)
+    assert "the function's signature 'add(a: int, b: int) -> int'" in renamed.changes[0].unpatchable

@@ -14,7 +14,7 @@ import io
 import textwrap
 import tokenize
 
-from .sites import TRANSFORMS, Site
+from .sites import Site
 
 __all__ = ["RenderError", "raw_for", "render"]
 
@@ -32,7 +32,14 @@ def raw_for(site: Site, new: str) -> str:
     trail = old[len(old.rstrip()):]
     t = site.transform
     candidates = [new]
-    if t in ("docstring", "strip"):
+    if t == "signature":
+        if not new.startswith(site.prefix):
+            raise RenderError(
+                f"its first line, the function's signature {site.prefix.strip()!r}, is not the new "
+                "text's first line: change the signature in the code by hand"
+            )
+        candidates = [new[len(site.prefix):] + trail]
+    elif t in ("docstring", "strip"):
         candidates.insert(0, lead + new + trail)
     elif t == "cleandoc":
         margin = _margin(old.splitlines()[1:])
@@ -45,7 +52,7 @@ def raw_for(site: Site, new: str) -> str:
         tail = trail[trail.rfind("\n"):] if "\n" in trail else ""
         candidates.insert(0, head + textwrap.indent(new, margin) + tail)
     for raw in candidates:
-        if TRANSFORMS[t](raw) == new:
+        if site.text_of(raw) == new:
             return raw
     raise RenderError(f"no literal text gives the new value once {t} is applied to it")
 

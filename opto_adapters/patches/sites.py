@@ -72,10 +72,20 @@ class Site:
     docstring: bool = False
     margin: str = ""
     """For ``code`` sites: the indentation of the block in the file."""
+    owner: str = ""
+    """For docstrings: the function or class they document."""
+    prefix: str = ""
+    """For ``signature`` sites: the line the program puts before the docstring."""
 
     @property
     def value(self) -> str:
-        return TRANSFORMS[self.transform](self.raw)
+        return self.text_of(self.raw)
+
+    def text_of(self, raw: str) -> str:
+        """The program's text when the literal holds ``raw``."""
+        if self.transform == "signature":  # LlamaIndex's FunctionTool: f"{name}{signature}\n{doc}"
+            return (self.prefix + raw).strip()
+        return TRANSFORMS[self.transform](raw)
 
     def where(self, root: Path | None = None) -> str:
         return f"{_shown(self.path, root)}:{self.line}"
@@ -203,17 +213,17 @@ class SourceIndex:
             row = lines[line - 1] if line - 1 < len(lines) else ""
             return offsets[line - 1] + len(row.encode("utf-8")[:col].decode("utf-8", "replace"))
 
-        def add(node: ast.expr, raw: str, transforms: tuple[str, ...], docstring: bool = False) -> None:
+        def add(node: ast.expr, raw: str, transforms: tuple[str, ...], owner: str | None = None) -> None:
             start, end = at(node.lineno, node.col_offset), at(node.end_lineno or node.lineno, node.end_col_offset or 0)
             for t in transforms:
-                self.sites.append(Site(path, node.lineno, start, end, raw, t, docstring))
+                self.sites.append(Site(path, node.lineno, start, end, raw, t, owner is not None, owner=owner or ""))
 
-        docstrings = set()
+        docstrings: dict[int, str] = {}
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 body = node.body
                 if body and isinstance(body[0], ast.Expr) and _string(body[0].value) is not None:
-                    docstrings.add(id(body[0].value))
+                    docstrings[id(body[0].value)] = getattr(node, "name", "")
         inner: set[int] = set()  # parts of a concatenation already taken whole
         wrapped: dict[int, tuple[str, ...]] = {}  # literal -> transforms a call applies
         for node in ast.walk(tree):
@@ -235,20 +245,36 @@ class SourceIndex:
                 if part is not node:
                     inner.add(id(part))
             if id(node) in docstrings:
-                add(node, raw, ("literal", "docstring", "cleandoc"), docstring=True)
+                add(node, raw, ("literal", "docstring", "cleandoc"), owner=docstrings[id(node)])
             else:
                 add(node, raw, ("literal", *wrapped.get(id(node), ())))
 
     def find(self, value: str) -> list[Site]:
         """The literals whose text (after their transform) is ``value``, one per literal (the
         plainest transform that fits), in file order."""
-        hits = self._by_value.get(value, [])
+        hits = self._by_value.get(value, []) or self._signed(value)
         best: dict[tuple[Path, int], Site] = {}
         for site in hits:
             key = (site.path, site.start)
             if key not in best:
                 best[key] = site
         return sorted(best.values(), key=lambda s: (self.files.index(s.path) if s.path in self.files else 0, s.start))
+
+    def _signed(self, value: str) -> list[Site]:
+        """Docstrings that ``value`` is, after a first line ``name(signature)`` of the function
+        they document (how LlamaIndex's ``FunctionTool`` describes a function)."""
+        header, sep, _rest = value.partition("\n")
+        name = header.partition("(")[0]
+        if not sep or not name.isidentifier() or "(" not in header:
+            return []
+        out = []
+        for site in self.sites:
+            if site.owner == name and site.transform == "literal":
+                signed = Site(site.path, site.line, site.start, site.end, site.raw, "signature", True,
+                              owner=name, prefix=header + "\n")
+                if signed.value == value:
+                    out.append(signed)
+        return out
 
     def find_code(self, code: str) -> list[Site]:
         """The places where ``code`` (a function's source, dedented) is written, at any
