@@ -463,3 +463,17 @@ def test_the_first_record_is_given_before_the_file_is_read():
         stream = read_records(Counting(text))
         next(stream)
         assert Counting.read_chars <= 2 * (1 << 16) < len(text)
+
+
+def test_given_traces_are_remembered_for_a_bounded_stretch(caplog):
+    def items():
+        yield {"trace": 0, "root": True}
+        for t in range(1, 100):
+            yield {"trace": t, "root": True}
+        yield {"trace": 95, "root": False}  # late, but within 10 windows: left out, with a warning
+        yield {"trace": 0, "root": False}  # far too late: remembered no longer, a trace of its own
+
+    got = list(group_traces(items(), trace_of=lambda r: r["trace"], is_root=lambda r: r["root"], window=2))
+    assert "a run of trace 95 came after the trace was complete" in caplog.text
+    assert [(t, len(g), complete) for t, g, complete in got][-1] == (0, 1, False)
+    assert sum(1 for t, _, _ in got if t == 95) == 1

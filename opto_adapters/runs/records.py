@@ -187,15 +187,20 @@ def group_traces(
     items lie close together); the rest are given at the end. Memory holds the open traces
     only: those seen within the last ``window`` items, plus traces still waiting for their
     root (at most ``max_open``; beyond that the oldest is given, ``complete=False``). An item
-    of a trace already given is logged and left out.
+    of a trace already given is logged and left out; given traces are remembered for
+    ``10 * window`` items (so memory stays flat however long the file), an item later than
+    that starts a trace of its own, which has no root.
     """
     if window < 0:
         raise ValueError(f"window must be >= 0, got {window!r}")
     open_: OrderedDict[str, tuple[list[Any], int]] = OrderedDict()  # by last item seen
     waiting: OrderedDict[str, list[Any]] = OrderedDict()  # old traces without a root yet
     rooted: set[str] = set()
-    done: set[str] = set()  # ids of given traces (ids only: a few bytes each)
+    done: OrderedDict[str, int] = OrderedDict()  # ids of given traces -> when they were given
+    remember = 10 * max(window, 1)
     for i, item in enumerate(items):
+        while done and next(iter(done.values())) < i - remember:
+            done.popitem(last=False)
         tid = trace_of(item)
         if tid in done:
             logger.warning(
@@ -215,7 +220,7 @@ def group_traces(
                 break
             del open_[first]
             if first in rooted:
-                done.add(first)
+                done[first] = i
                 rooted.discard(first)
                 yield first, group, True
             else:
@@ -223,7 +228,7 @@ def group_traces(
                 if len(waiting) > max_open:
                     old, old_group = waiting.popitem(last=False)
                     logger.warning("trace %s has no root run; given as it is", old)
-                    done.add(old)
+                    done[old] = i
                     yield old, old_group, False
     for tid, (group, _) in open_.items():
         yield tid, group, tid in rooted
