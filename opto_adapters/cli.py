@@ -122,7 +122,10 @@ def _parser() -> argparse.ArgumentParser:
         help="the recipe or a folder of the app's code to patch (repeatable; the project modules "
         "it imports are searched too)",
     )
-    p.add_argument("--root", type=Path, help="paths in the diff are relative to this folder (default: the sources')")
+    p.add_argument(
+        "--root", type=Path,
+        help="paths in the diff are relative to this folder (default: the sources' git work tree)",
+    )
     p.set_defaults(handler=_export)
 
     p = sub.add_parser(
@@ -482,7 +485,10 @@ def _export_patches(args: argparse.Namespace, run: Any, baseline: dict[str, Any]
     for c in result.unpatchable:
         print(f"not patched in source: {c.parameter}: {c.unpatchable}")
     if args.diff is not None:
-        print(f"wrote the source diff ({len(result.patched)} of {len(changes)} change(s)) to {args.diff}")
+        print(
+            f"wrote the source diff ({len(result.patched)} of {len(changes)} change(s)) to {args.diff}; "
+            f"its paths are relative to {result.root}: apply it there with git apply"
+        )
     if args.patch_set is not None:
         print(f"wrote the patch set ({len(changes)} change(s)) to {args.patch_set}")
 

@@ -466,3 +466,18 @@ def test_a_llama_index_function_tool_description_is_patched_in_its_docstring(tmp
     # a new first line is a new signature: not written into the docstring
     renamed = source_diff([Change("tool.add", new["tool.add"], "plus(a, b)\nAdd.")], SourceIndex([src]), tmp_path)
     assert "the function's signature 'add(a: int, b: int) -> int'" in renamed.changes[0].unpatchable
+
+
+def test_the_diff_paths_are_relative_to_the_git_work_tree(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "src" / "app").mkdir(parents=True)
+    git(repo, "init", "-q")
+    src = repo / "src" / "app" / "prompts.py"
+    src.write_text('SYSTEM = "Be brief."\n')
+    result = source_diff([Change("system", "Be brief.", "Be short.")], SourceIndex(project_files([src])))
+    assert result.root == repo.resolve()
+    assert result.text.startswith("diff --git a/src/app/prompts.py b/src/app/prompts.py\n")
+    patch = tmp_path / "d.patch"
+    patch.write_text(result.text)
+    git_apply(repo, patch)
+    assert src.read_text() == 'SYSTEM = "Be short."\n'

@@ -18,7 +18,7 @@ from .literals import RenderError, render
 from .patchset import Change
 from .sites import Site, SourceIndex
 
-__all__ = ["SourceDiff", "source_diff"]
+__all__ = ["SourceDiff", "default_root", "source_diff"]
 
 
 @dataclass
@@ -28,6 +28,8 @@ class SourceDiff:
     text: str
     changes: list[Change]
     files: list[Path] = field(default_factory=list)
+    root: Path | None = None
+    """The folder the diff's paths are relative to (apply the diff there)."""
 
     @property
     def patched(self) -> list[Change]:
@@ -40,10 +42,11 @@ class SourceDiff:
 
 def source_diff(changes: list[Change], index: SourceIndex, root: str | Path | None = None) -> SourceDiff:
     """Locate each change's old text in ``index`` and diff the files with the new texts in
-    place; paths in the diff are relative to ``root`` (default: the files' common folder)."""
+    place; paths in the diff are relative to ``root`` (default: the top of the git work tree
+    that holds the files, else the current folder if it holds them, else their common folder)."""
     edits: dict[Path, list[tuple[Site, str, Change]]] = {}
     claimed: dict[tuple[Path, int], Change] = {}
-    base = Path(root) if root is not None else _common_folder(index.files)
+    base = Path(root) if root is not None else default_root(index.files)
     for change in changes:
         change.site = change.unpatchable = None
         if not isinstance(change.old, str) or not isinstance(change.new, str):
@@ -103,7 +106,7 @@ def source_diff(changes: list[Change], index: SourceIndex, root: str | Path | No
         name = _relative(path, base)
         out.append(_unified(old, new, name))
         files.append(path)
-    return SourceDiff("".join(out), changes, files)
+    return SourceDiff("".join(out), changes, files, base)
 
 
 def _unified(old: str, new: str, name: str) -> str:
@@ -123,6 +126,19 @@ def _relative(path: Path, base: Path) -> str:
         raise ValueError(
             f"{path} is not under {base}: give a root that holds every source file (--root)"
         ) from None
+
+
+def default_root(files: list[Path]) -> Path:
+    """Where a diff of ``files`` is applied: their git work tree's top, else the current
+    folder when it holds them all, else their common folder."""
+    common = _common_folder(files)
+    for folder in (common, *common.parents):
+        if (folder / ".git").exists():
+            return folder
+    cwd = Path.cwd().resolve()
+    if common == cwd or cwd in common.parents:
+        return cwd
+    return common
 
 
 def _common_folder(files: list[Path]) -> Path:

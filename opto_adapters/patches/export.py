@@ -34,7 +34,7 @@ def export_patches(
     if sources:
         result = source_diff(changes, SourceIndex(project_files(sources, root=root)), root)
     else:  # no source to look in: the changes are neither located nor unpatchable
-        result = SourceDiff("", changes)
+        result = SourceDiff("", changes, root=Path(root) if root is not None else None)
     if diff is not None:
         target = Path(diff)
         if not target.parent.is_dir():
