@@ -12,6 +12,8 @@ of pyproject.toml names it; CI and the tests never install it). Install it with:
 
 (``--no-deps``: its litellm, xgboost and scikit-learn are not needed; see benchmarks/peer.py.)
 Without it every benchmark still runs our side and says how to install the peer.
+bench_search also runs the `gepa` package's engine side by side when it is installed
+(`pip install gepa`, also in the `bench` extra).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ BENCHMARKS = [
     "bench_llama_index",
     "bench_train",
     "bench_faults",
+    "bench_search",
     "bench_traces_import",
 ]
 NA = "n/a"
@@ -127,7 +130,7 @@ def fewer(theirs: str) -> str:
 def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
     """(what is compared, opto_adapters, trace-opt in the same run, aim) rows, read from the
     benchmarks' own output."""
-    t, p, st, im, lc, li, tr, fa, ti = (out[n] for n in BENCHMARKS)
+    t, p, st, im, lc, li, tr, fa, se, ti = (out[n] for n in BENCHMARKS)
     t, prompts = (
         section(t, "| traced call |") + section(t, "| backward |"),
         section(t, "| prompt |"),
@@ -323,6 +326,18 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
             "all (no invalid value, store intact, resume = uninterrupted)",
         ),
     ]
+    gepa = cell(se, ("gepa (round-robin component)",), 3)
+    for engine in ("greedy (today's search)", "pareto", "pareto + merge", "pareto + merge + repeats"):
+        score = cell(se, (engine,), 3)
+        rows.append(
+            (
+                f"simulated search, mean test score at 400 metric calls, 20 seeds: {engine}",
+                score if score != "?" else NA,
+                NONE,
+                f"above gepa's engine ({gepa}) on every budget" if engine != "greedy (today's search)"
+                else f"(today's baseline; gepa's engine {gepa})",
+            )
+        )
     for label in ("LangSmith JSON lines", "OTLP JSON lines"):
         rows += [
             (

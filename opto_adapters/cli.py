@@ -3,7 +3,7 @@
     opto-adapters optimize RECIPE.py [--dry-run] [--model M] [--epochs N] [--batch-size N] [--store PATH]
     opto-adapters runs STORE
     opto-adapters show STORE [--run ID] [--step N] [--format text|dot]
-    opto-adapters export STORE -o params.json [--run ID] [--version best|final|baseline]
+    opto-adapters export STORE -o params.json [--run ID] [--version best|final|baseline | --pick RULE]
                          [--diff out.patch] [--patch-set patches.json] [--source RECIPE.py]
     opto-adapters report STORE -o report.html [--run ID]
 
@@ -63,7 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="passes over the training set (default 1)")
     p.add_argument("--batch-size", type=int, help="examples per optimizer step (default 4)")
     p.add_argument("--concurrency", type=int, help="app runs in parallel (default 4)")
-    p.add_argument("--candidates", type=int, help="candidates proposed per step (default 1)")
+    p.add_argument("--candidates", type=int, help="candidates proposed per step (greedy search; default 1)")
+    p.add_argument(
+        "--search", choices=("greedy", "pareto"),
+        help="greedy (default): one incumbent, kept if a candidate does not score worse on val; "
+        "pareto: a pool of candidates, parents drawn from the Pareto front of per-example val scores",
+    )
+    p.add_argument("--proposals-per-step", type=int, help="pareto: children per step, from different parents (default 1)")
+    p.add_argument("--merge", action="store_true", help="pareto: also merge candidates that changed different parameters")
+    p.add_argument(
+        "--max-metric-calls", type=int,
+        help="stop before this many app runs scored by the guide (train and val together)",
+    )
     p.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite file for the run (default {DEFAULT_STORE})")
     p.add_argument("--resume", action="store_true", help="continue the latest run in the store")
     p.add_argument("--name", default=None, help="a name for the run (default: the recipe's)")
@@ -72,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, help="stop after this many seconds")
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--seed", type=int, help="seed of the minibatch order (default 0)")
+    p.add_argument("--repeats", type=int, help="evaluations of each val example; > 1 turns on the interval rule")
+    p.add_argument("--acceptance", choices=("mean", "bootstrap"), help="the acceptance rule (default: bootstrap with --repeats > 1, else mean)")
+    p.add_argument("--tolerance", type=float, help="how much worse a candidate may score and be kept (default 0)")
+    p.add_argument("--no-copy-guard", action="store_true", help="do not refuse candidates that copy a training example")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
         "--traces", nargs="+", metavar="FILE",
@@ -114,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--version", choices=("best", "final", "baseline"), default="best",
         help="which values: best (default, what training wrote back), final or baseline",
+    )
+    p.add_argument(
+        "--pick", metavar="RULE",
+        help="choose on score and the app's tokens among the versions scored on the whole val set "
+        "(train without val): best, cheapest, or cheapest-within:D (the cheapest at most D below "
+        "the best score, e.g. cheapest-within:0.01); replaces --version",
     )
     p.add_argument("--diff", type=Path, help="also write a unified diff of the app's source (git apply)")
     p.add_argument("--patch-set", type=Path, help="also write a JSON patch set (opto_adapters.apply_patch)")
@@ -199,8 +220,17 @@ def _optimize(args: argparse.Namespace) -> int:
         "time_limit": args.time_limit,
         "max_steps": args.max_steps,
         "seed": args.seed,
+        "repeats": args.repeats,
+        "acceptance": args.acceptance,
+        "tolerance": args.tolerance,
+        "search": args.search,
+        "proposals_per_step": args.proposals_per_step,
+        "max_metric_calls": args.max_metric_calls,
+        "merge": True if args.merge else None,
     }
     options.update({k: v for k, v in flags.items() if v is not None})
+    if args.no_copy_guard:
+        options["guard_copies"] = None
     if args.no_progress:
         options["progress"] = False
     if args.max_calls is not None or args.max_tokens is not None:
@@ -279,7 +309,11 @@ def _optimize(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    if result.status in ("interrupted", "budget_exhausted", "time_limit", "max_steps"):
+    if result.front:
+        print(f"pareto front: {len(result.front)} candidate(s): " + ", ".join(
+            f"v{f.version_id} ({_fmt(f.mean)})" for f in result.front
+        ))
+    if result.status in ("interrupted", "budget_exhausted", "time_limit", "max_steps", "max_metric_calls"):
         print(resume)
     print(f"report: opto-adapters report {args.store} -o report.html")
     return 130 if result.status == "interrupted" else 0
@@ -378,13 +412,23 @@ def _show_run(store: Any, run: Any) -> None:
     print(_table(["", "train", "val"], [[k, s.text("train"), s.text("val")] for k, s in (("baseline", r.baseline), ("best", r.best), ("final", r.final))]))
     print()
     if r.history:
+        scored: dict[int, list[str]] = {}  # each candidate's score, with its interval if judged on one
+        for cand in store.candidates(run.id):
+            scored.setdefault(cand.step, []).append(_fmt(cand.score) + _interval(cand))
         print(_table(
             ["step", "epoch", "train", "gate", "candidates", "decision", "reason"],
-            [[h.step, h.epoch, _fmt(h.train_score), _fmt(h.gate_score), " ".join(_fmt(s) for s in h.candidate_scores) or "-", h.status, h.reason]
+            [[h.step, h.epoch, _fmt(h.train_score), _fmt(h.gate_score), " ".join(scored.get(h.step, [])) or "-", h.status, h.reason]
              for h in r.history],
         ))
     else:
         print("no steps yet")
+    app = [
+        f"{k} {_fmt_tokens(u.tokens)} tokens, {u.model_calls or 0:.2f} calls, {u.latency or 0:.3f} s"
+        for k, u in r.app_usage.items() if u.recorded
+    ]
+    if app:
+        print()
+        print("app model usage per evaluation: " + "; ".join(app))
     print()
     print("best values:")
     for name, value in r.best_values.items():
@@ -396,7 +440,7 @@ def _show_step(store: Any, run_id: int, step: Any) -> None:
     print(f"train minibatch score {_fmt(step.train_score)}, gate score before {_fmt(step.gate_score)}, val after {_fmt(step.val_score)}")
     before = store.version_values(step.version_id)
     for c in store.candidates(run_id, step.step):
-        print(f"\ncandidate {c.k + 1}: {c.status} — score {_fmt(c.score)}" + (f" — {c.reason}" if c.reason else ""))
+        print(f"\ncandidate {c.k + 1}: {c.status} — score {_fmt(c.score)}{_interval(c)}" + (f" — {c.reason}" if c.reason else ""))
         if c.reasoning:
             print(f"  reasoning: {c.reasoning}")
         for name, value in c.values.items():
@@ -416,6 +460,15 @@ def _cut(text: str, budget: int) -> str:
     if len(text) <= budget:
         return text
     return text[:budget] + f"\n… ({len(text) - budget} more characters; the store holds all of it)"
+
+
+def _interval(c: Any) -> str:
+    """`` [low, high]``: the interval a candidate was judged on (noise-aware acceptance)."""
+    return "" if c.ci_low is None or c.ci_high is None else f" [{c.ci_low:+.3g}, {c.ci_high:+.3g}]"
+
+
+def _fmt_tokens(tokens: float | None) -> str:
+    return "?" if tokens is None else f"{tokens:.1f}"
 
 
 def _step_graph(store: Any, run_id: int, step: Any) -> tuple[str | None, str | None, str]:
@@ -445,11 +498,21 @@ def _export(args: argparse.Namespace) -> int:
         raise ValueError("nothing to write: give -o params.json, --diff FILE.patch and/or --patch-set FILE.json")
     with _open(args.store) as store:
         run = store.run(args.run)
-        version = {
-            "best": run.best_version_id or run.current_version_id,
-            "final": run.current_version_id,
-            "baseline": run.baseline_version_id,
-        }[args.version]
+        what = args.version
+        if args.pick is not None:
+            from .train.objectives import parse_rule, pick, points_from_store
+
+            parse_rule(args.pick)  # a bad rule is told before anything is read
+            chosen = pick(points_from_store(store, run.id), args.pick)
+            version: int | None = chosen.key
+            tokens = "tokens not reported" if chosen.tokens is None else f"{chosen.tokens:.1f} app tokens per evaluation"
+            what = f"picked ({args.pick}: version {version}, score {chosen.score:.4g}, {tokens})"
+        else:
+            version = {
+                "best": run.best_version_id or run.current_version_id,
+                "final": run.current_version_id,
+                "baseline": run.baseline_version_id,
+            }[args.version]
         if version is None:
             raise ValueError(f"run {run.id} has no {args.version} values yet")
         values = store.version_values(version)
@@ -458,13 +521,15 @@ def _export(args: argparse.Namespace) -> int:
         kinds = {p["name"]: p.get("kind", "text") for p in run.config.get("parameters", [])}
         params = [Parameter(value, name=name, kind=kinds.get(name, "text")) for name, value in values.items()]
         save_parameters(params, args.output)
-        print(f"wrote {len(params)} {args.version} parameter value(s) of run {run.id} to {args.output}")
+        print(f"wrote {len(params)} {what} parameter value(s) of run {run.id} to {args.output}")
     if args.diff is not None or args.patch_set is not None:
-        _export_patches(args, run, baseline, values)
+        _export_patches(args, run, baseline, values, args.version if args.pick is None else f"picked ({args.pick})")
     return 0
 
 
-def _export_patches(args: argparse.Namespace, run: Any, baseline: dict[str, Any], values: dict[str, Any]) -> None:
+def _export_patches(
+    args: argparse.Namespace, run: Any, baseline: dict[str, Any], values: dict[str, Any], what: str
+) -> None:
     """The diff and patch set from the run's baseline to the chosen values."""
     from .patches import changes_between, export_patches
 
@@ -474,12 +539,12 @@ def _export_patches(args: argparse.Namespace, run: Any, baseline: dict[str, Any]
         raise ValueError(
             "--diff needs the app's source: add --source RECIPE.py (or the folder of the app's code)"
         )
-    origin = {"store": str(args.store), "run": run.id, "from": "baseline", "to": args.version}
+    origin = {"store": str(args.store), "run": run.id, "from": "baseline", "to": what}
     result = export_patches(
         changes, sources=sources, root=args.root, diff=args.diff, patch_set=args.patch_set, origin=origin
     )
     if not changes:
-        print(f"no parameter of run {run.id} differs between baseline and {args.version}: the patches are empty")
+        print(f"no parameter of run {run.id} differs between baseline and {what}: the patches are empty")
     for c in result.patched:
         print(f"patched {c.parameter} at {c.site}")
     for c in result.unpatchable:

@@ -251,3 +251,21 @@ def test_ctrl_c_exits_promptly_while_app_runs_hang(scripted_llm, tmp_path):
     assert "exiting without waiting for 2 app run(s)" in err
     with Store(str(store), readonly=True) as db:
         assert db.run(1).status == "interrupted"
+
+
+def test_the_time_limit_holds_inside_an_optimizer_request(scripted_llm):
+    """A reply slower than the time limit is cut at the limit: the run ends as time_limit
+    (not failed, not after the reply), with the step unfinished."""
+    import json
+    import time
+
+    from tests.train_apps import reply
+
+    scripted_llm.set_default(Reply.delay(20, json.dumps(reply("ANSWER {q}!"))))
+    app = make_app("Reply {q}")
+    start = time.monotonic()
+    result = trainer(app, scripted_llm, data(2), batch_size=2, time_limit=1.5, max_concurrency=1).fit()
+    took = time.monotonic() - start
+    assert result.status == "time_limit" and "during an optimizer request" in result.message
+    assert took < 15, took  # far below the reply's 20 s
+    assert result.steps_done == 0 and app.prompt.value == "Reply {q}"

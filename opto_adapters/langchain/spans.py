@@ -15,6 +15,7 @@ import functools
 import operator
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from langchain_core.documents import Document as LCDocument
@@ -23,6 +24,7 @@ from langchain_core.prompt_values import ChatPromptValue, PromptValue
 from langchain_core.tracers.schemas import Run
 
 from ..runs import Document, Message, Span, ToolCall
+from ..runs.usage import call_usage
 from ..trace import Parameter
 from ..trace.names import safe_name
 from .discovery import STAMP_KEY, Discovered
@@ -89,6 +91,24 @@ def _map_key(run: Run) -> str | None:
         if tag.startswith("map:key:"):
             return tag[8:]
     return None
+
+
+def _usage(run: Run) -> dict[str, float]:
+    """A model run's reported tokens (its first generation's message, else ``llm_output``)
+    and latency."""
+    outputs = run.outputs if isinstance(run.outputs, dict) else {}
+    generations = outputs.get("generations")
+    first = None
+    if isinstance(generations, list) and generations and isinstance(generations[0], list) and generations[0]:
+        first = generations[0][0]
+    start, end = run.start_time, run.end_time
+    latency = None
+    if isinstance(start, datetime) and isinstance(end, datetime):  # an imported run may hold text
+        try:
+            latency = (end - start).total_seconds()
+        except TypeError:  # one aware, one naive
+            latency = None
+    return call_usage(first, outputs.get("llm_output"), latency=latency)
 
 
 def _unwrap(data: Any, key: str) -> Any:
@@ -201,6 +221,8 @@ class _Tree:
         )
         self.order += 1
         span.parameters = self.parameters(run, kind)
+        if kind == "llm":
+            span.usage = _usage(run)
         if kind == "tool":
             call_id = (run.extra or {}).get("tool_call_id")
             if isinstance(call_id, str):

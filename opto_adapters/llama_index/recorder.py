@@ -363,6 +363,9 @@ class Recorder:
             if record.llm is None:
                 record.llm = {}
             handler(record.llm, event)
+            # the call's latency: its first start event to its last end event
+            record.llm.setdefault("first_event_at", event.timestamp)
+            record.llm["last_event_at"] = event.timestamp
 
 
 def _same_streamed_call(parent: SpanRecord, instance: Any) -> bool:

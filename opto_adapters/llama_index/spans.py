@@ -18,6 +18,7 @@ from typing import Any
 from llama_index.core.prompts import ChatPromptTemplate, PromptTemplate, SelectorPromptTemplate
 
 from ..runs import Document, Message, Span, TextUse, ToolCall
+from ..runs.usage import call_usage
 from ..trace import Parameter
 from ..trace.names import safe_name
 from .discovery import Discovery
@@ -244,6 +245,7 @@ class _Tree:
             span.inputs["prompt"] = str(data["prompt"])
         self.tool_parameters(rec, span, data)
         span.output = _llm_output(rec)
+        span.usage = _usage(rec.llm or {})
 
     def template_inputs(self, rec: SpanRecord, span: Span, template: Any, call_args: dict[str, Any]) -> None:
         selected = _select(template, rec.instance)
@@ -392,6 +394,22 @@ def _jsonable(value: Any) -> Any:
             except ValueError:
                 return text
         return text
+
+
+def _usage(data: dict[str, Any]) -> dict[str, float]:
+    """A model call's reported tokens (its response's raw reply or additional kwargs) and its
+    latency (its first start event to its last end event)."""
+    response = data.get("chat_response") or data.get("completion_response")
+    first, last = data.get("first_event_at"), data.get("last_event_at")
+    latency = (last - first).total_seconds() if first is not None and last is not None else None
+    return call_usage(
+        _field(response, "raw"), _field(response, "additional_kwargs"),
+        _field(_field(response, "message"), "additional_kwargs"), latency=latency,
+    )
+
+
+def _field(obj: Any, name: str) -> Any:
+    return None if obj is None else getattr(obj, name, None)
 
 
 def _llm_output(rec: SpanRecord) -> Any:

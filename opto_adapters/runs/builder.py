@@ -34,6 +34,7 @@ from ..trace import ExceptionNode, Graph, Node, Op, Parameter
 from ..trace.names import safe_name
 from .matching import TextUse, find_use
 from .spans import Span
+from .usage import usage
 from .values import Message, atoms, display, strong
 
 __all__ = ["build_graph"]
@@ -184,7 +185,7 @@ class _Build:
             for arg, n in self.named(out, root.output):
                 inputs.add(arg, n)
             output = self.make(root, inputs, root.output, label=root.label or "output")
-        graph = Graph(output, metadata=metadata)
+        graph = Graph(output, metadata={**metadata, "usage": usage(root)})
         graph.values = {
             pid: values[pid] if pid in values else _value_of(p) for pid, p in self.params.items()
         }

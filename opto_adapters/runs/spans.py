@@ -51,6 +51,9 @@ class Span:
     in the graph, ``name`` the operation's name in ``#Code`` and ``doc`` what it does.
     ``keep``: the step is a node of the graph even when its output is just its children's
     (a query engine, a tool that calls runnables). ``passthrough``: its output is its input.
+    ``usage``: for a model call, the tokens its provider reported and its latency
+    (``prompt_tokens``, ``completion_tokens``, ``latency`` in seconds, each when known; see
+    ``runs.usage``).
     """
 
     id: str
@@ -68,6 +71,7 @@ class Span:
     flow: str = "free"
     keep: bool = False
     passthrough: bool = False
+    usage: dict[str, float] = field(default_factory=dict)
     children: list[Span] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -112,6 +116,8 @@ class Span:
             data["keep"] = True
         if self.passthrough:
             data["passthrough"] = True
+        if self.usage:
+            data["usage"] = dict(self.usage)
         return data
 
     @classmethod
@@ -144,6 +150,10 @@ class Span:
             flow=str(data.get("flow", "free")),
             keep=bool(data.get("keep", False)),
             passthrough=bool(data.get("passthrough", False)),
+            usage={
+                str(k): float(v) for k, v in (data.get("usage") or {}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
         )
 
 

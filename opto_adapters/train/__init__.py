@@ -16,7 +16,7 @@ from .errors import (
     StoreError,
     TrainingError,
 )
-from .result import Scores, StepSummary, TrainResult, build_result
+from .result import FrontCandidate, Scores, StepSummary, TrainResult, build_result
 from .store import Store
 from .trainer import Trainer, optimize
 
@@ -25,6 +25,7 @@ __all__ = [
     "AppTracer",
     "DatasetError",
     "Feedback",
+    "FrontCandidate",
     "GuideError",
     "InfrastructureError",
     "PythonApp",

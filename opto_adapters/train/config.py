@@ -12,7 +12,13 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["TrainConfig"]
+__all__ = ["ACCEPTANCE", "SEARCHES", "TrainConfig"]
+
+SEARCHES = ("greedy", "pareto")
+"""The search strategies (``TrainConfig.search``)."""
+
+ACCEPTANCE = ("mean", "bootstrap")
+"""The acceptance rules (see ``TrainConfig``)."""
 
 
 @dataclass(frozen=True)
@@ -22,8 +28,17 @@ class TrainConfig:
     Minibatches and proposals: ``epochs``, ``batch_size``, ``shuffle``, ``seed`` (the order of
     the minibatches), ``n_candidates`` (proposals per step; the best one is gated).
 
-    Limits: ``max_steps``, ``time_limit`` (seconds of one ``fit``); a token/call limit for the
-    optimizer's LLM is a ``Budget`` passed as ``budget=``.
+    Search: ``search`` (``"greedy"``: one incumbent, a candidate kept if it does not score
+    worse on the gate set; ``"pareto"``: a pool of candidates, parents drawn from the Pareto
+    front of per-example validation scores, see ``opto_adapters.train.search``),
+    ``proposals_per_step`` (pareto: children per step, from different parents), ``merge``
+    (pareto: also try combining two candidates that changed different parameters). Both
+    searches take up to ``epochs`` × (minibatches per epoch) steps: with ``max_metric_calls``,
+    give enough epochs for the budget to be what stops the run.
+
+    Limits: ``max_steps``, ``time_limit`` (seconds of one ``fit``), ``max_metric_calls`` (app
+    runs scored by the guide, training and validation together, never exceeded); a token/call
+    limit for the optimizer's LLM is a ``Budget`` passed as ``budget=``.
 
     Evaluation: ``max_concurrency`` (app runs in parallel threads), ``error_score`` (the score
     of a run whose app raised, unless the guide scores it), ``tolerate_app_errors`` (do not stop
@@ -31,6 +46,16 @@ class TrainConfig:
     run whose model endpoint could not be reached, timed out or failed with a 5xx is tried
     again, waiting 0.5 s, 1 s, 2 s...; then the run stops as ``failed``, resumable: such a
     failure is never scored).
+
+    Acceptance (``opto_adapters.train.acceptance``): ``repeats`` (evaluations of each gate
+    and val example), ``acceptance`` (``"mean"``: today's rule, the candidate's mean gate score
+    may not drop more than ``tolerance``; ``"bootstrap"``: the lower bound of the ``confidence``
+    paired bootstrap interval of (candidate - current) must be at least ``-tolerance``;
+    ``None``: ``"bootstrap"`` when ``repeats > 1``, else ``"mean"``).
+
+    Overfitting guard (``opto_adapters.train.guard``): ``guard_copies``, the share of a
+    training example's word 6-grams a candidate prompt may newly contain before it is refused
+    unevaluated (``None`` or ``False``: no guard; ``True``: the default 0.5).
 
     Record: ``run_name`` (a label in the store), ``store_graphs`` (keep every run's graph, which
     lets a resumed run reuse them), ``progress`` (tqdm bars on stderr).
@@ -41,29 +66,69 @@ class TrainConfig:
     shuffle: bool = True
     seed: int = 0
     n_candidates: int = 1
+    search: str = "greedy"
+    proposals_per_step: int = 1
+    merge: bool = False
     max_steps: int | None = None
+    max_metric_calls: int | None = None
     time_limit: float | None = None
     max_concurrency: int = 4
     error_score: float = 0.0
     tolerate_app_errors: bool = False
     infra_retries: int = 2
+    repeats: int = 1
+    acceptance: str | None = None
+    tolerance: float = 0.0
+    confidence: float = 0.95
+    guard_copies: float | bool | None = True
     run_name: str = ""
     store_graphs: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "max_concurrency", "n_candidates"):
+        for name in ("epochs", "batch_size", "max_concurrency", "n_candidates", "proposals_per_step", "repeats"):
             _positive_int(name, getattr(self, name))
         if isinstance(self.infra_retries, bool) or not isinstance(self.infra_retries, int) or self.infra_retries < 0:
             raise ValueError(f"infra_retries must be an int >= 0, got {self.infra_retries!r}")
-        if self.max_steps is not None:
-            _positive_int("max_steps", self.max_steps)
+        for name in ("max_steps", "max_metric_calls"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {list(SEARCHES)}, got {self.search!r}")
+        if not isinstance(self.merge, bool):
+            raise ValueError(f"merge must be True or False, got {self.merge!r}")
         limit = self.time_limit
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
             raise ValueError(f"time_limit must be a positive number of seconds or None, got {limit!r}")
         score = self.error_score
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
             raise ValueError(f"error_score must be a finite number, got {score!r}")
+        if self.acceptance not in (None, *ACCEPTANCE):
+            raise ValueError(
+                f"acceptance must be one of {ACCEPTANCE} or None (bootstrap when repeats > 1), "
+                f"got {self.acceptance!r}"
+            )
+        tol = self.tolerance
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+            raise ValueError(f"tolerance must be a finite number >= 0 (a score difference), got {tol!r}")
+        conf = self.confidence
+        if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0 < conf < 1:
+            raise ValueError(f"confidence must be a number between 0 and 1 (e.g. 0.95), got {conf!r}")
+        guard = self.guard_copies
+        if guard is not None and not isinstance(guard, bool) and (
+            not isinstance(guard, (int, float)) or not 0 < guard <= 1
+        ):
+            raise ValueError(
+                "guard_copies must be True (the default threshold), a share of an example's "
+                f"word n-grams in (0, 1], or None/False (no guard), got {guard!r}"
+            )
+
+    @property
+    def acceptance_rule(self) -> str:
+        """The rule in force: ``acceptance``, or what ``None`` means for ``repeats``."""
+        if self.acceptance is not None:
+            return self.acceptance
+        return "bootstrap" if self.repeats > 1 else "mean"
 
     @classmethod
     def names(cls) -> frozenset[str]:

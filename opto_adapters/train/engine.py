@@ -1,7 +1,9 @@
 """The evaluation engine: run the app on examples (in parallel threads), score, store.
 
-Every evaluation is stored as it completes, keyed by (parameter version, split, example), so
-it is never computed twice in a run and a resumed run picks up where it stopped. When an
+Every evaluation is stored as it completes, keyed by (parameter version, split, example,
+repeat), so it is never computed twice in a run and a resumed run picks up where it stopped.
+An example evaluated ``repeats`` times (noise-aware acceptance) has one row per repeat. With
+each evaluation, the app's own model usage its run reported (``runs.usage``) is stored. When an
 evaluation stops early (an error, a spent budget, the time limit, Ctrl-C), the runs already
 in flight are waited for before the error goes on: whoever restores the parameters next never
 changes them under a running app.
@@ -32,7 +34,7 @@ from .graphs import graph_from_json, graph_to_json
 from .infra import failure
 from .store import Store, StoredEvaluation
 
-__all__ = ["Evaluator", "Result", "Stop", "mean"]
+__all__ = ["Evaluator", "Result", "Stop", "by_example", "mean"]
 
 logger = logging.getLogger("opto_adapters.train")
 
@@ -59,6 +61,7 @@ class Result:
     feedback: Feedback
     error: str | None
     graph: Graph | None = None
+    repeat: int = 0
 
     @property
     def score(self) -> float:
@@ -76,6 +79,14 @@ class _Outcome:
 def mean(results: Sequence[Result]) -> float:
     """The mean score of some results."""
     return fmean(r.score for r in results)
+
+
+def by_example(results: Sequence[Result]) -> list[list[float]]:
+    """The scores of each example's repeats, examples in the order they first appear."""
+    scores: dict[int, list[float]] = {}
+    for r in results:
+        scores.setdefault(r.index, []).append(r.score)
+    return list(scores.values())
 
 
 class Evaluator:
@@ -137,28 +148,32 @@ class Evaluator:
         *,
         step: int | None = None,
         graphs: bool = False,
+        repeats: int = 1,
     ) -> list[Result]:
-        """Results of ``version`` on examples of ``split``; stored ones are not run again."""
+        """Results of ``version`` on examples of ``split``, ``repeats`` per example (ordered by
+        example, then repeat); stored ones are not run again. Graphs are kept of repeat 0."""
         indices = list(indices)
         stored = {
-            e.index: e
+            (e.index, e.repeat): e
             for e in self.store.evaluations(self.run_id, version_id=version, split=split, indices=indices)
         }
-        results: dict[int, Result] = {}
+        results: dict[tuple[int, int], Result] = {}
         todo = []
         for i in indices:
-            e = stored.get(i)
-            graph = None
-            if e is not None and graphs:
-                graph = self.cache.get((version, split, i)) or self._restored_graph(e)
-            if e is None or (graphs and graph is None):
-                todo.append(i)
-            else:
-                results[i] = Result(i, Feedback(score=e.score, text=e.feedback), e.error, graph)
+            for rep in range(repeats):
+                e = stored.get((i, rep))
+                graph = None
+                want = graphs and rep == 0
+                if e is not None and want:
+                    graph = self.cache.get((version, split, i)) or self._restored_graph(e)
+                if e is None or (want and graph is None):
+                    todo.append((i, rep))
+                else:
+                    results[(i, rep)] = Result(i, Feedback(score=e.score, text=e.feedback), e.error, graph, rep)
         if todo:
             desc = f"{phase} {split}" + (f" (step {step})" if step is not None else "")
             self._run_all(version, split, todo, phase, step, graphs, results, desc)
-        return [results[i] for i in indices]
+        return [results[(i, rep)] for i in indices for rep in range(repeats)]
 
     def _restored_graph(self, e: StoredEvaluation) -> Graph | None:
         data = self.store.graph(e.id)
@@ -174,17 +189,18 @@ class Evaluator:
         self,
         version: int,
         split: str,
-        todo: list[int],
+        todo: list[tuple[int, int]],
         phase: str,
         step: int | None,
         graphs: bool,
-        results: dict[int, Result],
+        results: dict[tuple[int, int], Result],
         desc: str,
     ) -> None:
         sampled = False
 
-        def record(i: int, outcome: _Outcome) -> None:
+        def record(key: tuple[int, int], outcome: _Outcome) -> None:
             nonlocal sampled
+            i, rep = key
             traced, fb = outcome.traced, outcome.feedback
             graph = traced.graph
             error = f"{type(traced.error).__name__}: {traced.error}" if traced.error is not None else None
@@ -195,22 +211,23 @@ class Evaluator:
                 self.run_id, version, split, i, phase=phase, step=step, score=fb.score,
                 feedback=fb.text, output=None if error else value_text(traced.output),
                 error=error, duration=outcome.duration, graph=outcome.graph_json, dot=dot, text=text,
+                repeat=rep, usage=_usage(graph),
             )
-            if split == "train" and graph is not None:  # a later minibatch may need it
+            if split == "train" and graph is not None and rep == 0:  # a later minibatch may need it
                 self.cache[(version, split, i)] = graph
-            results[i] = Result(i, fb, error, graph if graphs else None)
+            results[key] = Result(i, fb, error, graph if graphs and rep == 0 else None, rep)
             bar.update()
 
         bar = tqdm(total=len(todo), desc=desc, unit="ex", leave=False, disable=not self.progress)
         try:
             if self._executor is None:
-                for i in todo:
+                for key in todo:
                     self.check()
-                    record(i, self._run_one(split, i))
+                    record(key, self._run_one(split, key[0]))
                 return
-            futures: dict[Future[_Outcome], int] = {
-                self._executor.submit(contextvars.copy_context().run, self._run_one, split, i): i
-                for i in todo
+            futures: dict[Future[_Outcome], tuple[int, int]] = {
+                self._executor.submit(contextvars.copy_context().run, self._run_one, split, key[0]): key
+                for key in todo
             }
             try:
                 pending = set(futures)
@@ -269,6 +286,12 @@ class Evaluator:
                 kind=found.kind, url=found.url,
             ) from traced.error
         raise AssertionError("unreachable")
+
+
+def _usage(graph: Graph | None) -> dict[str, Any] | None:
+    """The app's own model usage of a run, from its graph (``runs.usage``), if it reported any."""
+    found = graph.metadata.get("usage") if graph is not None else None
+    return found.to_data() if found is not None else None
 
 
 def _settle(futures: Iterable[Future[Any]], *, interrupted: bool, grace: float | None = None) -> None:

@@ -29,8 +29,9 @@ Optional
         Returns the optimizer to use (default: ``OptoPrime(parameters, llm,
         objective=OBJECTIVE)``).
     ``SETTINGS``
-        A dict of ``Trainer`` options (``epochs``, ``batch_size``, ``n_candidates``...);
-        command-line flags override them.
+        A dict of ``Trainer`` options (``epochs``, ``batch_size``, ``n_candidates``,
+        ``search="pareto"``, ``proposals_per_step``, ``merge``, ``max_metric_calls``...);
+        command-line flags (``--search``...) override them.
 
 The optimizer's LLM is configured by the environment: ``OPTO_MODEL`` (or ``--model``),
 ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``. An app that calls a model of its own reads

@@ -91,6 +91,9 @@ def check_resumable(stored: dict[str, Any], now: dict[str, Any], run_id: int) ->
     for key, what in _FIXED:
         if stored.get(key) != now.get(key):
             problems.append(f"{what} ({stored.get(key)!r} -> {now.get(key)!r})")
+    search = (stored.get("search", "greedy"), now.get("search", "greedy"))  # older runs: greedy
+    if search[0] != search[1]:
+        problems.append(f"search changed ({search[0]!r} -> {search[1]!r})")
     if problems:
         raise TrainingError(
             f"cannot resume run {run_id}: " + "; ".join(problems)

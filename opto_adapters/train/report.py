@@ -1,9 +1,10 @@
 """An HTML report of one stored run: one self-contained file (inline CSS and SVG, no network).
 
-Sections: scores (baseline, best, final), a chart of the scores per step, every step with
-its candidates (accepted or rejected and why, the optimizer's reasoning, a word diff of what
-each suggested), the accepted versions of every parameter as diffs, the final values, token
-usage, and one traced run's graph drawn with a layered layout computed here.
+Sections: scores (baseline, best, final), a chart of the scores per step, for a Pareto
+search the candidate tree (SVG) and the front, every step with its candidates (accepted or
+rejected and why, the optimizer's reasoning, a word diff of what each suggested), the accepted
+versions of every parameter as diffs, the final values, token usage, and one traced run's
+graph drawn with a layered layout computed here.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from ..trace.render import short_repr
-from .store import Store, StoredCandidate, StoredRun, StoredStep
+from .objectives import Point, front, points_from_store
+from .pareto import leads
+from .store import Store, StoredCandidate, StoredPoolMember, StoredRun, StoredStep
 from .trainer import TrainResult, build_result
 
-__all__ = ["graph_svg", "render_report", "word_diff", "write_report"]
+__all__ = ["candidate_tree_svg", "front_svg", "graph_svg", "render_report", "word_diff", "write_report"]
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -31,7 +34,7 @@ table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ddd;padding
 th{background:#f6f6f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f8f8f8;border:1px solid #eee;padding:.6em;white-space:pre-wrap;word-break:break-word;margin:.3em 0}
 del{background:#fbd0d0;text-decoration:line-through}ins{background:#c9f2c9;text-decoration:none}
-.accepted{color:#17702d;font-weight:600}.rejected{color:#b42318;font-weight:600}.no_change{color:#777;font-weight:600}
+.accepted{color:#17702d;font-weight:600}.rejected,.refused{color:#b42318;font-weight:600}.no_change{color:#777;font-weight:600}
 .muted{color:#777}.cand{border-left:3px solid #ddd;padding-left:.8em;margin:.8em 0}
 details{margin:.4em 0}summary{cursor:pointer}
 """
@@ -246,10 +249,12 @@ def render_report(store: Store, run_id: int | None = None) -> str:
         _header(run, result),
         _scores(result),
         "<h2>Scores per step</h2>" + _chart(run, result, steps),
+        _pareto_section(store, run, result, candidates),
         _steps_section(store, steps, candidates),
         _versions_section(store, run),
         _final_values(result),
         _usage(result, candidates),
+        _app_usage(store, run, candidates),
         _graph_section(store, run),
     ]
     title = f"opto_adapters run {run.id}" + (f" — {run.name}" if run.name else "")
@@ -288,6 +293,17 @@ def _header(run: StoredRun, result: TrainResult) -> str:
          f"{c.get('n_candidates')} candidate(s) per step, concurrency {c.get('max_concurrency')}"),
         ("steps", f"{len(result.history)} ({result.accepted} accepted)"),
     ]
+    if c.get("acceptance") == "bootstrap" or (c.get("repeats") or 1) > 1 or c.get("tolerance"):
+        rows.append((
+            "acceptance",
+            f"{c.get('acceptance')}, {c.get('repeats')} evaluation(s) per gate example, tolerance "
+            f"{c.get('tolerance')}" + (f", {c.get('confidence'):.0%} interval" if c.get("acceptance") == "bootstrap" else ""),
+        ))
+    if c.get("search") == "pareto":
+        rows.insert(-1, ("search", f"pareto, {c.get('proposals_per_step')} proposal(s) per step, merge "
+                     f"{'on' if c.get('merge') else 'off'}"))
+    if c.get("max_metric_calls"):
+        rows.insert(-1, ("rollout budget", f"max_metric_calls {c.get('max_metric_calls')}"))
     body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
     return f"<table>{body}</table>"
 
@@ -321,10 +337,11 @@ def _steps_section(store: Store, steps: list[StoredStep], candidates: list[Store
     for c in candidates:
         by_step.setdefault(c.step, []).append(c)
     values_of: dict[int, dict[str, Any]] = {}
+    lineage = store.lineage(steps[0].run_id)
     out = ["<h2>Steps</h2><table id='steps'><tr><th>step</th><th>epoch</th><th>train</th>"
            "<th>gate before</th><th>candidates</th><th>decision</th></tr>"]
     for s in steps:
-        scores = ", ".join(_fmt(c.score) for c in by_step.get(s.step, []))
+        scores = ", ".join(_fmt(c.score) + _interval(c) for c in by_step.get(s.step, []))
         out.append(
             f"<tr><td class='num'>{s.step}</td><td class='num'>{s.epoch}</td><td class='num'>{_fmt(s.train_score)}</td>"
             f"<td class='num'>{_fmt(s.gate_score)}</td><td class='num'>{scores or '—'}</td>"
@@ -335,11 +352,14 @@ def _steps_section(store: Store, steps: list[StoredStep], candidates: list[Store
         cands = by_step.get(s.step, [])
         if not cands:
             continue
-        if s.version_id not in values_of:
-            values_of[s.version_id] = store.version_values(s.version_id)
-        before = values_of[s.version_id]
         out.append(f"<h3>Step {s.step}</h3>")
         for c in cands:
+            kind, parents = lineage.get(c.id, ("", [s.version_id]))
+            base = parents[0] if parents else s.version_id
+            if base not in values_of:
+                values_of[base] = store.version_values(base)
+            before = values_of[base]
+            origin = f" — {kind} of {' and '.join(f'v{p}' for p in parents)}" if kind else ""
             diffs = "".join(
                 f"<p><b>{_esc(name)}</b></p><pre class='diff'>{word_diff(before.get(name, ''), value)}</pre>"
                 for name, value in c.values.items()
@@ -348,8 +368,8 @@ def _steps_section(store: Store, steps: list[StoredStep], candidates: list[Store
                 f"<li>{_esc(name)}: {_esc(reason)}</li>" for name, reason in c.invalid.items()
             )
             out.append(
-                f"<div class='cand'><p>candidate {c.k + 1}: <span class='{_esc(c.status)}'>{_esc(c.status)}</span>"
-                f" — score {_fmt(c.score)} — {_esc(c.reason or '')}</p>"
+                f"<div class='cand'><p>candidate {c.k + 1}{_esc(origin)}: <span class='{_esc(c.status)}'>{_esc(c.status)}</span>"
+                f" — score {_fmt(c.score)}{_esc(_interval(c))} — {_esc(c.reason or '')}</p>"
                 + (f"<details><summary>reasoning</summary><pre>{_esc(c.reasoning)}</pre></details>" if c.reasoning else "")
                 + diffs
                 + (f"<p>refused suggestions:</p><ul>{invalid}</ul>" if invalid else "")
@@ -359,6 +379,209 @@ def _steps_section(store: Store, steps: list[StoredStep], candidates: list[Store
                 + "</div>"
             )
     return "".join(out)
+
+
+def _interval(c: StoredCandidate) -> str:
+    """`` CI [low, high]`` of a candidate judged on an interval, else nothing."""
+    if c.ci_low is None or c.ci_high is None:
+        return ""
+    return f" (CI [{c.ci_low:+.3f}, {c.ci_high:+.3f}])"
+
+
+def front_svg(points: Sequence[Point], *, labels: dict[Any, str] | None = None, width: int = 720, height: int = 300) -> str:
+    """An inline SVG of points over (app tokens per evaluation, score): the front over
+    (score, -tokens) in green, joined as a staircase, the dominated points grey."""
+    known = [p for p in points if p.tokens is not None]
+    if not known:
+        return '<p class="muted">The app\'s model reported no tokens: no score and cost front to draw.</p>'
+    on = {id(p) for p in front(known)}
+    left, right, top, bottom = 48, 16, 16, 40
+    xs, ys = [float(p.tokens) for p in known], [p.score for p in known]  # type: ignore[arg-type]
+    x0, x1 = min(xs), max(xs)
+    if x1 - x0 < 1e-9:
+        x0, x1 = x0 - 1, x1 + 1
+    lo, hi = (0.0, 1.0) if min(ys) >= 0 and max(ys) <= 1 else (min(ys) - 0.5, max(ys) + 0.5)
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def sy(y: float) -> float:
+        return top + (1 - (y - lo) / (hi - lo)) * (height - top - bottom)
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        'role="img" aria-label="score and cost front">',
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" fill="#fff" stroke="#ccc"/>',
+    ]
+    for k in range(5):
+        y = lo + (hi - lo) * k / 4
+        x = x0 + (x1 - x0) * k / 4
+        parts.append(
+            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" font-size="11" text-anchor="end">{y:.2f}</text>'
+            f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="middle">{x:.0f}</text>'
+        )
+    parts.append(
+        f'<text x="{(left + width - right) / 2}" y="{height - 6}" font-size="11" text-anchor="middle">'
+        "app tokens per evaluation (fewer is better)</text>"
+    )
+    stairs = sorted((p for p in known if id(p) in on), key=lambda p: p.cost)
+    if len(stairs) > 1:
+        path = [f"{sx(float(stairs[0].cost)):.1f},{sy(stairs[0].score):.1f}"]
+        for a, b in zip(stairs, stairs[1:], strict=False):
+            path.append(f"{sx(float(b.cost)):.1f},{sy(a.score):.1f}")
+            path.append(f"{sx(float(b.cost)):.1f},{sy(b.score):.1f}")
+        parts.append(f'<polyline points="{" ".join(path)}" fill="none" stroke="#17702d" stroke-opacity="0.5"/>')
+    for p in known:
+        color = "#17702d" if id(p) in on else "#aaa"
+        name = (labels or {}).get(p.key, str(p.key))
+        parts.append(
+            f'<circle class="{"front" if id(p) in on else "dominated"}" cx="{sx(float(p.cost)):.1f}" cy="{sy(p.score):.1f}" '
+            f'r="5" fill="{color}"><title>{_esc(name)}: score {p.score:.3f}, {p.tokens:.1f} tokens</title></circle>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def candidate_tree_svg(
+    members: Sequence[StoredPoolMember],
+    means: dict[int, float | None],
+    *,
+    front: set[int] | None = None,
+    best: int | None = None,
+    rejected: dict[int, int] | None = None,
+    width: int = 720,
+) -> str:
+    """An inline SVG of the Pareto pool as a tree: one row per generation, an edge from each
+    parent (dashed for a merge), the front drawn thick and green, the best one starred, and
+    under each member how many of its children were rejected."""
+    if not members:
+        return '<p class="muted">The pool is empty.</p>'
+    front, rejected = front or set(), rejected or {}
+    depth: dict[int, int] = {}
+    for m in members:  # members come in the order they joined: parents first
+        depth[m.version_id] = 1 + max((depth.get(p, 0) for p in m.parents), default=-1)
+    rows: dict[int, list[int]] = {}
+    for m in members:
+        rows.setdefault(depth[m.version_id], []).append(m.version_id)
+    row_h, r = 78, 20
+    height = 30 + row_h * len(rows)
+    widest = max(len(v) for v in rows.values())
+    width = max(width, 70 * widest + 40)
+    pos: dict[int, tuple[float, float]] = {}
+    parents_of = {m.version_id: m.parents for m in members}
+    for d in sorted(rows):
+        ids = rows[d]
+        if d:  # under their parents, so that edges cross less
+
+            def under(v: int) -> float:
+                xs = [pos[p][0] for p in parents_of[v] if p in pos]
+                return sum(xs) / len(xs) if xs else 0.0
+
+            ids.sort(key=under)
+        for i, v in enumerate(ids):
+            pos[v] = ((i + 1) * width / (len(ids) + 1), 30 + d * row_h)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" id="candidate-tree" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="candidate tree">'
+    ]
+    for m in members:
+        x, y = pos[m.version_id]
+        for p in m.parents:
+            if p in pos:
+                px, py = pos[p]
+                dash = ' stroke-dasharray="5,3"' if m.kind == "merge" else ""
+                parts.append(
+                    f'<line class="edge" data-parent="{p}" data-child="{m.version_id}" x1="{px:.1f}" '
+                    f'y1="{py + r:.1f}" x2="{x:.1f}" y2="{y - r:.1f}" stroke="#999"{dash}/>'
+                )
+    for m in members:
+        v = m.version_id
+        x, y = pos[v]
+        on = v in front
+        mean = means.get(v)
+        label = f"v{v}" + (" ★" if v == best else "")
+        title = f"version {v} ({m.kind}, step {m.step})" + (f", mean {mean:.3f}" if mean is not None else "") + (", on the front" if on else "")
+        parts.append(
+            f'<g class="candidate{" front" if on else ""}" data-version="{v}"><title>{_esc(title)}</title>'
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{"#e6f4ea" if on else "#f4f4f4"}" '
+            f'stroke="{"#17702d" if on else "#999"}" stroke-width="{3 if on else 1}"/>'
+            f'<text x="{x:.1f}" y="{y - 2:.1f}" font-size="11" text-anchor="middle">{_esc(label)}</text>'
+            f'<text x="{x:.1f}" y="{y + 11:.1f}" font-size="10" text-anchor="middle">{_esc(_fmt(mean))}</text>'
+            + (f'<text x="{x:.1f}" y="{y + r + 12:.1f}" font-size="9" fill="#b42318" text-anchor="middle">'
+               f"{rejected[v]} rejected</text>" if rejected.get(v) else "")
+            + "</g>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _app_usage(store: Store, run: StoredRun, candidates: list[StoredCandidate]) -> str:
+    """The app's own model usage per evaluation of each version scored on the selection split."""
+    split = "val" if run.config.get("val_size") else "train"
+    usage = store.app_usage(run.id, split)
+    if not any(u.recorded for u in usage.values()):
+        return ""
+    label = {run.baseline_version_id: "baseline"}
+    for c in candidates:
+        if c.version_id is not None:
+            label.setdefault(c.version_id, f"step {c.step} candidate {c.k + 1} ({c.status})")
+    if run.best_version_id is not None:
+        label[run.best_version_id] = label.get(run.best_version_id, "") + " — best"
+
+    def num(x: float | None, f: str) -> str:
+        return "—" if x is None else format(x, f)
+
+    rows = "".join(
+        f"<tr><td>{_esc(label.get(v, f'version {v}'))}</td><td class='num'>{u.evaluations}</td>"
+        f"<td class='num'>{num(u.prompt_tokens, '.1f')}</td><td class='num'>{num(u.completion_tokens, '.1f')}</td>"
+        f"<td class='num'>{num(u.model_calls, '.2f')}</td><td class='num'>{num(u.latency, '.3f')}</td></tr>"
+        for v, u in sorted(usage.items())
+    )
+    return (
+        f"<h2>App model usage</h2><p>Per evaluation on {split}, means over the evaluations whose "
+        "model reported it.</p><table id='app-usage'><tr><th>version</th><th>evaluations</th>"
+        "<th>prompt tokens</th><th>completion tokens</th><th>model calls</th><th>latency (s)</th></tr>"
+        f"{rows}</table><h3>Score and cost</h3><p>Each version scored on all of {split}; green: the "
+        "front (no other version scores higher for fewer tokens).</p>"
+        + front_svg(points_from_store(store, run.id), labels=label)
+    )
+
+
+def _pareto_section(store: Store, run: StoredRun, result: TrainResult, candidates: list[StoredCandidate]) -> str:
+    members = store.pool(run.id)
+    if not members:
+        return ""
+    split = "val" if run.config.get("val_size") else "train"
+    size = int(run.config.get(f"{split}_size") or 0)
+    matrix = store.score_matrix(run.id, [m.version_id for m in members], split, size)
+    means = {v: (sum(x for x in row if x is not None) / len(row) if row and None not in row else None) for v, row in matrix.items()}
+    complete = {v: [float(x) for x in row] for v, row in matrix.items() if None not in row}
+    led = leads(complete)
+    rejected: dict[int, int] = {}
+    lineage = store.lineage(run.id)
+    for c in candidates:
+        if c.status == "rejected" and c.id in lineage and lineage[c.id][1]:
+            parent = lineage[c.id][1][0]
+            rejected[parent] = rejected.get(parent, 0) + 1
+    front = {f.version_id for f in result.front}
+    best = run.best_version_id
+    tree = candidate_tree_svg(members, means, front=front, best=best, rejected=rejected)
+    rows = "".join(
+        f"<tr><td>v{f.version_id}{' ★' if f.version_id == best else ''}</td><td>{_esc(f.kind)}</td>"
+        f"<td>{_esc(', '.join(f'v{p}' for p in f.parents) or '—')}</td><td class='num'>{f.step}</td>"
+        f"<td class='num'>{_fmt(f.mean)}</td><td class='num'>{led.get(f.version_id, 0)}</td>"
+        f"<td><code>{_esc(' '.join(_fmt(x) for x in f.scores))}</code></td></tr>"
+        for f in result.front
+    )
+    where = "validation" if split == "val" else "training (the run had no val)"
+    return (
+        f"<h2>Candidate tree</h2><p>{len(members)} candidates in the pool; an edge from each parent "
+        "(dashed: a merge); the front is green, ★ the best (written back).</p>" + tree
+        + f"<h2>Pareto front</h2><p>Scores on each {where} example; a candidate is on the front when "
+        "no other is at least as good on every example and better on one.</p>"
+        "<table id='front'><tr><th>candidate</th><th>kind</th><th>parents</th><th>step</th><th>mean</th>"
+        f"<th>examples led</th><th>per-example scores</th></tr>{rows}</table>"
+    )
 
 
 def _versions_section(store: Store, run: StoredRun) -> str:

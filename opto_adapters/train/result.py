@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .store import Store
+from .store import AppUsage, Store
 
-__all__ = ["DONE", "Scores", "StepSummary", "TrainResult", "build_result"]
+__all__ = ["DONE", "FrontCandidate", "Scores", "StepSummary", "TrainResult", "build_result"]
 
 # the statuses of a finished step (a stopped run may have one "started")
 DONE = ("accepted", "rejected", "no_change")
@@ -62,6 +62,25 @@ class StepSummary:
     val_score: float | None
 
 
+@dataclass(frozen=True)
+class FrontCandidate:
+    """A candidate on the Pareto search's front: no other candidate of the pool is at least as
+    good on every validation example and better on one.
+
+    ``scores`` holds its score on each validation example (on each training example when the
+    run had no ``val``), ``mean`` their mean; ``parents`` are the version ids it came from
+    (none for the seed, two for a merge); ``kind`` is ``seed``, ``mutation`` or ``merge``.
+    """
+
+    version_id: int
+    values: dict[str, Any]
+    scores: list[float | None]
+    mean: float | None
+    parents: list[int]
+    step: int
+    kind: str
+
+
 @dataclass
 class TrainResult:
     """The outcome of ``optimize``/``Trainer.fit``.
@@ -69,7 +88,8 @@ class TrainResult:
     ``baseline`` scores the starting values, ``final`` the values training ended with, and
     ``best`` the best values seen (on val, or on the full training set without val), which
     are written back into the app. ``status`` is ``completed``, ``max_steps``,
-    ``interrupted``, ``budget_exhausted`` or ``time_limit``.
+    ``interrupted``, ``budget_exhausted``, ``time_limit`` or ``max_metric_calls``. ``front``
+    lists the Pareto search's front (empty for the greedy search).
     """
 
     run_id: int
@@ -82,6 +102,10 @@ class TrainResult:
     best_values: dict[str, Any]
     history: list[StepSummary] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=dict)
+    app_usage: dict[str, AppUsage] = field(default_factory=dict)
+    """The app's own model usage per evaluation (tokens, model calls, latency) of the
+    ``baseline``, ``best`` and ``final`` values, on val (on train without val)."""
+    front: list[FrontCandidate] = field(default_factory=list)
 
     @property
     def accepted(self) -> int:
@@ -122,7 +146,10 @@ def build_result(store: Store, run_id: int) -> TrainResult:
         for s in store.steps(run_id)
     ]
     best = run.best_version_id or run.current_version_id
+    app = store.app_usage(run_id, "val" if run.config.get("val_size") else "train")
+    versions = {"baseline": run.baseline_version_id, "best": best, "final": run.current_version_id}
     return TrainResult(
+        front=front(store, run_id),
         run_id=run_id,
         store_path=store.path,
         status=run.status,
@@ -133,4 +160,28 @@ def build_result(store: Store, run_id: int) -> TrainResult:
         best_values=store.version_values(best) if best is not None else {},
         history=history,
         usage=store.usage(run_id),
+        app_usage={k: app[v] for k, v in versions.items() if v in app},
     )
+
+
+def front(store: Store, run_id: int) -> list[FrontCandidate]:
+    """The front of a run's Pareto pool, as stored (in the order its members joined)."""
+    members = [m for m in store.pool(run_id) if m.on_front]
+    if not members:
+        return []
+    config = store.run(run_id).config
+    split = "val" if config.get("val_size") else "train"
+    size = int(config.get(f"{split}_size") or 0)
+    matrix = store.score_matrix(run_id, [m.version_id for m in members], split, size)
+    out = []
+    for m in members:
+        scores = matrix[m.version_id]
+        known = [s for s in scores if s is not None]
+        out.append(
+            FrontCandidate(
+                version_id=m.version_id, values=store.version_values(m.version_id), scores=scores,
+                mean=sum(known) / len(known) if known else None, parents=list(m.parents),
+                step=m.step, kind=m.kind,
+            )
+        )
+    return out

@@ -19,10 +19,22 @@ Schema (version 1)::
           started_at, finished_at)                   -- PRIMARY KEY (run_id, step)
     candidates(id, run_id, step, k, values_json, invalid_json, reasoning, prompt, reply,
                error, prompt_tokens, completion_tokens, version_id, score, status, reason,
-               created_at)                           -- UNIQUE (run_id, step, k)
-    evaluations(id, run_id, version_id, split, idx, phase, step, output, error, score,
-                feedback, duration, created_at)      -- UNIQUE (run_id, version_id, split, idx)
+               created_at, ci_low, ci_high)          -- UNIQUE (run_id, step, k)
+    evaluations(id, run_id, version_id, split, idx, repeat, phase, step, output, error, score,
+                feedback, duration, prompt_tokens, completion_tokens, model_calls,
+                model_latency, created_at)           -- UNIQUE (run_id, version_id, split, idx, repeat)
     graphs(evaluation_id PRIMARY KEY, data BLOB, dot, text)
+    optimizer_memory(run_id PRIMARY KEY, step, entries JSON)
+    search_pool(run_id, version_id, candidate_id, step, kind, parents JSON, on_front,
+                created_at)                          -- PRIMARY KEY (run_id, version_id)
+    search_lineage(candidate_id PRIMARY KEY, run_id, kind, parents JSON)
+
+The Pareto search (``search="pareto"``) keeps its pool in ``search_pool`` (every candidate
+accepted into it: the seed, mutations and merges, with the parent version ids and whether it
+is on the front now) and the parents of every candidate it proposed in ``search_lineage``;
+the score matrix is the pool's ``evaluations`` on the validation split. The last three tables
+were added to schema version 1 without a new version (old readers ignore them): a store made
+before gets them when it is opened for writing, and reads as having none when opened read-only.
 
 What is written is bounded and always encodable: free text (outputs, errors, feedback, the
 optimizer's prompt, reply and reasoning, reasons, messages) and the node values of stored graphs
@@ -60,10 +72,12 @@ from .graphs import bound_graph_json
 
 __all__ = [
     "DEFAULT_VALUE_BUDGET",
+    "AppUsage",
     "SCHEMA_VERSION",
     "Store",
     "StoredCandidate",
     "StoredEvaluation",
+    "StoredPoolMember",
     "StoredRun",
     "StoredStep",
     "StoredVersion",
@@ -71,7 +85,7 @@ __all__ = [
 
 logger = logging.getLogger("opto_adapters.train")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: evaluations keyed by repeat too (an older opto_adapters must not write to it)
 MEMORY = ":memory:"
 DEFAULT_VALUE_BUDGET = 20_000
 """Characters kept of one stored text or graph node value (the optimizer prompt shows 1,000)."""
@@ -108,6 +122,61 @@ CREATE TABLE IF NOT EXISTS optimizer_memory (
     entries TEXT NOT NULL
 );
 """
+
+_POOL_TABLE = """
+CREATE TABLE IF NOT EXISTS search_pool (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    candidate_id INTEGER,
+    step INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    parents TEXT NOT NULL DEFAULT '[]',
+    on_front INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (run_id, version_id)
+);
+"""
+
+_LINEAGE_TABLE = """
+CREATE TABLE IF NOT EXISTS search_lineage (
+    candidate_id INTEGER PRIMARY KEY REFERENCES candidates(id),
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    kind TEXT NOT NULL,
+    parents TEXT NOT NULL DEFAULT '[]'
+);
+"""
+
+# tables added to schema version 1 after it shipped, created when a store is opened for writing
+_ADDED_TABLES = (("optimizer_memory", _MEMORY_TABLE), ("search_pool", _POOL_TABLE), ("search_lineage", _LINEAGE_TABLE))
+
+_EVALUATIONS_TABLE = """
+CREATE TABLE {name} (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    version_id INTEGER NOT NULL,
+    split TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    repeat INTEGER NOT NULL DEFAULT 0,
+    phase TEXT NOT NULL,
+    step INTEGER,
+    output TEXT,
+    error TEXT,
+    score REAL,
+    feedback TEXT NOT NULL DEFAULT '',
+    duration REAL,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    model_calls INTEGER,
+    model_latency REAL,
+    created_at REAL NOT NULL,
+    UNIQUE (run_id, version_id, split, idx, repeat)
+);
+"""
+_EVALUATIONS_INDEX = "CREATE INDEX evaluations_by_step ON evaluations (run_id, step);\n"
+_EVALUATION_COLUMNS_V1 = (
+    "id, run_id, version_id, split, idx, phase, step, output, error, score, feedback, duration, created_at"
+)
+_CANDIDATE_COLUMNS_ADDED = (("ci_low", "REAL"), ("ci_high", "REAL"))
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -177,36 +246,27 @@ CREATE TABLE candidates (
     status TEXT NOT NULL,
     reason TEXT,
     created_at REAL NOT NULL,
+    ci_low REAL,
+    ci_high REAL,
     UNIQUE (run_id, step, k)
 );
-CREATE TABLE evaluations (
-    id INTEGER PRIMARY KEY,
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    version_id INTEGER NOT NULL,
-    split TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    phase TEXT NOT NULL,
-    step INTEGER,
-    output TEXT,
-    error TEXT,
-    score REAL,
-    feedback TEXT NOT NULL DEFAULT '',
-    duration REAL,
-    created_at REAL NOT NULL,
-    UNIQUE (run_id, version_id, split, idx)
-);
-CREATE INDEX evaluations_by_step ON evaluations (run_id, step);
-CREATE TABLE graphs (
+""" + _EVALUATIONS_TABLE.format(name="evaluations") + _EVALUATIONS_INDEX + """CREATE TABLE graphs (
     evaluation_id INTEGER PRIMARY KEY REFERENCES evaluations(id),
     data BLOB NOT NULL,
     dot TEXT,
     text TEXT
 );
-""" + _MEMORY_TABLE
+""" + _MEMORY_TABLE + _POOL_TABLE + _LINEAGE_TABLE
 
 # The optimizer's memory after the last finished step, so a resumed run asks exactly what the
 # uninterrupted one would. Added to schema version 1 without a new version: a store made before
 # gets the table when opened for writing; one without it resumes as before (replaying rejections).
+# Likewise added later: the evaluations' ``repeat`` (a gate example evaluated several times,
+# one row per repeat, 0 for the first) and the app's own model usage per evaluation
+# (``prompt_tokens``, ``completion_tokens``, ``model_calls``, ``model_latency``; NULL where the
+# app's model reported nothing), and the candidates' acceptance interval (``ci_low``,
+# ``ci_high``). A store made before is migrated when opened for writing (the evaluations table
+# is rebuilt in one transaction, ids kept); read-only, it reads as repeat 0 without usage.
 
 _RUN_FIELDS = frozenset(
     {
@@ -233,7 +293,7 @@ _STEP_FIELDS = frozenset(
         "finished_at",
     }
 )
-_CANDIDATE_FIELDS = frozenset({"version_id", "score", "status", "reason"})
+_CANDIDATE_FIELDS = frozenset({"version_id", "score", "status", "reason", "ci_low", "ci_high"})
 _FREE_TEXT = frozenset({"message", "reason"})  # settable columns that are cut to the budget
 
 
@@ -309,6 +369,8 @@ class StoredCandidate:
     status: str
     reason: str | None
     created_at: float
+    ci_low: float | None = None
+    ci_high: float | None = None
 
 
 @dataclass(frozen=True)
@@ -327,6 +389,49 @@ class StoredEvaluation:
     score: float | None
     feedback: str
     duration: float | None
+    created_at: float
+    repeat: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    model_calls: int | None = None
+    model_latency: float | None = None
+
+
+@dataclass(frozen=True)
+class AppUsage:
+    """The app's own model usage of one version, as means per evaluation: ``prompt_tokens``,
+    ``completion_tokens`` (over the ``reported`` evaluations whose model reported tokens;
+    ``None`` if none did), ``model_calls`` and ``latency`` (seconds in model calls) over the
+    ``recorded`` ones (a plain Python app records none), of ``evaluations`` in all."""
+
+    evaluations: int
+    recorded: int
+    reported: int
+    prompt_tokens: float | None
+    completion_tokens: float | None
+    model_calls: float | None
+    latency: float | None
+
+    @property
+    def tokens(self) -> float | None:
+        """Prompt plus completion tokens per evaluation (``None``: none reported)."""
+        if self.prompt_tokens is None and self.completion_tokens is None:
+            return None
+        return (self.prompt_tokens or 0.0) + (self.completion_tokens or 0.0)
+
+
+@dataclass(frozen=True)
+class StoredPoolMember:
+    """A candidate of the Pareto search's pool: its version, where it came from, and whether
+    it is on the front (``kind``: ``seed``, ``mutation`` or ``merge``)."""
+
+    run_id: int
+    version_id: int
+    candidate_id: int | None
+    step: int
+    kind: str
+    parents: list[int]
+    on_front: bool
     created_at: float
 
 
@@ -373,6 +478,7 @@ class Store:
         self._conn.row_factory = sqlite3.Row  # rows are read by column name, never by position
         try:
             self._check_or_create()
+            self._repeats = "repeat" in self._columns("evaluations")  # False: old, read-only
         except BaseException:
             self._conn.close()
             raise
@@ -438,12 +544,39 @@ class Store:
                     f"{where} has schema version {version}, written by a newer opto_adapters; "
                     f"this one reads up to version {SCHEMA_VERSION}: upgrade opto_adapters"
                 )
-        if not self.readonly and "optimizer_memory" not in tables and "meta" in tables:
-            with self._conn:
-                self._conn.execute(_MEMORY_TABLE)
+        missing = [sql for name, sql in _ADDED_TABLES if name not in tables]
+        if not self.readonly and missing and "meta" in tables:
+            with self._conn:  # the migration of a store made before these tables
+                for sql in missing:
+                    self._conn.execute(sql)
+        if not self.readonly:
+            self._migrate()
         if self.path != MEMORY and not self.readonly:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _columns(self, table: str) -> set[str]:
+        return {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+
+    def _migrate(self) -> None:
+        """Add what schema version 1 gained later (see the comment above ``_RUN_FIELDS``), in
+        one transaction: a process killed meanwhile leaves the store as it was."""
+        candidate_columns = self._columns("candidates")
+        missing = [(c, t) for c, t in _CANDIDATE_COLUMNS_ADDED if c not in candidate_columns]
+        rebuild = "repeat" not in self._columns("evaluations")
+        if not missing and not rebuild:
+            return
+        script = f"BEGIN; UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';"
+        script += "".join(f" ALTER TABLE candidates ADD COLUMN {c} {t};" for c, t in missing)
+        if rebuild:
+            script += (
+                _EVALUATIONS_TABLE.format(name="evaluations_new") + ";"
+                f" INSERT INTO evaluations_new ({_EVALUATION_COLUMNS_V1}) SELECT {_EVALUATION_COLUMNS_V1} FROM evaluations;"
+                " DROP TABLE evaluations; ALTER TABLE evaluations_new RENAME TO evaluations; "
+                + _EVALUATIONS_INDEX
+            )
+        self._conn.executescript(script + " COMMIT;")
+        logger.info("%s: added the columns of repeated evaluations, app usage and acceptance intervals", self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -701,16 +834,24 @@ class Store:
         status: str = "pending",
         reason: str | None = None,
         memory: list[Any] | None = None,
+        lineage: tuple[str, list[int]] | None = None,
     ) -> int:
         """Record a proposal; returns the candidate id. ``memory``: the optimizer's memory
         after it, kept in the same transaction (a resumed step that reuses this proposal
-        starts from the memory the proposal left)."""
+        starts from the memory the proposal left). ``lineage``: (kind, parent version ids)
+        of a Pareto search's candidate, kept in the same transaction."""
         self._check_writable()
         with self._lock, self._conn:
             cursor = self._add_candidate(
                 run_id, step, k, values, invalid, reasoning, prompt, reply, error,
                 prompt_tokens, completion_tokens, status, reason,
             )
+            if lineage is not None:
+                kind, parents = lineage
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO search_lineage(candidate_id, run_id, kind, parents) VALUES (?, ?, ?, ?)",
+                    (int(cursor.lastrowid), run_id, kind, json.dumps([int(p) for p in parents])),
+                )
             if memory is not None:
                 self._conn.execute(
                     "INSERT OR REPLACE INTO optimizer_memory(run_id, step, entries) VALUES (?, ?, ?)",
@@ -774,6 +915,71 @@ class Store:
             "total_tokens": int(prompt) + int(completion),
         }
 
+    # -- the Pareto search's pool -------------------------------------------------------------
+
+    def lineage(self, run_id: int) -> dict[int, tuple[str, list[int]]]:
+        """(kind, parent version ids) of each Pareto-search candidate of a run, by candidate id."""
+        try:
+            rows = self._rows("SELECT * FROM search_lineage WHERE run_id = ?", (run_id,))
+        except sqlite3.OperationalError:  # an older store opened read-only: no such table
+            return {}
+        return {r["candidate_id"]: (r["kind"], json.loads(r["parents"])) for r in rows}
+
+    def add_pool_member(
+        self,
+        run_id: int,
+        version_id: int,
+        *,
+        step: int,
+        kind: str,
+        parents: Iterable[int] = (),
+        candidate_id: int | None = None,
+    ) -> None:
+        """Put a version into the run's pool (again: nothing changes)."""
+        self._write(
+            "INSERT OR IGNORE INTO search_pool(run_id, version_id, candidate_id, step, kind, parents, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, version_id, candidate_id, step, kind, json.dumps([int(p) for p in parents]), time.time()),
+        )
+
+    def pool(self, run_id: int) -> list[StoredPoolMember]:
+        """The run's pool, in the order its members joined."""
+        try:
+            rows = self._rows("SELECT * FROM search_pool WHERE run_id = ? ORDER BY step, rowid", (run_id,))
+        except sqlite3.OperationalError:  # an older store opened read-only: no such table
+            return []
+        return [_pool_member(r) for r in rows]
+
+    def set_front(self, run_id: int, version_ids: Iterable[int]) -> None:
+        """Mark exactly these pool members as the front."""
+        ids = sorted({int(v) for v in version_ids})
+        self._check_writable()
+        with self._lock, self._conn:
+            self._conn.execute("UPDATE search_pool SET on_front = 0 WHERE run_id = ?", (run_id,))
+            self._conn.executemany(
+                "UPDATE search_pool SET on_front = 1 WHERE run_id = ? AND version_id = ?",
+                [(run_id, v) for v in ids],
+            )
+
+    def score_matrix(
+        self, run_id: int, version_ids: Iterable[int], split: str, size: int
+    ) -> dict[int, list[float | None]]:
+        """Per version, its stored score on each of the ``size`` examples of ``split``
+        (``None`` where it was not evaluated; the mean of its repeats where it was repeated)."""
+        out: dict[int, list[float | None]] = {}
+        for v in version_ids:
+            seen: list[list[float]] = [[] for _ in range(size)]
+            for e in self.evaluations(run_id, version_id=v, split=split):
+                if 0 <= e.index < size and e.score is not None:
+                    seen[e.index].append(e.score)
+            out[v] = [sum(x) / len(x) if x else None for x in seen]
+        return out
+
+    def evaluation_count(self, run_id: int) -> int:
+        """How many evaluations (app runs scored by the guide) a run has stored."""
+        ((n,),) = self._rows("SELECT COUNT(*) FROM evaluations WHERE run_id = ?", (run_id,))
+        return int(n)
+
     # -- evaluations and graphs --------------------------------------------------------------
 
     def add_evaluation(
@@ -793,9 +999,14 @@ class Store:
         graph: Mapping[str, Any] | None = None,
         dot: str | None = None,
         text: str | None = None,
+        repeat: int = 0,
+        usage: Mapping[str, Any] | None = None,
     ) -> int:
         """Record (or replace) the evaluation of one example under one version (texts and graph
-        node values cut to the store's ``value_budget``)."""
+        node values cut to the store's ``value_budget``). ``repeat`` numbers the evaluations of
+        the same example and version (0 first); ``usage`` is the app's own model usage
+        (``prompt_tokens``, ``completion_tokens``, ``model_calls``, ``latency``)."""
+        u = usage or {}
         blob = None
         if graph:
             bounded = bound_graph_json(graph, self.value_budget)
@@ -804,13 +1015,20 @@ class Store:
         self._check_writable()
         with self._lock, self._conn:
             (eid,) = self._conn.execute(
-                "INSERT INTO evaluations(run_id, version_id, split, idx, phase, step, output, error, score, "
-                "feedback, duration, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(run_id, version_id, split, idx) DO UPDATE SET phase=excluded.phase, "
+                "INSERT INTO evaluations(run_id, version_id, split, idx, repeat, phase, step, output, error, score, "
+                "feedback, duration, prompt_tokens, completion_tokens, model_calls, model_latency, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(run_id, version_id, split, idx, repeat) DO UPDATE SET phase=excluded.phase, "
                 "step=excluded.step, output=excluded.output, error=excluded.error, score=excluded.score, "
-                "feedback=excluded.feedback, duration=excluded.duration, created_at=excluded.created_at "
+                "feedback=excluded.feedback, duration=excluded.duration, prompt_tokens=excluded.prompt_tokens, "
+                "completion_tokens=excluded.completion_tokens, model_calls=excluded.model_calls, "
+                "model_latency=excluded.model_latency, created_at=excluded.created_at "
                 "RETURNING id",
-                _params((run_id, version_id, split, index, phase, step, output, error, score, feedback or "", duration, time.time())),
+                _params((
+                    run_id, version_id, split, index, repeat, phase, step, output, error, score,
+                    feedback or "", duration, u.get("prompt_tokens"), u.get("completion_tokens"),
+                    u.get("model_calls"), u.get("latency"), time.time(),
+                )),
             ).fetchone()
             if blob is not None:
                 self._conn.execute(
@@ -842,16 +1060,40 @@ class Store:
             sql += f" AND idx IN ({', '.join('?' * len(wanted))})"
             params.extend(sorted(wanted))
             wanted = None
-        rows = self._rows(sql + " ORDER BY split, idx", params)
+        rows = self._rows(sql + (" ORDER BY split, idx, repeat" if self._repeats else " ORDER BY split, idx"), params)
         return [_evaluation(r) for r in rows if wanted is None or r["idx"] in wanted]
 
     def mean_score(self, run_id: int, version_id: int, split: str) -> tuple[float | None, int]:
-        """(mean score, number of evaluations) of a version on a split."""
+        """(mean score, number of examples scored) of a version on a split; an example evaluated
+        several times (``repeat``) counts once, with the mean of its repeats."""
         (mean, count), = self._rows(
-            "SELECT AVG(score), COUNT(score) FROM evaluations WHERE run_id = ? AND version_id = ? AND split = ?",
+            "SELECT AVG(m), COUNT(m) FROM (SELECT AVG(score) AS m FROM evaluations "
+            "WHERE run_id = ? AND version_id = ? AND split = ? AND score IS NOT NULL GROUP BY idx)",
             (run_id, version_id, split),
         )
         return (None if mean is None else float(mean)), int(count)
+
+    def app_usage(self, run_id: int, split: str | None = None) -> dict[int, AppUsage]:
+        """The app's own model usage per evaluation, by version (of one split, or all)."""
+        if not self._repeats:  # an older store, read-only: it recorded no usage
+            return {}
+        sql = (
+            "SELECT version_id, COUNT(*) AS n, COUNT(model_calls) AS recorded, COUNT(prompt_tokens) AS reported, "
+            "AVG(prompt_tokens) AS prompt, AVG(completion_tokens) AS completion, AVG(model_calls) AS calls, "
+            "AVG(model_latency) AS latency FROM evaluations WHERE run_id = ?"
+        )
+        params: list[Any] = [run_id]
+        if split is not None:
+            sql += " AND split = ?"
+            params.append(split)
+        return {
+            r["version_id"]: AppUsage(
+                evaluations=r["n"], recorded=r["recorded"], reported=r["reported"],
+                prompt_tokens=r["prompt"], completion_tokens=r["completion"],
+                model_calls=r["calls"], latency=r["latency"],
+            )
+            for r in self._rows(sql + " GROUP BY version_id", params)
+        }
 
     def graph(self, evaluation_id: int) -> dict[str, Any] | None:
         """The stored graph (nodes and edges) of an evaluation, or ``None``."""
@@ -905,7 +1147,7 @@ class Store:
         for run in self._rows("SELECT * FROM runs"):
             for column in ("baseline_version_id", "current_version_id", "best_version_id"):
                 own(run["id"], run[column], column)
-        unfinished_ok = {"running", "interrupted", "failed", "time_limit", "budget_exhausted"}
+        unfinished_ok = {"running", "interrupted", "failed", "time_limit", "budget_exhausted", "max_metric_calls"}
         for step in self._rows("SELECT s.*, r.status AS run_status FROM steps s JOIN runs r ON r.id = s.run_id"):
             where = f"step {step['step']} of run {step['run_id']}"
             own(step["run_id"], step["version_id"], f"{where}'s version")
@@ -930,6 +1172,17 @@ class Store:
                     problems.append(f"candidate {c['id']}: {column} is not JSON")
         for e in self._rows("SELECT id, run_id, version_id FROM evaluations"):
             own(e["run_id"], e["version_id"], f"evaluation {e['id']}'s version")
+        tables = {r["name"] for r in self._rows("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "search_pool" in tables:
+            for m in self._rows("SELECT * FROM search_pool"):
+                own(m["run_id"], m["version_id"], "a pool member")
+                for p in json.loads(m["parents"]):
+                    own(m["run_id"], p, f"pool member {m['version_id']}'s parent")
+        if "search_lineage" in tables:
+            candidates = {r["id"]: r["run_id"] for r in self._rows("SELECT id, run_id FROM candidates")}
+            for r in self._rows("SELECT candidate_id, run_id FROM search_lineage"):
+                if candidates.get(r["candidate_id"]) != r["run_id"]:
+                    problems.append(f"lineage of candidate {r['candidate_id']}: no such candidate of run {r['run_id']}")
         orphans = self._rows("SELECT evaluation_id FROM graphs WHERE evaluation_id NOT IN (SELECT id FROM evaluations)")
         problems.extend(f"graph of evaluation {r['evaluation_id']}: no such evaluation" for r in orphans)
         for g in self._rows("SELECT evaluation_id, data FROM graphs"):
@@ -979,7 +1232,20 @@ def _candidate(r: sqlite3.Row) -> StoredCandidate:
         reasoning=r["reasoning"], prompt=r["prompt"], reply=r["reply"], error=r["error"],
         prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
         version_id=r["version_id"], score=r["score"], status=r["status"], reason=r["reason"],
-        created_at=r["created_at"],
+        created_at=r["created_at"], ci_low=_get(r, "ci_low"), ci_high=_get(r, "ci_high"),
+    )
+
+
+def _get(r: sqlite3.Row, column: str, default: Any = None) -> Any:
+    """A column a store made before it was added lacks (read-only, not migrated)."""
+    return r[column] if column in r.keys() else default
+
+
+def _pool_member(r: sqlite3.Row) -> StoredPoolMember:
+    return StoredPoolMember(
+        run_id=r["run_id"], version_id=r["version_id"], candidate_id=r["candidate_id"],
+        step=r["step"], kind=r["kind"], parents=json.loads(r["parents"]),
+        on_front=bool(r["on_front"]), created_at=r["created_at"],
     )
 
 
@@ -988,4 +1254,7 @@ def _evaluation(r: sqlite3.Row) -> StoredEvaluation:
         id=r["id"], run_id=r["run_id"], version_id=r["version_id"], split=r["split"],
         index=r["idx"], phase=r["phase"], step=r["step"], output=r["output"], error=r["error"],
         score=r["score"], feedback=r["feedback"], duration=r["duration"], created_at=r["created_at"],
+        repeat=_get(r, "repeat", 0), prompt_tokens=_get(r, "prompt_tokens"),
+        completion_tokens=_get(r, "completion_tokens"), model_calls=_get(r, "model_calls"),
+        model_latency=_get(r, "model_latency"),
     )

@@ -23,20 +23,25 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..llm import Budget, BudgetExceeded
-from ..trace import Parameter, apply_updates
+from ..llm import Budget, BudgetExceeded, DeadlineExceeded
+from ..trace import Feedback, Parameter, apply_updates
 from ..trace.render import short_repr
 from ..trace.tracer import TracedRun
+from .acceptance import accept
 from .apps import AppTracer, PythonApp, adopt_parameters, as_tracer, no_parameters_error
 from .config import TrainConfig
 from .data import InputKey, app_inputs, examples_list, fingerprint
-from .engine import Evaluator, Result, Stop, mean
+from .engine import Evaluator, Result, Stop, by_example, mean
 from .errors import AppError, InfrastructureError
+from .guard import DEFAULT_THRESHOLD, CopyGuard
 from .record import open_run
-from .result import DONE, Scores, StepSummary, TrainResult, build_result
+from .result import DONE, FrontCandidate, Scores, StepSummary, TrainResult, build_result
+from .rollouts import MAX_METRIC_CALLS, CountingEvaluator
 from .store import Store
 
-__all__ = ["Scores", "StepSummary", "TrainConfig", "TrainResult", "Trainer", "build_result", "optimize"]
+__all__ = [
+    "FrontCandidate", "Scores", "StepSummary", "TrainConfig", "TrainResult", "Trainer", "build_result", "optimize",
+]
 
 logger = logging.getLogger("opto_adapters.train")
 
@@ -67,6 +72,12 @@ def _nothing_to_learn(results: list[Result]) -> bool:
     )
 
 
+def nothing_to_learn(results: list[Result]) -> bool:
+    """Whether every run of a minibatch got the best score and no text to learn from (the
+    check both searches make before asking the optimizer)."""
+    return _nothing_to_learn(results)
+
+
 class Trainer:
     """Optimize an app's parameters on ``train``, gated on ``val``; ``fit()`` runs it.
 
@@ -86,9 +97,13 @@ class Trainer:
     ``resume`` (``True``: the latest run of the store, or a run id).
 
     Settings: ``config`` (a ``TrainConfig``), or any of its fields as keywords (``epochs``,
-    ``batch_size``, ``shuffle``, ``seed``, ``n_candidates``, ``max_steps``, ``time_limit``,
+    ``batch_size``, ``shuffle``, ``seed``, ``n_candidates``, ``search``,
+    ``proposals_per_step``, ``merge``, ``max_steps``, ``max_metric_calls``, ``time_limit``,
     ``max_concurrency``, ``error_score``, ``tolerate_app_errors``, ``run_name``,
     ``store_graphs``, ``progress``), which override ``config``'s.
+
+    How to search: ``search="greedy"`` (the default) keeps one incumbent and the loop below;
+    ``search="pareto"`` keeps a pool of candidates (``opto_adapters.train.search``).
     """
 
     def __init__(
@@ -154,6 +169,8 @@ class Trainer:
         self._baseline = self._current = self._best = 0
         self._best_score: float | None = None
         self._steps_bar: Any = None
+        self._guard: CopyGuard | None = None
+        self._refused: dict[int, str] = {}
 
     # -- set-up, on first use ----------------------------------------------------------------
 
@@ -252,6 +269,15 @@ class Trainer:
             "app": short_repr(self.tracer, 200),
             "time_limit": cfg.time_limit,
             "max_steps": cfg.max_steps,
+            "search": cfg.search,
+            "proposals_per_step": cfg.proposals_per_step,
+            "merge": cfg.merge,
+            "max_metric_calls": cfg.max_metric_calls,
+            "repeats": cfg.repeats,
+            "acceptance": cfg.acceptance_rule,
+            "tolerance": float(cfg.tolerance),
+            "confidence": float(cfg.confidence),
+            "guard_copies": _guard_threshold(cfg.guard_copies),
         }
 
     def _values(self) -> dict[str, Any]:
@@ -282,8 +308,8 @@ class Trainer:
         remember = getattr(self.optimizer, "remember", None)
         if remember is not None:  # a store from before the memory was kept
             for cand in self.store.candidates(self.run_id):
-                if cand.status == "rejected":
-                    remember(cand.values, f"REJECTED: {cand.reason}")
+                if cand.status in ("rejected", "refused"):
+                    remember(cand.values, f"{cand.status.upper()}: {cand.reason}")
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -295,12 +321,14 @@ class Trainer:
         self._prepare()
         limit = self.config.time_limit
         self._deadline = time.monotonic() + limit if limit else None
+        if hasattr(self.optimizer, "deadline"):  # the limit holds inside optimizer requests too
+            self.optimizer.deadline = self._deadline
         self.run_id = None
         status, message = "completed", None
         try:
             self._open_run()
             with self._make_evaluator():
-                self._loop()
+                self._search()
         except KeyboardInterrupt:
             if self.run_id is None:  # nothing was stored: there is no run to report
                 raise
@@ -325,20 +353,23 @@ class Trainer:
                 self._steps_bar = None
         if message:
             logger.warning("training stopped: %s", message)
-        if status in ("completed", "max_steps", "budget_exhausted"):
+        if status in ("completed", "max_steps", "budget_exhausted", MAX_METRIC_CALLS):
             try:
                 self._final_evaluations()
             except KeyboardInterrupt:
                 status, message = "interrupted", "interrupted during the final evaluation"
             except BudgetExceeded as exc:
                 status, message = "budget_exhausted", str(exc)
+            except Stop as stop:  # the rollout budget: what does not fit is not evaluated
+                logger.warning("the final evaluation is incomplete: %s", stop.message)
         self._restore_best()
         self.store.update_run(self.run_id, status=status, message=message)
         return self.result()
 
     def _make_evaluator(self) -> Evaluator:
         assert self.run_id is not None
-        self._evaluator = Evaluator(
+        self._evaluator = CountingEvaluator(
+            limit=self.config.max_metric_calls, used=self.store.evaluation_count(self.run_id),
             store=self.store, run_id=self.run_id, tracer=self.tracer, inputs=self.inputs,
             examples=self.examples, guide=self.guide, parameters=self._by_name,
             error_score=float(self.config.error_score), max_concurrency=self.config.max_concurrency,
@@ -350,10 +381,33 @@ class Trainer:
 
     def _evaluate(
         self, version: int, split: str, indices: Iterable[int], phase: str, *,
-        step: int | None = None, graphs: bool = False,
+        step: int | None = None, graphs: bool = False, repeats: int | None = None,
     ) -> list[Result]:
+        """``repeats``: evaluations per example (default: ``config.repeats`` on val, else 1)."""
         assert self._evaluator is not None
-        return self._evaluator.evaluate(version, split, indices, phase, step=step, graphs=graphs)
+        if repeats is None:
+            repeats = self.config.repeats if split == "val" else 1
+        return self._evaluator.evaluate(version, split, indices, phase, step=step, graphs=graphs, repeats=repeats)
+
+    def _search(self) -> None:
+        """Run the configured search: today's greedy loop, or the Pareto search."""
+        cfg = self.config
+        if cfg.search == "pareto":
+            from .search import ParetoSearch
+
+            if type(self)._step is not Trainer._step:  # e.g. TraceTrainer: steps from imported runs
+                raise TypeError(
+                    f"search='pareto' runs the app on training minibatches; {type(self).__name__} "
+                    "takes its steps another way: use search='greedy' with it"
+                )
+
+            if cfg.n_candidates != 1:
+                logger.warning("n_candidates=%d is for search='greedy'; the Pareto search uses proposals_per_step", cfg.n_candidates)
+            ParetoSearch(self).run()
+            return
+        if cfg.proposals_per_step != 1 or cfg.merge:
+            logger.warning("proposals_per_step and merge are for search='pareto'; search='greedy' ignores them")
+        self._loop()
 
     def _loop(self) -> None:
         run_id = self.run_id
@@ -385,6 +439,11 @@ class Trainer:
 
     def _baseline_phase(self) -> None:
         results = self._evaluate(self._current, "train", range(len(self.train)), "baseline", graphs=True)
+        self._check_app_runs(results, "train")
+        self._consider_best(self._current, self._selection_score(self._current, "baseline"))
+
+    def _check_app_runs(self, results: list[Result], split: str) -> None:
+        """Refuse to train an app that raised on every example of the baseline."""
         failed = [r for r in results if r.error is not None]
         if len(failed) == len(results) and not self.config.tolerate_app_errors:
             if all(_unreachable(r.error) for r in failed):
@@ -398,10 +457,9 @@ class Trainer:
                     "repair a failing app (e.g. trainable code), pass tolerate_app_errors=True"
                 )
             raise AppError(
-                f"the app raised on all {len(results)} train examples (train example "
+                f"the app raised on all {len(results)} {split} examples ({split} example "
                 f"{failed[0].index}: {failed[0].error}); there is nothing to learn from. {advice}"
             )
-        self._consider_best(self._current, self._selection_score(self._current, "baseline"))
 
     def _batches(self, epoch: int) -> list[list[int]]:
         order = list(range(len(self.train)))
@@ -434,6 +492,9 @@ class Trainer:
         if self.val:
             gate_split, gate_idx = "val", list(range(len(self.val)))
             gate_now = self._evaluate(before, "val", gate_idx, "val", step=step)
+        elif self.config.repeats > 1:  # the minibatch is the gate: repeated like val
+            gate_split, gate_idx = "train", batch
+            gate_now = self._evaluate(before, "train", batch, "step", step=step, repeats=self.config.repeats)
         else:
             gate_split, gate_idx, gate_now = "train", batch, forward
         gate_score = mean(gate_now)
@@ -475,21 +536,34 @@ class Trainer:
         reject (and remember) them all; returns (status, reason, accepted candidate id)."""
         run_id = self.run_id
         assert run_id is not None
+        refused = [self._refused.pop(c) for c in list(self._refused)]
         if not scored:
+            if refused:
+                return "rejected", refused[0] if len(refused) == 1 else f"{len(refused)} candidates refused: {refused[0]}", None
             return "no_change", "no candidate changed any value", None
         gate_name = "validation" if self.val else "minibatch"
+        verdicts = self._verdicts(step, scored, gate_score, gate_now)
         cid, values, score, _ = max(scored, key=lambda s: s[2])
-        if score < gate_score - _EPS:
+        plain = self.config.acceptance_rule == "mean" and not self.config.tolerance  # today's rule
+        if not verdicts[cid][0]:
             for other, other_values, other_score, other_results in scored:
-                why = f"{gate_name} score {other_score:.4g} is worse than the current values' {gate_score:.4g}; reverted"
+                if plain:
+                    why = f"{gate_name} score {other_score:.4g} is worse than the current values' {gate_score:.4g}; reverted"
+                else:
+                    why = f"{gate_name} score {other_score:.4g} vs current {gate_score:.4g}: {verdicts[other][1]}; reverted"
                 self.store.update_candidate(other, status="rejected", reason=why)
                 self._remember(other_values, why, gate_split, gate_now, other_results)
-            return "rejected", f"{gate_name} score {score:.4g} < current {gate_score:.4g}; reverted", None
+            if plain:
+                return "rejected", f"{gate_name} score {score:.4g} < current {gate_score:.4g}; reverted", None
+            return "rejected", f"{gate_name} score {score:.4g} vs current {gate_score:.4g}: {verdicts[cid][1]}; reverted", None
         before = self._current
         self._write(values)
         self._current = self.store.version(run_id, self._values(), parent_id=before, step=step)
         self.store.update_run(run_id, current_version_id=self._current)
-        reason = f"{gate_name} score {score:.4g} >= current {gate_score:.4g}"
+        if plain:
+            reason = f"{gate_name} score {score:.4g} >= current {gate_score:.4g}"
+        else:
+            reason = f"{gate_name} score {score:.4g} vs current {gate_score:.4g}: {verdicts[cid][1]}"
         self.store.update_candidate(cid, status="accepted", reason=reason)
         for other, _, other_score, _ in scored:
             if other != cid:
@@ -498,6 +572,33 @@ class Trainer:
         if self.val:
             self._consider_best(self._current, score)
         return "accepted", reason, cid
+
+    def _verdicts(
+        self,
+        step: int,
+        scored: list[tuple[int, dict[str, Any], float, list[Result]]],
+        gate_score: float,
+        gate_now: list[Result],
+    ) -> dict[int, tuple[bool, str]]:
+        """(passes, why) of each scored candidate against the current values: its mean may not
+        drop more than ``tolerance``, or (``acceptance="bootstrap"``) the lower bound of the
+        paired bootstrap interval of (candidate - current) must be at least ``-tolerance``; the
+        interval is stored with the candidate."""
+        cfg = self.config
+        out: dict[int, tuple[bool, str]] = {}
+        for k, (cid, _, score, results) in enumerate(scored):
+            if cfg.acceptance_rule == "bootstrap":
+                decision = accept(
+                    by_example(results), by_example(gate_now), tolerance=cfg.tolerance,
+                    confidence=cfg.confidence, seed=cfg.seed * 1_000_003 + step * 1_009 + k,
+                )
+                self.store.update_candidate(cid, ci_low=decision.interval.low, ci_high=decision.interval.high)
+                out[cid] = (decision.accepted, decision.reason)
+            elif score < gate_score - cfg.tolerance - _EPS:
+                out[cid] = (False, f"more than the tolerance {cfg.tolerance:g} below")
+            else:
+                out[cid] = (True, f"within the tolerance {cfg.tolerance:g}")
+        return out
 
     def _memory_state(self) -> list[Any] | None:
         """The optimizer's memory as data, to store (``None``: it keeps none)."""
@@ -543,6 +644,8 @@ class Trainer:
                 status=status, reason=reason, memory=self._memory_state(),
             )
             next_k += 1
+            if proposal.unanswered and isinstance(proposal.cause, DeadlineExceeded):
+                raise Stop("time_limit", f"time limit of {self.config.time_limit:g} s reached during an optimizer request")
             if proposal.unanswered:
                 self._optimizer_failed(step, proposal.error or "the optimizer request failed")
             if proposal.values:
@@ -571,6 +674,10 @@ class Trainer:
         assert run_id is not None
         if not values:
             return None
+        why = self._refuse_if_copied(step, cid, values)
+        if why is not None:
+            self._refused[cid] = why
+            return None
         try:
             previous = apply_updates({self._by_name[n]: v for n, v in values.items() if n in self._by_name})
         except Exception as exc:  # a value that became invalid, or a failing binding
@@ -579,12 +686,38 @@ class Trainer:
         try:
             version = self.store.version(run_id, self._values(), parent_id=self._current, step=step)
             self.store.update_candidate(cid, version_id=version)
-            results = self._evaluate(version, split, indices, "candidate", step=step)
+            repeats = self.config.repeats  # the gate set is repeated, val or minibatch
+            results = self._evaluate(version, split, indices, "candidate", step=step, repeats=repeats)
         finally:
             apply_updates(previous)
         score = mean(results)
         self.store.update_candidate(cid, score=score)
         return score, results
+
+    def _refuse_if_copied(
+        self, step: int, cid: int, values: dict[str, Any], current: dict[str, Any] | None = None
+    ) -> str | None:
+        """Refuse (store, remember, log) a candidate that copies a training example, before any
+        app run; returns why, or ``None`` when it copies nothing."""
+        why = self._copy_guard_check(values, current)
+        if why is None:
+            return None
+        self.store.update_candidate(cid, status="refused", reason=why)
+        remember = getattr(self.optimizer, "remember", None)
+        if remember is not None:
+            remember(values, f"REFUSED: {why}.")
+        logger.info("step %d: candidate %d %s", step, cid, why)
+        return why
+
+    def _copy_guard_check(self, values: dict[str, Any], current: dict[str, Any] | None = None) -> str | None:
+        """Why ``values`` copy a training example into a prompt (see ``guard``), or ``None``;
+        text ``current`` (default: the values in the app now) already holds does not count."""
+        threshold = _guard_threshold(self.config.guard_copies)
+        if threshold is None:
+            return None
+        if self._guard is None:
+            self._guard = CopyGuard(self.train, self.inputs["train"], threshold=threshold)
+        return self._guard.check(values, self._values() if current is None else current)
 
     def _remember(
         self,
@@ -597,6 +730,8 @@ class Trainer:
         remember = getattr(self.optimizer, "remember", None)
         if remember is None:
             return
+        if self.config.repeats > 1:  # one line per example: its mean over the repeats
+            results, now = _example_means(results), _example_means(now)
         worse = [
             (r, old) for r, old in zip(results, now, strict=True) if r.score < old.score - _EPS
         ][:2]
@@ -622,7 +757,12 @@ class Trainer:
     def _evaluate_all(self, version: int) -> None:
         for split in ("train", "val"):
             if self.examples[split]:
-                self._evaluate(version, split, range(len(self.examples[split])), "final")
+                try:
+                    self._evaluate(version, split, range(len(self.examples[split])), "final")
+                except Stop as stop:
+                    if stop.status != MAX_METRIC_CALLS:
+                        raise
+                    logger.warning("version %d is not scored on all of %s: %s", version, split, stop.message)
 
     def _restore_best(self) -> None:
         """Write the best values seen back into the app."""
@@ -636,6 +776,26 @@ class Trainer:
         if self.run_id is None:
             raise RuntimeError("the trainer has not run yet: call fit() first")
         return build_result(self.store, self.run_id)
+
+
+def _guard_threshold(setting: float | bool | None) -> float | None:
+    """The copy guard's threshold for ``guard_copies`` (``None``: no guard)."""
+    if setting is None or setting is False:
+        return None
+    return DEFAULT_THRESHOLD if setting is True else float(setting)
+
+
+def _example_means(results: list[Result]) -> list[Result]:
+    """One result per example, scored by the mean of its repeats (the first repeat's text)."""
+    firsts: dict[int, Result] = {}
+    scores: dict[int, list[float]] = {}
+    for r in results:
+        firsts.setdefault(r.index, r)
+        scores.setdefault(r.index, []).append(r.score)
+    return [
+        Result(i, Feedback(score=sum(scores[i]) / len(scores[i]), text=r.feedback.text), r.error)
+        for i, r in firsts.items()
+    ]
 
 
 def _check_parameters(params: list[Parameter], tracer: AppTracer) -> None:
@@ -699,7 +859,8 @@ def optimize(
     ``objective=``). ``store`` is an SQLite file path (default: in memory). Further options
     are ``Trainer``'s: ``input_key``, ``parameters``, ``resume``, ``config=TrainConfig(...)``,
     or any ``TrainConfig`` field as a keyword (``epochs``, ``batch_size``,
-    ``max_concurrency``, ``n_candidates``, ``time_limit``, ``max_steps``, ``progress``...).
+    ``max_concurrency``, ``n_candidates``, ``time_limit``, ``max_steps``, ``progress``,
+    ``search="pareto"``, ``proposals_per_step``, ``merge``, ``max_metric_calls``...).
 
     ``traces`` (with ``feedback``) instead of ``train``: propose from runs recorded elsewhere
     (LangSmith runs, OpenInference spans; see ``opto_adapters.from_traces``) and validate
