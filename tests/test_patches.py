@@ -168,10 +168,23 @@ def test_tool_docstrings_and_an_inline_system_message_are_patched(tmp_path, caps
     diff = tmp_path / "out.patch"
     assert cli.main(["export", str(store), "--diff", str(diff), "--source", str(root / "tool_agent.py")]) == 0
     git_apply(root, diff)
-    patched = OptoTracer(load_recipe(root / "tool_agent.py").build_app(dry_run=True))
-    assert {p.name: p.value for p in patched.parameters} == new
-    run = patched.run({"messages": [{"role": "user", "content": "Ship 3 kg to zone B?"}]})
-    assert run.error is None
+    app = load_recipe(root / "tool_agent.py").build_app(dry_run=True)
+    assert {p.name: p.value for p in OptoTracer(app).parameters} == new
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    seen: list[tuple[list[str], dict[str, str]]] = []
+
+    class Catch(BaseCallbackHandler):
+        def on_chat_model_start(self, serialized, messages, **kwargs):
+            tools = (kwargs.get("invocation_params") or {}).get("tools") or []
+            seen.append(([m.content for m in messages[0]],
+                         {t["function"]["name"]: t["function"]["description"] for t in tools}))
+
+    app.invoke({"messages": [{"role": "user", "content": "Ship 3 kg to zone B?"}]}, config={"callbacks": [Catch()]})
+    assert len(seen) == 2  # the tool call, then the answer
+    for contents, tools in seen:
+        assert contents[0] == new["agent.system_prompt"]
+        assert tools["shipping_cost"] == new["tool.shipping_cost"]
 
 
 # -- prompts built at run time ------------------------------------------------------------------
