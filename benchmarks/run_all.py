@@ -43,6 +43,7 @@ BENCHMARKS = [
     "bench_train",
     "bench_faults",
     "bench_search",
+    "bench_traces_import",
 ]
 NA = "n/a"
 NONE = "-"  # no trace-opt counterpart
@@ -129,7 +130,7 @@ def fewer(theirs: str) -> str:
 def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
     """(what is compared, opto_adapters, trace-opt in the same run, aim) rows, read from the
     benchmarks' own output."""
-    t, p, st, im, lc, li, tr, fa, se = (out[n] for n in BENCHMARKS)
+    t, p, st, im, lc, li, tr, fa, se, ti = (out[n] for n in BENCHMARKS)
     t, prompts = (
         section(t, "| traced call |") + section(t, "| backward |"),
         section(t, "| prompt |"),
@@ -337,6 +338,22 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
                 else f"(today's baseline; gepa's engine {gepa})",
             )
         )
+    for label in ("LangSmith JSON lines", "OTLP JSON lines"):
+        rows += [
+            (
+                f"import of recorded runs, {label}, 100,000 spans: spans/s (best / median)",
+                cell(ti, (label, "100,000"), 3),
+                NONE,
+                "(measured)",
+            ),
+            (
+                f"import of recorded runs, {label}: peak memory, 10,000 -> 100,000 spans",
+                find(rf"^{label}: peak memory ([\d.]+ MiB) at", ti) + " -> "
+                + find(rf"^{label}: peak memory .*-> ([\d.]+ MiB) at", ti),
+                NONE,
+                "flat (streamed, not loaded)",
+            ),
+        ]
     return rows
 
 

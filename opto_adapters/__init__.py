@@ -24,6 +24,7 @@ from .trace import (
 )
 
 if TYPE_CHECKING:
+    from .patches import apply_patch
     from .traces import from_traces
     from .train import Trainer, TrainResult, optimize
 
@@ -34,6 +35,7 @@ _LAZY = {
     "Trainer": "opto_adapters.train",
     "TrainResult": "opto_adapters.train",
     "from_traces": "opto_adapters.traces",
+    "apply_patch": "opto_adapters.patches",
 }
 
 
@@ -62,6 +64,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "ValidationError",
+    "apply_patch",
     "backward",
     "bundle",
     "from_traces",

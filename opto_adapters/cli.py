@@ -4,6 +4,7 @@
     opto-adapters runs STORE
     opto-adapters show STORE [--run ID] [--step N] [--format text|dot]
     opto-adapters export STORE -o params.json [--run ID] [--version best|final|baseline | --pick RULE]
+                         [--diff out.patch] [--patch-set patches.json] [--source RECIPE.py]
     opto-adapters report STORE -o report.html [--run ID]
 
 Exit status: 0 on success, 1 on an error (the message says what to fix), 2 on bad usage,
@@ -114,12 +115,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export",
-        help="write a run's best parameter values to a JSON file",
+        help="write a run's best values as JSON, a diff of your source and a patch set",
         description="Write parameter values in the format of opto_adapters.trace.save_parameters "
-        "(load them with tracer.load(path) or module.load(path)).",
+        "(load them with tracer.load(path) or module.load(path)) with -o; with --diff, a unified "
+        "diff of the app's source (--source) writing each changed prompt where its original text "
+        "is a string literal (the ones that are not, such as prompts built at run time, are listed "
+        "with the reason); with --patch-set, every change from the baseline as JSON, for "
+        "opto_adapters.apply_patch(app, path).",
     )
     p.add_argument("store", type=Path, help="the SQLite store")
-    p.add_argument("-o", "--output", type=Path, required=True, help="the JSON file to write")
+    p.add_argument("-o", "--output", type=Path, help="the JSON file of values to write")
     p.add_argument("--run", type=int, help="run id (default: the latest)")
     p.add_argument(
         "--version", choices=("best", "final", "baseline"), default="best",
@@ -130,6 +135,17 @@ def _parser() -> argparse.ArgumentParser:
         help="choose on score and the app's tokens among the versions scored on the whole val set "
         "(train without val): best, cheapest, or cheapest-within:D (the cheapest at most D below "
         "the best score, e.g. cheapest-within:0.01); replaces --version",
+    )
+    p.add_argument("--diff", type=Path, help="also write a unified diff of the app's source (git apply)")
+    p.add_argument("--patch-set", type=Path, help="also write a JSON patch set (opto_adapters.apply_patch)")
+    p.add_argument(
+        "--source", type=Path, action="append", default=[],
+        help="the recipe or a folder of the app's code to patch (repeatable; the project modules "
+        "it imports are searched too)",
+    )
+    p.add_argument(
+        "--root", type=Path,
+        help="paths in the diff are relative to this folder (default: the sources' git work tree)",
     )
     p.set_defaults(handler=_export)
 
@@ -478,6 +494,8 @@ def _step_graph(store: Any, run_id: int, step: Any) -> tuple[str | None, str | N
 def _export(args: argparse.Namespace) -> int:
     from .trace import Parameter, save_parameters
 
+    if args.output is None and args.diff is None and args.patch_set is None:
+        raise ValueError("nothing to write: give -o params.json, --diff FILE.patch and/or --patch-set FILE.json")
     with _open(args.store) as store:
         run = store.run(args.run)
         what = args.version
@@ -498,11 +516,46 @@ def _export(args: argparse.Namespace) -> int:
         if version is None:
             raise ValueError(f"run {run.id} has no {args.version} values yet")
         values = store.version_values(version)
+        baseline = store.version_values(run.baseline_version_id) if run.baseline_version_id is not None else {}
+    if args.output is not None:
         kinds = {p["name"]: p.get("kind", "text") for p in run.config.get("parameters", [])}
         params = [Parameter(value, name=name, kind=kinds.get(name, "text")) for name, value in values.items()]
         save_parameters(params, args.output)
-    print(f"wrote {len(params)} {what} parameter value(s) of run {run.id} to {args.output}")
+        print(f"wrote {len(params)} {what} parameter value(s) of run {run.id} to {args.output}")
+    if args.diff is not None or args.patch_set is not None:
+        _export_patches(args, run, baseline, values, args.version if args.pick is None else f"picked ({args.pick})")
     return 0
+
+
+def _export_patches(
+    args: argparse.Namespace, run: Any, baseline: dict[str, Any], values: dict[str, Any], what: str
+) -> None:
+    """The diff and patch set from the run's baseline to the chosen values."""
+    from .patches import changes_between, export_patches
+
+    changes = changes_between(baseline, values, run.config.get("parameters", []))
+    sources = list(args.source) or ([Path(run.config["recipe"])] if run.config.get("recipe") else [])
+    if args.diff is not None and not sources:
+        raise ValueError(
+            "--diff needs the app's source: add --source RECIPE.py (or the folder of the app's code)"
+        )
+    origin = {"store": str(args.store), "run": run.id, "from": "baseline", "to": what}
+    result = export_patches(
+        changes, sources=sources, root=args.root, diff=args.diff, patch_set=args.patch_set, origin=origin
+    )
+    if not changes:
+        print(f"no parameter of run {run.id} differs between baseline and {what}: the patches are empty")
+    for c in result.patched:
+        print(f"patched {c.parameter} at {c.site}")
+    for c in result.unpatchable:
+        print(f"not patched in source: {c.parameter}: {c.unpatchable}")
+    if args.diff is not None:
+        print(
+            f"wrote the source diff ({len(result.patched)} of {len(changes)} change(s)) to {args.diff}; "
+            f"its paths are relative to {result.root}: apply it there with git apply"
+        )
+    if args.patch_set is not None:
+        print(f"wrote the patch set ({len(changes)} change(s)) to {args.patch_set}")
 
 
 def _report(args: argparse.Namespace) -> int:

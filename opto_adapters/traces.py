@@ -19,14 +19,15 @@ from . import runs
 from .runs.attach import Attacher, Evidence, ImportReport
 from .runs.feedback import FeedbackRecord, combine, normal_id, read_feedback
 from .runs.records import TraceFormatError, read_records
+from .runs.stored import StoredMatcher
 from .trace import Feedback, Parameter
 from .trace.tracer import TracedRun
 
-__all__ = ["ImportMismatchError", "ImportedRun", "ImportedRuns", "from_traces"]
+__all__ = ["ImportMismatchError", "ImportedRun", "ImportedRuns", "TraceStream", "from_traces", "iter_traces"]
 
 logger = logging.getLogger("opto_adapters.traces")
 
-FORMATS = ("langsmith", "otlp", "phoenix")
+FORMATS = ("langsmith", "otlp", "phoenix", "store")
 
 
 class ImportMismatchError(ValueError):
@@ -67,54 +68,173 @@ def from_traces(
     """Import recorded runs of ``app`` (an app or its tracer) from ``traces``.
 
     ``traces``: a path, an open file, or an iterable of records (or a list of paths): LangSmith
-    runs, OTLP JSON lines or Phoenix spans (``format`` to skip detection). ``feedback``: the
+    runs, OTLP JSON lines or Phoenix spans (``format`` to skip detection), or an opto_adapters
+    store (``runs.sqlite``, ``store:runs.sqlite``, ``store:runs.sqlite#RUN`` for one run): its
+    stored graphs, with the feedback of their evaluations. ``feedback``: the
     same kinds of source holding LangSmith feedback, span annotations or a
     ``trace_id|span_id|run_id, score, comment`` table. Returns the runs with ``.graph`` and
     ``.feedback``, ready for ``optimizer.backward(run.graph, run.feedback)``. Raises
-    ``ImportMismatchError`` when no run used any of the app's parameters.
+    ``ImportMismatchError`` when no run used any of the app's parameters. For files too large
+    to hold every graph at once, ``iter_traces`` gives the runs one at a time.
     """
-    from .train.apps import as_tracer
+    stream = iter_traces(app, traces, feedback, format=format, window=window)
+    return ImportedRuns(list(stream), stream.report, stream.parameters)
 
-    tracer = as_tracer(app)
-    parameters = list(tracer.parameters)
-    syntax = "llama" if type(tracer).__module__.startswith("opto_adapters.llama_index") else "fstring"
-    report = ImportReport()
-    attacher = Attacher(parameters, report, syntax=syntax)
-    wanted = _feedback_index(feedback)
-    out: list[ImportedRun] = []
-    for source in _sources(traces):
-        name = source if isinstance(source, (str, os.PathLike)) else type(source).__name__
-        for trace_id, root, evidence in _traces(source, format, window):
-            report.traces += 1
-            uses = attacher.attach(root, evidence)
-            graph = runs.build_graph(
-                root,
-                uses=uses,
-                input_name=_input_name,
-                metadata={"trace_id": trace_id, "source": str(name), "imported": True},
+
+def iter_traces(
+    app: Any,
+    traces: Any,
+    feedback: Any = None,
+    *,
+    format: str | None = None,
+    window: int = 1000,
+) -> TraceStream:
+    """``from_traces`` one run at a time: the file is read as the runs are taken, and a run
+    is not kept once given (memory holds the traces within ``window`` records, and the
+    feedback). ``.report`` is complete, and ``ImportMismatchError`` raised, when the
+    iteration ends."""
+    return TraceStream(app, traces, feedback, format=format, window=window)
+
+
+class TraceStream:
+    """The runs of an import, as they are read; see ``iter_traces``."""
+
+    def __init__(self, app: Any, traces: Any, feedback: Any, *, format: str | None, window: int) -> None:
+        from .train.apps import as_tracer
+
+        tracer = as_tracer(app)
+        self.parameters: list[Parameter] = list(tracer.parameters)
+        if tracer is not app and hasattr(tracer, "close"):
+            tracer.close()  # made here only to find the parameters; their bindings stay usable
+        self.report = ImportReport()
+        self._syntax = "llama" if type(tracer).__module__.startswith("opto_adapters.llama_index") else "fstring"
+        self._traces, self._format, self._window = traces, format, window
+        self._wanted = _feedback_index(feedback)
+        self._started = False
+
+    def __iter__(self) -> Iterator[ImportedRun]:
+        if self._started:
+            raise RuntimeError("an import is read once: call iter_traces again to read the traces again")
+        self._started = True
+        report, wanted, parameters = self.report, self._wanted, self.parameters
+        attacher = Attacher(parameters, report, syntax=self._syntax)
+        stored: StoredMatcher | None = None
+        given = 0
+        for source in _sources(self._traces):
+            name = source if isinstance(source, (str, os.PathLike)) else type(source).__name__
+            store = _store_path(source, self._format)
+            if store is not None:
+                stored = stored or StoredMatcher(parameters, report)
+                for run in _stored_runs(store, stored):
+                    report.traces += 1
+                    records = wanted.pop(normal_id(run.trace_id), [])
+                    if records:  # feedback given since, beside what the evaluation recorded
+                        extra = combine(records)
+                        if run.feedback is not None:
+                            text = "\n".join(t for t in (run.feedback.text, extra.text) if t)
+                            extra = Feedback(score=extra.score if extra.score is not None else run.feedback.score, text=text)
+                        run.feedback = extra
+                        report.feedback += len(records)
+                    given += 1
+                    yield run
+                continue
+            for trace_id, root, evidence in _traces(source, self._format, self._window):
+                report.traces += 1
+                uses = attacher.attach(root, evidence)
+                graph = runs.build_graph(
+                    root,
+                    uses=uses,
+                    input_name=_input_name,
+                    metadata={"trace_id": trace_id, "source": str(name), "imported": True},
+                )
+                fb = None
+                if wanted:
+                    ids = {normal_id(s.id) for s in root.walk()} | {normal_id(trace_id)}
+                    records = [r for i in ids for r in wanted.pop(i, ())]
+                    if records:
+                        steps = {normal_id(s.id): s.name for s in root.walk() if s is not root}
+                        fb = combine(records, steps)
+                        report.feedback += len(records)
+                given += 1
+                yield ImportedRun(root.output, graph, _error(root), fb, trace_id, str(name))
+        attacher.finish()
+        if stored is not None:
+            stored.finish()
+            report.unused = [n for n in report.unused if n not in report.parameters]
+        report.unknown_feedback = [r for records in wanted.values() for r in records]
+        if report.unknown_feedback:
+            logger.warning(
+                "%d feedback record(s) name no imported run (first: %s at line %d): were they "
+                "exported with these traces?",
+                len(report.unknown_feedback), report.unknown_feedback[0].target, report.unknown_feedback[0].line,
             )
-            ids = {normal_id(s.id) for s in root.walk()} | {normal_id(trace_id)}
-            records = [r for i in ids for r in wanted.pop(i, ())]
-            steps = {normal_id(s.id): s.name for s in root.walk() if s is not root}
-            fb = combine(records, steps) if records else None
-            report.feedback += len(records)
-            out.append(ImportedRun(root.output, graph, _error(root), fb, trace_id, str(name)))
-    attacher.finish()
-    report.unknown_feedback = [r for records in wanted.values() for r in records]
-    if report.unknown_feedback:
-        logger.warning(
-            "%d feedback record(s) name no imported run (first: %s at line %d): were they "
-            "exported with these traces?",
-            len(report.unknown_feedback), report.unknown_feedback[0].target, report.unknown_feedback[0].line,
-        )
-    if out and not report.matched:
-        raise ImportMismatchError(
-            f"none of the app's parameters ({', '.join(p.name for p in parameters) or 'none'}) was "
-            f"used by the {report.traces} imported trace(s): are these runs of this app?\n"
-            + report.summary()
-        )
-    logger.info("opto_adapters: %s", report.summary().replace("\n", "; "))
-    return ImportedRuns(out, report, parameters)
+        if given and not report.matched:
+            raise ImportMismatchError(
+                f"none of the app's parameters ({', '.join(p.name for p in parameters) or 'none'}) was "
+                f"used by the {report.traces} imported trace(s): are these runs of this app?\n"
+                + report.summary()
+            )
+        logger.info("opto_adapters: %s", report.summary().replace("\n", "; "))
+
+
+_SQLITE = b"SQLite format 3\x00"
+
+
+def _store_path(source: Any, format: str | None) -> tuple[str, int | None] | None:
+    """``(path, run id or None)`` when ``source`` names an opto_adapters store."""
+    if format not in (None, "store") or not isinstance(source, (str, os.PathLike)):
+        return None
+    text = os.fspath(source)
+    named = text.startswith("store:") or format == "store"
+    if text.startswith("store:"):
+        text = text[len("store:"):]
+    run: int | None = None
+    if named and "#" in text:
+        text, _, tail = text.rpartition("#")
+        try:
+            run = int(tail)
+        except ValueError:
+            raise ValueError(f"store:{text}#{tail}: the run after '#' must be a number (see `opto-adapters runs {text}`)") from None
+    if not named:
+        try:
+            with open(text, "rb") as f:
+                named = f.read(len(_SQLITE)) == _SQLITE
+        except OSError:
+            return None
+    return (text, run) if named else None
+
+
+def _stored_runs(store: tuple[str, int | None], matcher: StoredMatcher) -> Iterator[ImportedRun]:
+    """The stored graphs of the store's runs (or of one), over the live parameters, each with
+    the feedback its evaluation recorded."""
+    from .train.graphs import graph_from_json
+    from .train.store import Store
+
+    path, only = store
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no store at {path!r}")
+    with Store(path, readonly=True) as db:
+        runs_ = [db.run(only)] if only is not None else db.runs()
+        for run in runs_:
+            skipped = 0
+            for e in db.evaluations(run.id):
+                data = db.graph(e.id)
+                if data is None:
+                    skipped += 1
+                    continue
+                live = matcher.match(data)
+                try:
+                    graph = graph_from_json(data, live)
+                except (ValueError, KeyError, IndexError, TypeError) as exc:
+                    matcher.report.unmatched[f"a stored graph of run {run.id} cannot be read ({exc})"] += 1
+                    continue
+                trace_id = f"store:{run.id}:{e.split}:{e.index}:v{e.version_id}"
+                graph.metadata.update(trace_id=trace_id, source=path, imported=True)
+                feedback = Feedback(score=e.score, text=e.feedback) if e.score is not None or e.feedback.strip() else None
+                error = RuntimeError(e.error) if e.error else None
+                yield ImportedRun(None if error else graph.value_of(graph.output), graph, error, feedback, trace_id, path)
+            if skipped:
+                logger.warning("run %d of %s: %d evaluation(s) without a stored graph left out", run.id, path, skipped)
 
 
 def _sources(traces: Any) -> list[Any]:
@@ -139,6 +259,8 @@ def _traces(source: Any, format: str | None, window: int) -> Iterator[tuple[str,
     if first is None:
         return
     kind = format or _detect(first[1], first[0])
+    if kind == "store":
+        raise ValueError("format='store' reads a store file: give its path (runs.sqlite), not records")
     if kind not in FORMATS:
         raise ValueError(f"unknown trace format {format!r}; expected one of {FORMATS}")
     stream = (record for _, record in chain([first], records))

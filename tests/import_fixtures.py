@@ -1,7 +1,10 @@
 """Recorded runs made offline by real instrumentation, in the shapes exporters write.
 
 LangSmith: LangChain's own run collector (``collect_runs``), each run dumped as LangSmith's
-``Run`` schema (``model_dump(mode="json")``) and flattened with its parent id. OpenInference:
+``Run`` schema (``model_dump(mode="json")``) and flattened with its parent id; and, for agents
+(``collect_runs`` keeps only the runs of callbacks it is handed, so a ``create_agent`` run
+comes out as four parentless runs without its graph nodes), ``langsmith_export``: LangChain's
+``LangChainTracer`` itself, posting and patching runs to a recording client. OpenInference:
 the OpenInference instrumentors over the OpenTelemetry SDK's in-memory exporter, converted to
 the OTLP JSON an OpenTelemetry file exporter writes (one ``resourceSpans`` object per line), or
 to Phoenix's flat span dicts.
@@ -126,4 +129,42 @@ def _otlp_span(span: Any) -> dict[str, Any]:
     }
     if span.parent is not None:
         out["parentSpanId"] = f"{span.parent.span_id:016x}"
+    return out
+
+
+class _Recorder:
+    """A LangSmith client that keeps what it is sent: each run's create, then its patches."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, Any]] = {}
+
+    def create_run(self, **run: Any) -> None:
+        self.runs[str(run["id"])] = dict(run)
+
+    def update_run(self, run_id: Any, **change: Any) -> None:
+        run = self.runs.setdefault(str(run_id), {"id": run_id})
+        run.update({k: v for k, v in change.items() if v is not None})
+
+    def flush(self) -> None:
+        pass
+
+
+def langsmith_export(fn: Callable[[Any], Any]) -> list[dict[str, Any]]:
+    """The runs ``fn(callbacks)`` made, as LangSmith stores them: LangChain's own
+    ``LangChainTracer`` posts and patches each run to a recording client (no network), and each
+    run is written with LangSmith's JSON serializer, in the order the runs started, with the
+    ``status`` and ``error`` fields of LangSmith's run export."""
+    from langchain_core.tracers.langchain import LangChainTracer
+    from langsmith._internal._serde import dumps_json
+
+    client = _Recorder()
+    tracer = LangChainTracer(client=client, project_name="fixtures")
+    fn([tracer])
+    out = []
+    for run in client.runs.values():
+        data = json.loads(dumps_json(run))
+        data.setdefault("parent_run_id", None)
+        data.setdefault("error", None)
+        data["status"] = "error" if data["error"] else "success"
+        out.append(data)
     return out

@@ -8,6 +8,7 @@ import json
 import pytest
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableLambda
 
 from opto_adapters import from_traces
 from opto_adapters.langchain import OptoTracer
@@ -229,3 +230,250 @@ def test_interleaved_traces_within_the_window_stay_whole():
     got = list(group_traces([{"t": t, "r": r} for t, r in order], trace_of=lambda x: x["t"],
                             is_root=lambda x: x["r"], window=2))
     assert sorted((t, len(g)) for t, g, _ in got) == [(0, 3), (1, 2)]
+
+
+# -- our own store ------------------------------------------------------------------------------
+
+
+def stored_qa_run(tmp_path, scripted_llm):
+    """A store holding one optimize run of the QA chain (the optimizer on the scripted server)."""
+    from opto_adapters import Feedback, optimize
+    from opto_adapters.llm import LLM
+
+    chain = qa_chain(["Paris, I think.", "Paris."] * 20)
+    scripted_llm.set_default(json.dumps({"reasoning": "shorter", "suggestion": {
+        "prompt.system": "You answer questions about {topic} with the bare answer."}}))
+    llm = LLM(base_url=scripted_llm.base_url, api_key="k", model="opt", backoff_base=0.01)
+
+    def guide(example, output):
+        ok = output.strip() == "Paris."
+        return Feedback(score=float(ok), text="correct" if ok else "answer with the city alone")
+
+    store = tmp_path / "runs.sqlite"
+    train = [X1, {**X1, "question": "Capital of France, again?"}]
+    optimize(chain, train, [X2], guide=guide, llm=llm, epochs=1, batch_size=2, store=str(store), progress=False)
+    return store
+
+
+def test_stored_runs_become_graphs_over_the_live_parameters(tmp_path, scripted_llm):
+    from opto_adapters.train.store import Store
+
+    store = stored_qa_run(tmp_path, scripted_llm)
+    with Store(store, readonly=True) as db:
+        evaluations = [e for e in db.evaluations(db.latest_run().id) if db.graph(e.id) is not None]
+    assert len(evaluations) >= 3
+    chain = qa_chain()  # a fresh app: the same program, run again
+    tracer = OptoTracer(chain)
+    imported = from_traces(tracer, store)
+    live = tracer.run(X1).graph
+    assert len(imported) == len(evaluations) == imported.report.traces
+    for run, e in zip(imported, evaluations, strict=True):
+        assert same_parameters(live, run.graph)
+        assert model_calls(run.graph) == model_calls(live) == 1
+        assert (run.feedback.score, run.feedback.text) == (e.score, e.feedback)
+        assert run.trace_id == f"store:1:{e.split}:{e.index}:v{e.version_id}"
+    assert ("prompt.system", "name") in imported.report.matched
+    # the graph shows the value each run used, not the live one
+    used = {run.graph.value_of(tracer.parameter("prompt.system")) for run in imported}
+    assert used == {SYSTEM, "You answer questions about {topic} with the bare answer."}
+    assert len(from_traces(tracer, f"store:{store}#1")) == len(evaluations)
+    with pytest.raises(Exception, match="has no run 7; its runs are \\[1\\]"):
+        from_traces(tracer, f"store:{store}#7")
+
+
+def test_stored_runs_match_renamed_parameters_by_value_and_variables(tmp_path, scripted_llm):
+    from langchain_core.prompts import PromptTemplate
+
+    store = stored_qa_run(tmp_path, scripted_llm)
+    # the same prompts, written as two PromptTemplates: other names, one text edited since
+    system = PromptTemplate.from_template(SYSTEM)
+    human = PromptTemplate.from_template("Question: {question}")
+    other = {"system": system, "human": human} | RunnableLambda(lambda d: d["system"].text + d["human"].text)
+    tracer = OptoTracer(other)
+    names = sorted(p.name for p in tracer.parameters)
+    imported = from_traces(tracer, store)
+    how = {(name, way) for (name, way) in imported.report.matched}
+    assert any(way == "value" for _, way in how) and any(way == "template variables" for _, way in how)
+    assert sorted({p.name for run in imported for p in run.graph.parameters if p.trainable}) == names
+
+
+def test_stored_runs_of_another_app_match_nothing(tmp_path, scripted_llm):
+    store = stored_qa_run(tmp_path, scripted_llm)
+    other = ChatPromptTemplate.from_messages([("system", "You translate English to {language}, word for word."),
+                                               ("human", "Translate: {text}")])
+    tracer = OptoTracer(other | RecordingChatModel(responses=["x"]) | StrOutputParser())
+    before = {p.name: p.value for p in tracer.parameters}
+    with pytest.raises(ImportMismatchError, match=r"stored parameter 'prompt.system' \('You answer questions"):
+        from_traces(tracer, store)
+    assert {p.name: p.value for p in tracer.parameters} == before
+
+
+def test_optoprime_step_from_stored_runs_changes_the_live_prompt(tmp_path, scripted_llm):
+    from opto_adapters.llm import LLM
+    from opto_adapters.optimizers import OptoPrime
+
+    store = stored_qa_run(tmp_path, scripted_llm)
+    chain = qa_chain(["Paris."])
+    tracer = OptoTracer(chain)
+    imported = from_traces(tracer, store)
+    failed = [r for r in imported if r.feedback.score == 0]
+    assert failed
+    new = "You answer questions about {topic}: the city, nothing else."
+    server = scripted_llm.script({"reasoning": "bare answers", "suggestion": {"prompt.system": new}})
+    opt = OptoPrime(imported.parameters, LLM(base_url=server.base_url, api_key="t", model="m"))
+    opt.zero_feedback()
+    for run in failed:
+        opt.backward(run, run.feedback)
+    record = opt.step()
+    assert "answer with the city alone" in server.prompts()[-1]
+    assert list(record.applied) == ["prompt.system"]
+    chain.invoke(X2)
+    assert chain.steps[1].calls[-1].system == "You answer questions about history: the city, nothing else."
+
+
+# -- agents ---------------------------------------------------------------------------------------
+
+AGENT_SYSTEM = "You answer shipping questions with the tools; costs are in US dollars."
+
+
+def shipping_agent():
+    """``create_agent`` with two tools; the model calls ``shipping_cost`` once, then answers."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import SystemMessage
+    from langchain_core.tools import tool
+
+    from tests.langchain_fakes import tool_call
+
+    @tool
+    def shipping_cost(weight_kg: float, zone: str) -> float:
+        """Shipping cost in USD of a parcel of weight_kg to zone A, B or C."""
+        return {"A": 5.0, "B": 8.0, "C": 10.0}[zone] + 2.5 * weight_kg
+
+    @tool
+    def order_status(order_id: str) -> str:
+        """The delivery status of an order."""
+        return "shipped"
+
+    model = RecordingChatModel(responses=[tool_call("shipping_cost", weight_kg=3, zone="B"), "It costs 15.5 USD."])
+    return create_agent(model, tools=[shipping_cost, order_status], system_prompt=SystemMessage(AGENT_SYSTEM))
+
+
+AGENT_INPUT = {"messages": [{"role": "user", "content": "What does 3 kg to zone B cost?"}]}
+
+
+def test_langsmith_export_of_a_create_agent_run(tmp_path):
+    from tests.import_fixtures import langsmith_export
+
+    agent = shipping_agent()
+    records = langsmith_export(lambda callbacks: agent.invoke(AGENT_INPUT, config={"callbacks": callbacks}))
+    assert {r["run_type"] for r in records} == {"chain", "llm", "tool"}
+    assert sum(r["parent_run_id"] is None for r in records) == 1  # one tree: no parent lost
+    llm_runs = [r for r in records if r["run_type"] == "llm"]
+    path = tmp_path / "agent.jsonl"
+    write_jsonl(path, records)
+    feedback = [{"run_id": llm_runs[-1]["id"], "key": "correct", "score": 0, "comment": "The cost is 15.5 USD; say so."}]
+
+    live_agent = shipping_agent()
+    tracer = OptoTracer(live_agent)
+    imported = from_traces(tracer, path, feedback=feedback)
+    live = tracer.run(AGENT_INPUT)
+    assert live.error is None
+    [run] = imported
+    assert same_parameters(live.graph, run.graph)
+    assert sorted(p.name for p in run.graph.parameters) == ["agent.system_prompt", "tool.order_status", "tool.shipping_cost"]
+    assert model_calls(run.graph) == model_calls(live.graph) == len(llm_runs) == 2
+    tools = [n for n in run.graph.nodes if n.op is not None and n.op.kind == "tool"]
+    assert [n.op.name for n in tools] == [n.op.name for n in live.graph.nodes if n.op is not None and n.op.kind == "tool"]
+    assert "The cost is 15.5 USD" in run.feedback.text and run.feedback.score == 0
+    assert ("tool.shipping_cost", "tool name") in imported.report.matched
+
+
+def test_openinference_spans_of_a_llama_index_function_agent():
+    import asyncio
+
+    from llama_index.core.agent.workflow import FunctionAgent
+
+    from opto_adapters.llama_index import OptoTracer as LlamaTracer
+    from tests.llama_index_fakes import ScriptedToolLLM
+
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    def mul(a: int, b: int) -> int:
+        """Multiply two numbers."""
+        return a * b
+
+    script = [[("add", {"a": 1, "b": 2})], [("mul", {"a": 3, "b": 4})], "The answer is 12."]
+
+    def agent():
+        return FunctionAgent(tools=[add, mul], llm=ScriptedToolLLM(script), system_prompt="You are a calculator.")
+
+    async def ask(a):
+        return await a.run(user_msg="what is (1+2)*4?")
+
+    with OpenInference("llama_index") as oi:
+        assert str(asyncio.run(ask(agent()))) == "The answer is 12."
+    llm_spans = [s for s in oi.spans if s.attributes.get("openinference.span.kind") == "LLM"]
+    assert llm_spans
+    with LlamaTracer(agent()) as tracer:
+        imported = from_traces(tracer, list(oi.otlp_lines()))
+        live = asyncio.run(tracer.arun("what is (1+2)*4?"))
+    assert live.error is None
+    [run] = imported
+    assert same_parameters(live.graph, run.graph)
+    assert sorted(p.name for p in run.graph.parameters) == ["agent.system_prompt", "tool.add", "tool.mul"]
+    assert model_calls(run.graph) == model_calls(live.graph) == 3
+
+
+@pytest.mark.parametrize("chunk", [5, 64, 1 << 16])
+@pytest.mark.parametrize("shape", ["lines", "list", "indented list"])
+def test_records_are_read_whole_across_read_boundaries(shape, chunk, monkeypatch):
+    import io
+
+    from opto_adapters.runs import records as records_module
+
+    monkeypatch.setattr(records_module, "_CHUNK", chunk)
+    items = [{"i": i, "text": "é\n" * (i * 7919 % 300), "nested": {"a": [1, {"b": "]"}]}} for i in range(40)]
+    text = {
+        "lines": "\n".join(json.dumps(r, ensure_ascii=False) for r in items) + "\n",
+        "list": json.dumps(items, ensure_ascii=False),
+        "indented list": json.dumps(items, indent=2),
+    }[shape]
+    got = list(read_records(io.StringIO(text)))
+    assert [r for _, r in got] == items
+    if shape == "lines":
+        assert [line for line, _ in got] == list(range(1, 41))
+
+
+def test_the_first_record_is_given_before_the_file_is_read():
+    import io
+
+    class Counting(io.StringIO):
+        read_chars = 0
+
+        def read(self, n=-1):
+            out = super().read(n)
+            Counting.read_chars += len(out)
+            return out
+
+    line = json.dumps({"id": "x", "run_type": "chain", "pad": "p" * 500}) + "\n"
+    for text in (line * 2000, "[" + ",".join([line.strip()] * 2000) + "]"):
+        Counting.read_chars = 0
+        stream = read_records(Counting(text))
+        next(stream)
+        assert Counting.read_chars <= 2 * (1 << 16) < len(text)
+
+
+def test_given_traces_are_remembered_for_a_bounded_stretch(caplog):
+    def items():
+        yield {"trace": 0, "root": True}
+        for t in range(1, 100):
+            yield {"trace": t, "root": True}
+        yield {"trace": 95, "root": False}  # late, but within 10 windows: left out, with a warning
+        yield {"trace": 0, "root": False}  # far too late: remembered no longer, a trace of its own
+
+    got = list(group_traces(items(), trace_of=lambda r: r["trace"], is_root=lambda r: r["root"], window=2))
+    assert "a run of trace 95 came after the trace was complete" in caplog.text
+    assert [(t, len(g), complete) for t, g, complete in got][-1] == (0, 1, False)
+    assert sum(1 for t, _, _ in got if t == 95) == 1

@@ -242,7 +242,22 @@ def to_spans(spans: list[RecordedSpan]) -> tuple[Span, dict[str, Evidence]]:
 
 
 def _kind(s: RecordedSpan) -> str:
-    return _KINDS.get(str(s.attributes.get("openinference.span.kind") or "").upper(), "chain")
+    kind = _KINDS.get(str(s.attributes.get("openinference.span.kind") or "").upper(), "chain")
+    if kind == "llm" and _helper(s):
+        return "chain"
+    return kind
+
+
+_CALL_KEYS = ("llm.input_messages", "llm.output_messages", "llm.prompts")
+
+
+def _helper(s: RecordedSpan) -> bool:
+    """An LLM span that is no model call: a private method of the LLM class (LlamaIndex's
+    ``_prepare_chat_with_tools``, which agents call before each ``achat``) that records
+    neither messages nor prompts."""
+    if not s.name.rpartition(".")[2].startswith("_"):
+        return False
+    return not any(k.startswith(_CALL_KEYS) for k in s.attributes)
 
 
 def _span(s: RecordedSpan, kind: str, order: int) -> tuple[Span, Evidence]:

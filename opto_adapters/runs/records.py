@@ -85,22 +85,24 @@ def _json_text(f: IO[str], path: str) -> Iterator[tuple[int, dict[str, Any]]]:
         yield from _json_list(f, path, head)
         return
     line = 0
-    pending = head
-    while True:
-        lines = pending.split("\n")
-        pending = lines.pop()
-        for text in lines:
-            line += 1
-            record = _decode(text, path, line, last=False)
-            if record is not None:
-                yield line, record
-        more = f.read(_CHUNK)
-        if not more:
-            break
-        pending += more
-    if pending.strip():
+    partial: list[str] = []  # the pieces of a line longer than one read
+    chunk = head
+    while chunk:
+        lines = chunk.split("\n")
+        if len(lines) > 1:
+            lines[0] = "".join(partial) + lines[0]
+            partial = []
+            for text in lines[:-1]:
+                line += 1
+                record = _decode(text, path, line, last=False)
+                if record is not None:
+                    yield line, record
+        partial.append(lines[-1])
+        chunk = f.read(_CHUNK)
+    rest = "".join(partial)
+    if rest.strip():
         line += 1
-        record = _decode(pending, path, line, last=True)
+        record = _decode(rest, path, line, last=True)
         if record is not None:
             yield line, record
 
@@ -125,29 +127,32 @@ def _decode(text: str, path: str, line: int, *, last: bool) -> dict[str, Any] | 
 
 
 def _json_list(f: IO[str], path: str, head: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The elements of one JSON list, decoded one at a time from a buffer of about one read
+    (an index moves along the buffer; it is cut only when more is read, so each character is
+    copied a bounded number of times)."""
     decoder = json.JSONDecoder()
     buf = head[head.index("[") + 1 :]
     lines_before = head[: head.index("[")].count("\n")
+    pos = 0
     index = 0
     eof = False
     while True:
-        stripped = buf.lstrip().lstrip(",").lstrip()
-        lines_before += buf[: len(buf) - len(stripped)].count("\n")
-        buf = stripped
-        if buf.startswith("]"):
+        start = pos
+        while pos < len(buf) and (buf[pos].isspace() or buf[pos] == ","):
+            pos += 1
+        lines_before += buf.count("\n", start, pos)
+        if pos < len(buf) and buf[pos] == "]":
             return
-        if buf:
+        if pos < len(buf):
             try:
-                record, end = decoder.raw_decode(buf)
+                record, end = decoder.raw_decode(buf, pos)
             except json.JSONDecodeError as exc:
-                if not eof:
-                    record, end = None, -1
-                else:
+                if eof:
                     raise TraceFormatError(
-                        f"{path}, line {lines_before + exc.lineno}: element {index + 1} of the "
-                        f"JSON list is not complete ({exc.msg}); the file looks cut short"
+                        f"{path}, line {lines_before + exc.lineno - buf.count(chr(10), 0, pos)}: element "
+                        f"{index + 1} of the JSON list is not complete ({exc.msg}); the file looks cut short"
                     ) from None
-            if end >= 0:
+            else:
                 index += 1
                 if not isinstance(record, dict):
                     raise TraceFormatError(
@@ -155,15 +160,16 @@ def _json_list(f: IO[str], path: str, head: str) -> Iterator[tuple[int, dict[str
                         f"{type(record).__name__}"
                     )
                 yield lines_before + 1, record
-                lines_before += buf[:end].count("\n")
-                buf = buf[end:]
+                lines_before += buf.count("\n", pos, end)
+                pos = end
                 continue
         if eof:
             raise TraceFormatError(f"{path}: the JSON list is not closed with ']'; the file looks cut short")
-        more = f.read(_CHUNK)
+        more = f.read(max(_CHUNK, len(buf) - pos))  # doubling: a long element is tried log(n) times
         if not more:
             eof = True
-        buf += more
+        buf = buf[pos:] + more
+        pos = 0
 
 
 def group_traces(
@@ -181,15 +187,20 @@ def group_traces(
     items lie close together); the rest are given at the end. Memory holds the open traces
     only: those seen within the last ``window`` items, plus traces still waiting for their
     root (at most ``max_open``; beyond that the oldest is given, ``complete=False``). An item
-    of a trace already given is logged and left out.
+    of a trace already given is logged and left out; given traces are remembered for
+    ``10 * window`` items (so memory stays flat however long the file), an item later than
+    that starts a trace of its own, which has no root.
     """
     if window < 0:
         raise ValueError(f"window must be >= 0, got {window!r}")
     open_: OrderedDict[str, tuple[list[Any], int]] = OrderedDict()  # by last item seen
     waiting: OrderedDict[str, list[Any]] = OrderedDict()  # old traces without a root yet
     rooted: set[str] = set()
-    done: set[str] = set()  # ids of given traces (ids only: a few bytes each)
+    done: OrderedDict[str, int] = OrderedDict()  # ids of given traces -> when they were given
+    remember = 10 * max(window, 1)
     for i, item in enumerate(items):
+        while done and next(iter(done.values())) < i - remember:
+            done.popitem(last=False)
         tid = trace_of(item)
         if tid in done:
             logger.warning(
@@ -209,7 +220,7 @@ def group_traces(
                 break
             del open_[first]
             if first in rooted:
-                done.add(first)
+                done[first] = i
                 rooted.discard(first)
                 yield first, group, True
             else:
@@ -217,7 +228,7 @@ def group_traces(
                 if len(waiting) > max_open:
                     old, old_group = waiting.popitem(last=False)
                     logger.warning("trace %s has no root run; given as it is", old)
-                    done.add(old)
+                    done[old] = i
                     yield old, old_group, False
     for tid, (group, _) in open_.items():
         yield tid, group, tid in rooted
