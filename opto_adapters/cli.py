@@ -282,6 +282,9 @@ def _optimize(args: argparse.Namespace) -> int:
                 print(f"run {trainer.run_id} failed; what was done is stored in {args.store}", file=sys.stderr)
             raise
         errors = [c.error for c in trainer.store.candidates(result.run_id) if c.error and not c.reply]
+        # where the prompts' literals are: `export --diff` patches this file without --source
+        run_config = trainer.store.run(result.run_id).config
+        trainer.store.update_run(result.run_id, config={**run_config, "recipe": str(Path(args.recipe).resolve())})
     print(f"run {result.run_id}: {result.status}" + (f" ({result.message})" if result.message else ""))
     print(
         _table(

@@ -406,7 +406,8 @@ def test_an_optimized_recipe_exports_a_diff_that_git_applies(tmp_path, scripted_
     assert cli.main(["optimize", str(recipe), "--store", str(store), "--model", "m", "--no-progress"]) == 0
     params = tmp_path / "params.json"
     diff = tmp_path / "out.patch"
-    assert cli.main(["export", str(store), "-o", str(params), "--diff", str(diff), "--source", str(recipe)]) == 0
+    # the run remembers its recipe, so no --source is needed
+    assert cli.main(["export", str(store), "-o", str(params), "--diff", str(diff)]) == 0
     best = json.loads(params.read_text())["parameters"]["prompt"]["value"]
     assert best != "Reply {q}"
     git_apply(root, diff)
