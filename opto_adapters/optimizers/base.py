@@ -95,6 +95,16 @@ class Optimizer:
         self.records: list[StepRecord] = []
         self._lock = threading.Lock()
 
+    # -- copies (copy.deepcopy and pickle: the locks are made anew) ---------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_memory_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._memory_lock = threading.Lock()
+
     # -- feedback ----------------------------------------------------------------------------
 
     def zero_feedback(self) -> None:

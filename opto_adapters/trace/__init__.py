@@ -1,11 +1,14 @@
-"""The OPTO core: nodes, tracing (``node``, ``bundle``, ``model``), backward and rendering.
+"""The OPTO core: nodes, tracing (``node``, ``bundle``, ``model``, operators on nodes),
+backward and rendering. A Trace program runs on it with its import changed
+(``from opto_adapters import trace``; see docs/trace-api.md).
 
 Pure Python; imports no framework. This namespace holds what users call; helpers used by
 the adapters live in their modules (``names``, ``templates``, ``coercion``, ``graph``,
 ``render``, ``tracer``, ``code``).
 """
 
-from .bundle import ExecutionError, bundle
+from . import operators
+from .bundle import ExecutionError, ExternalDependencyError, bundle
 from .graph import Graph, Subgraph, backward, zero_feedback
 from .modules import Module, load_parameters, model, parameter_values, save_parameters
 from .nodes import ExceptionNode, Feedback, Node, Op
@@ -17,6 +20,7 @@ __all__ = [
     "Binding",
     "ExceptionNode",
     "ExecutionError",
+    "ExternalDependencyError",
     "Feedback",
     "Graph",
     "Module",
@@ -35,6 +39,7 @@ __all__ = [
     "load_parameters",
     "model",
     "node",
+    "operators",
     "parameter_values",
     "render",
     "save_parameters",

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
+import pickle
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from .code import FunctionShape, check_function, compile_function, function_source
 from .names import check_name
-from .nodes import ExceptionNode, Node, Op
-from .parameters import Parameter, ValidationError
+from .nodes import EXTERNAL, BundleOp, ExceptionNode, Node, Op
+from .parameters import READ_LOG, Parameter, ReadLog, ValidationError
 
-__all__ = ["Bundle", "BundleOp", "ExecutionError", "bundle"]
+__all__ = ["INSTANCE_STATE", "Bundle", "BundleOp", "ExecutionError", "ExternalDependencyError", "bundle"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+INSTANCE_STATE = "__opto_trace__"
+"""The instance attribute holding a bundled method's per-instance state (see ``Bundle``)."""
 
 
 class ExecutionError(Exception):
@@ -32,13 +36,12 @@ class ExecutionError(Exception):
             "The error is traced as err.node; give feedback on it with err.node.backward(...)"
         )
 
+    def __reduce__(self) -> Any:
+        return (type(self), (self.node,))
 
-@dataclass(frozen=True)
-class BundleOp(Op):
-    """The operation of a bundled function. ``varargs`` names its ``*args`` parameter (if
-    any): inputs ``<varargs>[i]`` were passed positionally and are shown without a keyword."""
 
-    varargs: str = ""
+class ExternalDependencyError(RuntimeError):
+    """A bundled function read parameters it was not passed: feedback could not reach them."""
 
 
 def _new_node(cls: type[Node], value: Any, name: str, inputs: dict[str, Node], op: Op | None) -> Any:
@@ -57,8 +60,29 @@ def _doc_summary(fn: Callable[..., Any]) -> str:
     return doc.split("\n\n", 1)[0].strip()
 
 
+def _where(fn: Callable[..., Any]) -> tuple[str, int]:
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    return (code.co_filename, code.co_firstlineno) if code is not None else ("", 0)
+
+
+class _Instance:
+    """What a bundled method keeps per instance: the node recorded as ``self`` and, for a
+    trainable method, the instance's own copy of the bundle (its own code parameter)."""
+
+    __slots__ = ("self_node", "copies")
+
+    def __init__(self, instance: Any) -> None:
+        self.self_node = Node(instance, name="self")
+        self.copies: dict[str, Bundle] = {}
+
+
 class Bundle:
-    """A function whose calls are recorded as one operation each (see ``bundle``)."""
+    """A function whose calls are recorded as one operation each (see ``bundle``).
+
+    As a method of a class, the instance is recorded as the input ``self``, and a trainable
+    method has one code parameter per instance (made from the class's on first use, kept in
+    the instance), so a step on one object never rewrites another's code.
+    """
 
     def __init__(
         self,
@@ -69,6 +93,7 @@ class Bundle:
         trainable: bool = False,
         catch_exceptions: bool = True,
         constraint: str = "",
+        allow_external_dependencies: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(
@@ -78,7 +103,11 @@ class Bundle:
         op_name = check_name(name or getattr(fn, "__name__", type(fn).__name__))
         self.fn = fn
         self.catch_exceptions = catch_exceptions
+        self.allow_external_dependencies = allow_external_dependencies
+        self.is_async = inspect.iscoroutinefunction(fn)
         self.__name__ = op_name
+        self.__qualname__ = getattr(fn, "__qualname__", op_name)
+        self.__module__ = getattr(fn, "__module__", None)
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__wrapped__ = fn
         try:
@@ -95,11 +124,15 @@ class Bundle:
                     self._var_positional = p.name
         self._positional = tuple(positional)
         doc = description if description is not None else _doc_summary(fn)
-        self.op: Op = BundleOp(op_name, doc, varargs=self._var_positional)
+        file, line = _where(fn)
+        self.op: Op = BundleOp(op_name, doc, varargs=self._var_positional, file=file, line=line)
         self.parameter: Parameter | None = None
         self._shape: FunctionShape | None = None
+        self._source: str | None = None
         self._compiled: tuple[str, Callable[..., Any]] | None = None
         self._compile_lock = threading.Lock()
+        self._key = f"{self.__qualname__}"
+        self._origin: Bundle | None = None
         if trainable:
             self.parameter = self._code_parameter(constraint)
 
@@ -121,6 +154,7 @@ class Bundle:
                 f"bundle(trainable=True) needs a function defined with def: {exc}"
             ) from None
         self._shape = shape
+        self._source = source
         self._compiled = (source, self.fn)
         return Parameter(
             source,
@@ -133,85 +167,249 @@ class Bundle:
                 "decorators) and change only the body; nothing else at the top level (imports go "
                 "inside the function); only module globals are in scope."
             ),
-            validator=lambda src: check_function(src, shape),
+            validator=functools.partial(check_function, shape=shape),
         )
 
     def _function(self) -> Callable[..., Any]:
+        """The function to run: the current version of the code parameter, compiled once.
+        Raises what defining it raised (``ValidationError`` if the version is refused)."""
         if self.parameter is None or self._shape is None:
             return self.fn
-        source = self.parameter.value
+        source = self.parameter.peek()
         compiled = self._compiled
         if compiled is not None and compiled[0] == source:
             return compiled[1]
         with self._compile_lock:
-            try:
-                fn = compile_function(source, self._shape, self.fn)
-            except ValueError as exc:  # a value that bypassed the parameter's validator
-                raise ValidationError({self.parameter.name: f"refused to run: {exc}"}) from None
+            if source == self._source:
+                fn = self.fn
+            else:
+                try:
+                    fn = compile_function(source, self._shape, self.fn)
+                except ValueError as exc:  # a value that bypassed the parameter's validator
+                    raise ValidationError({self.parameter.name: f"refused to run: {exc}"}) from None
             self._compiled = (source, fn)
         return fn
 
-    # -- calls -------------------------------------------------------------------------------
+    def parameters(self) -> list[Parameter]:
+        """The code parameter, if trainable (Trace's ``fun.parameters()``)."""
+        return [self.parameter] if self.parameter is not None else []
+
+    # -- per instance ------------------------------------------------------------------------
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._key = f"{owner.__qualname__}.{name}"
+
+    def _instance(self, instance: Any) -> tuple[Bundle, Node]:
+        """The bundle to run for ``instance`` (its own copy if trainable) and its ``self``."""
+        state = getattr(instance, "__dict__", {}).get(INSTANCE_STATE)
+        if state is None:
+            try:
+                state = vars(instance).setdefault(INSTANCE_STATE, _Instance(instance))
+            except TypeError:  # no __dict__ (__slots__): nothing kept per instance
+                return self, Node(instance, name="self")
+        if self.parameter is None:
+            return self, state.self_node
+        own = state.copies.get(self._key)
+        if own is None:
+            own = state.copies.setdefault(self._key, self._copy())
+        return own, state.self_node
+
+    def _copy(self, parameter: Parameter | None = None) -> Bundle:
+        """A bundle running the same function with its own code parameter (a copy of this
+        one's, or ``parameter``)."""
+        new = object.__new__(Bundle)
+        new.__dict__.update(self.__dict__)
+        new._compile_lock = threading.Lock()
+        new._origin = self._origin or self
+        if parameter is None and self.parameter is not None:
+            parameter = Parameter.__deepcopy__(self.parameter, {})
+        new.parameter = parameter
+        return new
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         if instance is None:
             return self
-        return _BoundBundle(self, instance)
+        own, self_node = self._instance(instance)
+        return _BoundBundle(own, instance, self_node)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Node:
-        return self._call((), args, kwargs)
+    # -- copies and pickles ------------------------------------------------------------------
 
-    def _call(self, bound: tuple[Any, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Node:
+    def __deepcopy__(self, memo: dict[int, Any]) -> Bundle:
+        import copy
+
+        param = copy.deepcopy(self.parameter, memo) if self.parameter is not None else None
+        new = self._copy(param)
+        memo[id(self)] = new
+        return new
+
+    def __reduce__(self) -> Any:
+        if self._origin is not None:
+            return (_restore_copy, (self._origin, self.parameter))
+        module, qualname = self.__module__, self.__qualname__
+        if not module or "<locals>" in qualname:
+            raise pickle.PicklingError(
+                f"cannot pickle the bundle {self.__name__!r}: it is defined inside a function; "
+                "define it at module level (or as a method of a module-level class)"
+            )
+        return (_find_bundle, (module, qualname))
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(None, args, kwargs)
+
+    def _call(self, bound: tuple[Any, Node] | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         inputs: dict[str, Node] = {}
         names = self._positional
-        offset = len(bound)
-        values: list[Any] = list(bound)
-        for i, arg in enumerate(args, offset):
+        values: list[Any] = []
+        if bound is not None:
+            inputs[names[0] if names else "self"] = bound[1]
+            values.append(bound[0])
+        for i, arg in enumerate(args, len(values)):
             name = names[i] if i < len(names) else f"{self._var_positional}[{i - len(names)}]"
             values.append(_take(name, arg, inputs))
         kwvalues = {k: _take(k, v, inputs) for k, v in kwargs.items()} if kwargs else kwargs
         if self.parameter is not None:
             inputs["__code"] = self.parameter
-        fn = self._function()
-        if not self.catch_exceptions:
-            result = fn(*values, **kwvalues)
-        else:
-            try:
+        if self.is_async:
+            return self._acall(values, kwvalues, inputs)
+        fn = self._define(inputs)
+        log = READ_LOG.get()
+        if log is None:
+            log = ReadLog()
+            READ_LOG.set(log)
+        start = len(log.reads)
+        log.depth += 1
+        try:
+            if not self.catch_exceptions:
                 result = fn(*values, **kwvalues)
-            except Exception as exc:
-                raise ExecutionError(self._error_node(exc, inputs)) from exc
+            else:
+                try:
+                    result = fn(*values, **kwvalues)
+                except Exception as exc:
+                    raise ExecutionError(self._error_node(exc, inputs)) from exc
+        finally:
+            log.depth -= 1
+            read = log.reads[start:]
+            del log.reads[start:]
+        return self._output(result, inputs, read)
+
+    async def _acall(self, values: list[Any], kwvalues: dict[str, Any], inputs: dict[str, Node]) -> Node:
+        fn = self._define(inputs)
+        log = ReadLog()
+        log.depth = 1
+        token = READ_LOG.set(log)  # this coroutine's own log: other tasks may interleave
+        try:
+            if not self.catch_exceptions:
+                result = await fn(*values, **kwvalues)
+            else:
+                try:
+                    result = await fn(*values, **kwvalues)
+                except Exception as exc:
+                    raise ExecutionError(self._error_node(exc, inputs)) from exc
+        finally:
+            READ_LOG.reset(token)
+        return self._output(result, inputs, log.reads)
+
+    def _define(self, inputs: dict[str, Node]) -> Callable[..., Any]:
+        """The function to run; an error while defining a new version of the code is an
+        error of this call (``ExecutionError``, the code parameter among its inputs)."""
+        if self.parameter is None:
+            return self.fn
+        try:
+            return self._function()
+        except ValidationError:
+            raise
+        except Exception as exc:
+            if not self.catch_exceptions:
+                raise
+            raise ExecutionError(self._error_node(exc, inputs, defining=True)) from exc
+
+    def _output(self, result: Any, inputs: dict[str, Node], read: list[Parameter]) -> Node:
         if isinstance(result, Node):
-            result = result.value
+            if isinstance(result, Parameter) and not any(result is n for n in inputs.values()):
+                read = [*read, result]
+            result = result.value if not isinstance(result, Parameter) else result.peek()
+        if read:
+            self._external(read, inputs)
         return _new_node(Node, result, self.op.name, inputs, self.op)
 
-    def _error_node(self, exc: Exception, inputs: dict[str, Node]) -> ExceptionNode:
+    def _external(self, read: list[Parameter], inputs: dict[str, Node]) -> None:
+        """Check the parameters the function read: any not among ``inputs`` is an external
+        dependency, refused (feedback could not reach it) or, if allowed, added as an input."""
+        known = {id(n) for n in inputs.values()}
+        extra: list[Parameter] = []
+        for p in read:
+            if id(p) not in known:
+                known.add(id(p))
+                extra.append(p)
+        if not extra:
+            return
+        if not self.allow_external_dependencies:
+            names = ", ".join(repr(p.name) for p in extra)
+            raise ExternalDependencyError(
+                f"{self.op.name}() read the parameter(s) {names} without being passed them, so "
+                "feedback on its output could not reach them. Pass them as arguments (e.g. "
+                f"{self.op.name}(..., {extra[0].name}=...)), or use "
+                "@bundle(allow_external_dependencies=True) to record them as inputs"
+            )
+        base = sum(1 for a in inputs if a.startswith(EXTERNAL))
+        for i, p in enumerate(extra, base):
+            inputs[f"{EXTERNAL}[{i}]"] = p
+
+    def _error_node(self, exc: Exception, inputs: dict[str, Node], *, defining: bool = False) -> ExceptionNode:
         tb = exc.__traceback__
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next  # drop the frame of _call itself
         text = "".join(traceback.format_exception(type(exc), exc, tb))
-        node = ExceptionNode(exc, name=f"{self.op.name}_error", inputs=inputs, op=self.op, traceback=text)
-        return node
+        if defining and self.parameter is not None:
+            text = (
+                f"defining the new version of {self.parameter.name} raised (its decorators or "
+                f"default values):\n{text}"
+            )
+        return ExceptionNode(exc, name=f"{self.op.name}_error", inputs=inputs, op=self.op, traceback=text)
 
     def __repr__(self) -> str:
         extra = ", trainable" if self.parameter is not None else ""
         return f"<bundle {self.op.name}{extra}>"
 
 
+def _find_bundle(module: str, qualname: str) -> Bundle:
+    """The bundle named ``qualname`` in ``module`` (how a bundle is pickled: by reference)."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, Bundle):
+        raise pickle.UnpicklingError(f"{module}.{qualname} is not a bundle any more")
+    return obj
+
+
+def _restore_copy(origin: Bundle, parameter: Parameter | None) -> Bundle:
+    return origin._copy(parameter)
+
+
 class _BoundBundle:
-    """A bundled method bound to an instance; the instance is not recorded as an input."""
+    """A bundled method bound to an instance (recorded as the input ``self``)."""
 
-    __slots__ = ("_bundle", "_instance")
+    __slots__ = ("_bundle", "_instance", "_self_node")
 
-    def __init__(self, bundle_: Bundle, instance: Any) -> None:
+    def __init__(self, bundle_: Bundle, instance: Any, self_node: Node) -> None:
         self._bundle = bundle_
         self._instance = instance
+        self._self_node = self_node
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Node:
-        return self._bundle._call((self._instance,), args, kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._bundle._call((self._instance, self._self_node), args, kwargs)
 
     @property
     def parameter(self) -> Parameter | None:
         return self._bundle.parameter
+
+    def parameters(self) -> list[Parameter]:
+        return self._bundle.parameters()
+
+    def __repr__(self) -> str:
+        return f"<bound {self._bundle!r} of {type(self._instance).__name__}>"
 
 
 def _take(name: str, arg: Any, inputs: dict[str, Node]) -> Any:
@@ -244,6 +442,7 @@ def bundle(
     trainable: bool = False,
     catch_exceptions: bool = True,
     constraint: str = "",
+    allow_external_dependencies: bool = False,
 ) -> Callable[[Callable[..., Any]], Bundle]: ...
 
 
@@ -255,16 +454,21 @@ def bundle(
     trainable: bool = False,
     catch_exceptions: bool = True,
     constraint: str = "",
+    allow_external_dependencies: bool = False,
 ) -> Any:
     """Trace each call of a function as one operation: ``@bundle()`` or ``@bundle``.
 
     Arguments may be nodes or plain values (recorded as inputs named after the argument); the
     function receives plain values and its result becomes a computed ``Node`` named after the
-    operation (renderers add ``1``, ``2``... to repeats, see ``display_names``).
-    ``description`` documents the operation (default: the docstring's first paragraph).
-    ``trainable=True`` makes the function's own source a ``code`` parameter
-    (``.parameter``); the next call runs the current version. With ``catch_exceptions`` (the
-    default) an exception becomes an ``ExceptionNode`` raised inside ``ExecutionError``.
+    operation (renderers add ``1``, ``2``... to repeats, see ``display_names``). An ``async
+    def`` gives an awaitable of the node. ``description`` documents the operation (default:
+    the docstring's first paragraph). ``trainable=True`` makes the function's own source a
+    ``code`` parameter (``.parameter``); the next call runs the current version. With
+    ``catch_exceptions`` (the default) an exception, also one raised while defining a new
+    version of the code, becomes an ``ExceptionNode`` raised inside ``ExecutionError``.
+    A parameter the function reads without being passed it raises
+    ``ExternalDependencyError`` (feedback could not reach it), unless
+    ``allow_external_dependencies=True``: then it is recorded as an input too.
     """
     options = dict(
         name=name,
@@ -272,6 +476,7 @@ def bundle(
         trainable=trainable,
         catch_exceptions=catch_exceptions,
         constraint=constraint,
+        allow_external_dependencies=allow_external_dependencies,
     )
     if fn is not None:
         return Bundle(fn, **options)

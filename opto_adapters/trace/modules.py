@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .bundle import Bundle
+from .bundle import INSTANCE_STATE, Bundle
 from .parameters import Parameter, apply_updates, parameters_by_name
 
 __all__ = ["Module", "load_parameters", "model", "parameter_values", "save_parameters"]
@@ -21,7 +21,18 @@ T = TypeVar("T", bound=type)
 
 class Module:
     """A program with trainable parts: ``parameters()`` finds them in attributes, nested
-    modules (also inside lists, tuples and dicts) and trainable bundles of the class."""
+    modules (also inside lists, tuples and dicts) and trainable bundles of the class (each
+    instance's own code parameter; a method a subclass overrides counts once, as the
+    subclass's). Calling a module calls its ``forward``, as in Trace."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            f"{type(self).__name__} has no forward(): define forward(...) to call the module, "
+            "or call its methods directly"
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
 
     def parameters(self) -> list[Parameter]:
         """Trainable parameters, in attribute order, each once."""
@@ -67,14 +78,32 @@ def _collect(root: Any) -> list[Parameter]:
             if obj.parameter is not None:
                 children.append(obj.parameter)
         elif isinstance(obj, Module):
-            for klass in reversed(type(obj).__mro__):
-                children.extend(v for v in vars(klass).values() if isinstance(v, Bundle))
-            children.extend(vars(obj).values() if hasattr(obj, "__dict__") else ())
+            children.extend(_methods(obj))
+            if hasattr(obj, "__dict__"):
+                children.extend(v for k, v in vars(obj).items() if k != INSTANCE_STATE)
         elif isinstance(obj, (list, tuple)):
             children.extend(obj)
         elif isinstance(obj, dict):
             children.extend(obj.values())
         stack.extend(reversed(children))
+    return found
+
+
+def _methods(obj: Module) -> list[Bundle]:
+    """The trainable bundled methods of ``obj``'s class as ``obj`` resolves them (a method a
+    subclass overrides is the subclass's), each the instance's own copy, base classes first."""
+    resolved: dict[str, Any] = {}
+    for klass in type(obj).__mro__:
+        for name, value in vars(klass).items():
+            resolved.setdefault(name, value)
+    order: list[str] = []
+    for klass in reversed(type(obj).__mro__):
+        order.extend(n for n in vars(klass) if n not in order)
+    found = []
+    for name in order:
+        value = resolved[name]
+        if isinstance(value, Bundle) and value.parameter is not None:
+            found.append(value._instance(obj)[0])
     return found
 
 

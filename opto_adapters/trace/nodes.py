@@ -7,12 +7,14 @@ registry, so a run's nodes are freed together with its output. Trainable leaves 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .names import check_name
+from .protocols import NodeProtocols
 
 __all__ = ["ExceptionNode", "Feedback", "Node", "Op"]
 
@@ -29,8 +31,20 @@ class Op:
 
 
 @dataclass(frozen=True)
+class BundleOp(Op):
+    """The operation of a bundled function. ``varargs`` names its ``*args`` parameter (if
+    any): inputs ``<varargs>[i]`` were passed positionally and are shown without a keyword.
+    ``file`` and ``line`` say where the function is defined (see ``Node.info``)."""
+
+    varargs: str = ""
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
 class Feedback:
-    """Feedback on an output: a score, a text, or both."""
+    """Feedback on an output: a score, a text, or both (empty text is allowed, as in Trace:
+    the optimizer then sees the trace and the outputs only)."""
 
     score: float | None = None
     text: str = ""
@@ -44,8 +58,6 @@ class Feedback:
             raise ValueError(f"Feedback.score must be a finite number, got {self.score}")
         if not isinstance(self.text, str):
             raise TypeError(f"Feedback.text must be a str, got {type(self.text).__name__}")
-        if self.score is None and not self.text.strip():
-            raise ValueError("empty feedback: give a score, a text, or both")
 
     @classmethod
     def of(cls, feedback: object) -> Feedback:
@@ -68,11 +80,17 @@ class Feedback:
         return f"{score}\n{self.text}" if self.text else score
 
 
-class Node:
+EXTERNAL = "__external"
+"""Inputs named ``__external[i]`` are nodes a bundle read without being passed them
+(``bundle(allow_external_dependencies=True)``)."""
+
+
+class Node(NodeProtocols):
     """A value in one trace, with the named inputs it was computed from.
 
     ``op`` is ``None`` for leaves (inputs and parameters). ``inputs`` maps each argument name
-    of the operation to the node that filled it, in call order.
+    of the operation to the node that filled it, in call order. Python's operators and
+    protocols on a node are traced operations (see ``protocols``); hashing is by identity.
     """
 
     __slots__ = ("name", "_value", "inputs", "op", "description", "__weakref__")
@@ -104,6 +122,29 @@ class Node:
         return self._value
 
     @property
+    def data(self) -> Any:
+        """The value (Trace's name for it)."""
+        return self.value
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Where this node comes from: its operation, the file and line of the function, its
+        inputs by argument, and the nodes it read without being passed them."""
+        op = self.op
+        inputs = {a: n for a, n in self.inputs.items() if not a.startswith(EXTERNAL)}
+        return {
+            "name": self.name,
+            "op": op.name if op else None,
+            "doc": op.doc if op else "",
+            "file": getattr(op, "file", ""),
+            "line": getattr(op, "line", 0),
+            "inputs": inputs,
+            "external_dependencies": [
+                n for a, n in self.inputs.items() if a.startswith(EXTERNAL)
+            ],
+        }
+
+    @property
     def parents(self) -> tuple[Node, ...]:
         """The input nodes, in argument order."""
         return tuple(self.inputs.values())
@@ -116,11 +157,34 @@ class Node:
     def trainable(self) -> bool:
         return False
 
-    def backward(self, feedback: str | float | Feedback) -> Any:
-        """Propagate ``feedback`` on this output to every trainable parameter it depends on."""
+    def backward(
+        self,
+        feedback: str | float | Feedback = "",
+        *,
+        retain_graph: bool = True,
+        visualize: bool = False,
+    ) -> Any:
+        """Propagate ``feedback`` on this output to every trainable parameter it depends on;
+        returns the ``Subgraph`` (``.to_dot()`` draws it). ``retain_graph`` and ``visualize``
+        are accepted for Trace programs: the graph is never consumed, and the returned
+        subgraph is the picture."""
         from .graph import backward
 
         return backward(self, feedback)
+
+    def detach(self) -> Node:
+        """A copy of this node without its inputs (``copy.deepcopy`` does the same)."""
+        return copy.deepcopy(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Node:
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.name = self.name
+        new._value = copy.deepcopy(self._value, memo)
+        new.inputs = {}
+        new.op = None
+        new.description = self.description
+        return new
 
     def __repr__(self) -> str:
         from .render import short_repr
@@ -130,7 +194,8 @@ class Node:
 
 
 class ExceptionNode(Node):
-    """The output of an operation that raised: its value is the exception."""
+    """The output of an operation that raised. Its value reads as the error text, as in
+    Trace (``"(ZeroDivisionError) division by zero"``); ``exception`` is the exception."""
 
     __slots__ = ("traceback",)
 
@@ -152,8 +217,18 @@ class ExceptionNode(Node):
         self.traceback = traceback
 
     @property
+    def value(self) -> str:
+        return f"({type(self._value).__name__}) {self._value}"
+
+    @property
     def exception(self) -> BaseException:
         return self._value
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ExceptionNode:
+        new = super().__deepcopy__(memo)
+        new.op = self.op
+        new.traceback = self.traceback
+        return new
 
     def error_text(self) -> str:
         """``Type: message`` followed by the traceback, as shown to the optimizer."""
