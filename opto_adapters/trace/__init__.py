@@ -9,6 +9,7 @@ the adapters live in their modules (``names``, ``templates``, ``coercion``, ``gr
 
 from . import operators
 from .bundle import ExecutionError, ExternalDependencyError, bundle
+from .containers import apply_op
 from .graph import Graph, Subgraph, backward, zero_feedback
 from .modules import Module, load_parameters, model, parameter_values, save_parameters
 from .nodes import ExceptionNode, Feedback, Node, Op
@@ -33,6 +34,7 @@ __all__ = [
     "TracedRun",
     "TracerBase",
     "ValidationError",
+    "apply_op",
     "apply_updates",
     "backward",
     "bundle",

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from .code import FunctionShape, check_function, compile_function, function_source
+from .graph import topological_order
 from .names import check_name
-from .nodes import EXTERNAL, BundleOp, ExceptionNode, Node, Op
+from .nodes import EXPANDED, EXTERNAL, BundleOp, ExceptionNode, Node, Op
 from .parameters import READ_LOG, Parameter, ReadLog, ValidationError
 
 __all__ = ["INSTANCE_STATE", "Bundle", "BundleOp", "ExecutionError", "ExternalDependencyError", "bundle"]
@@ -94,6 +95,7 @@ class Bundle:
         catch_exceptions: bool = True,
         constraint: str = "",
         allow_external_dependencies: bool = False,
+        traceable_code: bool = False,
     ) -> None:
         if not callable(fn):
             raise TypeError(
@@ -104,6 +106,7 @@ class Bundle:
         self.fn = fn
         self.catch_exceptions = catch_exceptions
         self.allow_external_dependencies = allow_external_dependencies
+        self.traceable_code = traceable_code
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__name__ = op_name
         self.__qualname__ = getattr(fn, "__qualname__", op_name)
@@ -269,6 +272,11 @@ class Bundle:
             name = names[i] if i < len(names) else f"{self._var_positional}[{i - len(names)}]"
             values.append(_take(name, arg, inputs))
         kwvalues = {k: _take(k, v, inputs) for k, v in kwargs.items()} if kwargs else kwargs
+        if self.traceable_code:  # the function gets the nodes, so what it does is traced
+            offset = len(values) - len(args)
+            named = zip(args, self._arg_names(offset, len(args)), strict=True)
+            values[offset:] = [_as_node(a, n, inputs) for a, n in named]
+            kwvalues = {k: _as_node(v, k, inputs) for k, v in kwargs.items()}
         if self.parameter is not None:
             inputs["__code"] = self.parameter
         if self.is_async:
@@ -325,7 +333,22 @@ class Bundle:
                 raise
             raise ExecutionError(self._error_node(exc, inputs, defining=True)) from exc
 
+    def _arg_names(self, offset: int, count: int) -> list[str]:
+        names = self._positional
+        return [
+            names[i] if i < len(names) else f"{self._var_positional}[{i - len(names)}]"
+            for i in range(offset, offset + count)
+        ]
+
     def _output(self, result: Any, inputs: dict[str, Node], read: list[Parameter]) -> Node:
+        if self.traceable_code and isinstance(result, Node):
+            # the function's own graph: shown expanded, feedback flows through it
+            inside = {id(n) for n in topological_order(result)}
+            read = [p for p in read if id(p) not in inside]
+            if read:
+                self._external(read, inputs)
+            inputs[EXPANDED] = result
+            return _new_node(Node, result.value, self.op.name, inputs, self.op)
         if isinstance(result, Node):
             if isinstance(result, Parameter) and not any(result is n for n in inputs.values()):
                 read = [*read, result]
@@ -412,6 +435,16 @@ class _BoundBundle:
         return f"<bound {self._bundle!r} of {type(self._instance).__name__}>"
 
 
+def _as_node(arg: Any, name: str, inputs: dict[str, Node]) -> Any:
+    """What a ``traceable_code`` function gets: the node recorded for the argument (a
+    container of nodes as it was passed)."""
+    if isinstance(arg, Node):
+        return arg
+    if isinstance(arg, (list, tuple, dict)) and name not in inputs:
+        return arg
+    return inputs.get(name, arg)
+
+
 def _take(name: str, arg: Any, inputs: dict[str, Node]) -> Any:
     """Record ``arg`` as the input ``name`` and return the plain value to call with."""
     if isinstance(arg, Node):
@@ -443,6 +476,7 @@ def bundle(
     catch_exceptions: bool = True,
     constraint: str = "",
     allow_external_dependencies: bool = False,
+    traceable_code: bool = False,
 ) -> Callable[[Callable[..., Any]], Bundle]: ...
 
 
@@ -455,6 +489,7 @@ def bundle(
     catch_exceptions: bool = True,
     constraint: str = "",
     allow_external_dependencies: bool = False,
+    traceable_code: bool = False,
 ) -> Any:
     """Trace each call of a function as one operation: ``@bundle()`` or ``@bundle``.
 
@@ -469,6 +504,9 @@ def bundle(
     A parameter the function reads without being passed it raises
     ``ExternalDependencyError`` (feedback could not reach it), unless
     ``allow_external_dependencies=True``: then it is recorded as an input too.
+    ``traceable_code=True`` passes the function the nodes themselves, so the operations it
+    does on them are traced too: its result's graph is kept as the input ``__expanded`` of
+    the operation's node, shown to the optimizer and reached by feedback.
     """
     options = dict(
         name=name,
@@ -477,6 +515,7 @@ def bundle(
         catch_exceptions=catch_exceptions,
         constraint=constraint,
         allow_external_dependencies=allow_external_dependencies,
+        traceable_code=traceable_code,
     )
     if fn is not None:
         return Bundle(fn, **options)

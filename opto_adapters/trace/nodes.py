@@ -83,6 +83,8 @@ class Feedback:
 EXTERNAL = "__external"
 """Inputs named ``__external[i]`` are nodes a bundle read without being passed them
 (``bundle(allow_external_dependencies=True)``)."""
+EXPANDED = "__expanded"
+"""The input holding the graph a ``bundle(traceable_code=True)`` function built inside."""
 
 
 class Node(NodeProtocols):
@@ -131,7 +133,9 @@ class Node(NodeProtocols):
         """Where this node comes from: its operation, the file and line of the function, its
         inputs by argument, and the nodes it read without being passed them."""
         op = self.op
-        inputs = {a: n for a, n in self.inputs.items() if not a.startswith(EXTERNAL)}
+        inputs = {
+            a: n for a, n in self.inputs.items() if not a.startswith(EXTERNAL) and a != EXPANDED
+        }
         return {
             "name": self.name,
             "op": op.name if op else None,
@@ -142,6 +146,7 @@ class Node(NodeProtocols):
             "external_dependencies": [
                 n for a, n in self.inputs.items() if a.startswith(EXTERNAL)
             ],
+            "expanded": self.inputs.get(EXPANDED),
         }
 
     @property
