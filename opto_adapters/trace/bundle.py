@@ -37,6 +37,11 @@ class ExecutionError(Exception):
             "The error is traced as err.node; give feedback on it with err.node.backward(...)"
         )
 
+    @property
+    def exception_node(self) -> ExceptionNode:
+        """The traced error (Trace's name for ``node``)."""
+        return self.node
+
     def __reduce__(self) -> Any:
         return (type(self), (self.node,))
 
