@@ -286,25 +286,31 @@ class Bundle:
             inputs["__code"] = self.parameter
         if self.is_async:
             return self._acall(values, kwvalues, inputs)
-        fn = self._define(inputs)
+        fn = self.fn if self.parameter is None else self._define(inputs)
         log = READ_LOG.get()
         if log is None:
             log = ReadLog()
             READ_LOG.set(log)
-        start = len(log.reads)
+        reads = log.reads
+        start = len(reads)
         log.depth += 1
         try:
-            if not self.catch_exceptions:
-                result = fn(*values, **kwvalues)
-            else:
-                try:
-                    result = fn(*values, **kwvalues)
-                except Exception as exc:
-                    raise ExecutionError(self._error_node(exc, inputs)) from exc
-        finally:
+            result = fn(*values, **kwvalues)
+        except Exception as exc:
             log.depth -= 1
-            read = log.reads[start:]
-            del log.reads[start:]
+            del reads[start:]
+            if not self.catch_exceptions:
+                raise
+            raise ExecutionError(self._error_node(exc, inputs)) from exc
+        except BaseException:
+            log.depth -= 1
+            del reads[start:]
+            raise
+        log.depth -= 1
+        if len(reads) == start and not isinstance(result, Node):  # the common case
+            return _new_node(Node, result, self.op.name, inputs, self.op)
+        read = reads[start:]
+        del reads[start:]
         return self._output(result, inputs, read)
 
     async def _acall(self, values: list[Any], kwvalues: dict[str, Any], inputs: dict[str, Node]) -> Node:
