@@ -488,6 +488,7 @@ def bundle(
     constraint: str = "",
     allow_external_dependencies: bool = False,
     traceable_code: bool = False,
+    catch_execution_error: bool | None = None,
 ) -> Callable[[Callable[..., Any]], Bundle]: ...
 
 
@@ -501,6 +502,7 @@ def bundle(
     constraint: str = "",
     allow_external_dependencies: bool = False,
     traceable_code: bool = False,
+    catch_execution_error: bool | None = None,
 ) -> Any:
     """Trace each call of a function as one operation: ``@bundle()`` or ``@bundle``.
 
@@ -515,10 +517,13 @@ def bundle(
     A parameter the function reads without being passed it raises
     ``ExternalDependencyError`` (feedback could not reach it), unless
     ``allow_external_dependencies=True``: then it is recorded as an input too.
+    ``catch_execution_error`` is Trace's name for ``catch_exceptions``.
     ``traceable_code=True`` passes the function the nodes themselves, so the operations it
     does on them are traced too: its result's graph is kept as the input ``__expanded`` of
     the operation's node, shown to the optimizer and reached by feedback.
     """
+    if catch_execution_error is not None:  # Trace's name for catch_exceptions
+        catch_exceptions = catch_execution_error
     options = dict(
         name=name,
         description=description,
