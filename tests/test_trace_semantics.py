@@ -262,6 +262,22 @@ def test_a_parameter_read_inside_a_bundle_without_being_passed_is_detected():
     with pytest.raises(ExternalDependencyError, match="'secret'"):
         outer("y")
 
+    @bundle(allow_external_dependencies=True)
+    def fails(x):
+        """Reads the secret, then raises."""
+        raise ValueError(secret.value)
+
+    @bundle()
+    def tolerant(x):
+        """Calls fails() and carries on."""
+        try:
+            fails(x)
+        except ExecutionError:
+            pass
+        return x
+
+    assert tolerant("z").value == "z"  # what the failed inner call read is not the caller's
+
 
 # 9 ------------------------------------------------------------------------------------------
 def test_unnamed_trainable_nodes_get_unique_names_so_an_optimizer_takes_them():

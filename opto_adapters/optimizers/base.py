@@ -79,7 +79,8 @@ class Optimizer:
     fatal_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, parameters: Iterable[Parameter]) -> None:
-        params = list(parameters)
+        # one parameter alone is a node, and nodes iterate over their value: take it whole
+        params = [parameters] if isinstance(parameters, Parameter) else list(parameters)
         if not params:
             raise ValueError(
                 "the optimizer got no parameters: pass tracer.parameters or module.parameters(), "

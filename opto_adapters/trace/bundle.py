@@ -288,7 +288,7 @@ class Bundle:
             return self._acall(values, kwvalues, inputs)
         fn = self.fn if self.parameter is None else self._define(inputs)
         log = READ_LOG.get()
-        if log is None:
+        if log is None or log.thread != threading.get_ident():
             log = ReadLog()
             READ_LOG.set(log)
         reads = log.reads

@@ -42,13 +42,15 @@ _UNNAMED = itertools.count()
 class ReadLog:
     """The parameters whose value was read while a bundled function ran (see ``bundle``):
     ``depth`` counts the calls running in this context, ``reads`` is shared by them (each
-    call keeps the part after its own start)."""
+    call keeps the part after its own start). A log belongs to the thread that made it: a
+    context copied into another thread (``asyncio.to_thread``) does not write to it."""
 
-    __slots__ = ("depth", "reads")
+    __slots__ = ("depth", "reads", "thread")
 
     def __init__(self) -> None:
         self.depth = 0
         self.reads: list[Parameter] = []
+        self.thread = threading.get_ident()
 
 
 READ_LOG: ContextVar[ReadLog | None] = ContextVar("opto_adapters_read_log", default=None)
@@ -149,7 +151,7 @@ class Parameter(Node):
     @property
     def value(self) -> Any:
         log = READ_LOG.get()
-        if log is not None and log.depth:
+        if log is not None and log.depth and log.thread == threading.get_ident():
             log.reads.append(self)
         return self.binding.get() if self.binding is not None else self._value
 
