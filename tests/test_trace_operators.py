@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from opto_adapters import trace
 from opto_adapters.llm import LLM
 from opto_adapters.testing import Reply
 from opto_adapters.trace import (
@@ -207,3 +208,50 @@ def test_traceable_code_keeps_the_inner_graph_expanded_for_the_optimizer():
         "add = add(x=multiply, y=b)",
         "predict = predict(x=x, __expanded=add)",
     ]
+
+
+def test_trace_s_own_names_port(tmp_path):
+    @bundle("[pick] Select x if condition is true, else y.")
+    def choose(condition, x, y):
+        return x if condition else y
+
+    out = choose(node(True), node("a"), "b")
+    assert op_of(out) == "pick" and out.op.doc == "Select x if condition is true, else y."
+    assert out.value == "a" and out._inputs is out.inputs and out._data == "a"
+
+    x, y = node(1, name="x"), node(2, name="y")
+    with trace.stop_tracing():
+        z = x + y
+    assert z.value == 3 and z.inputs == {}  # not recorded
+    assert (x + y).inputs["x"] is x  # recorded again after the block
+
+    double = node(lambda v: 2 * v, name="double")
+    assert op_of(double(node(4))) == "call" and double(4).value == 8
+    with pytest.raises(TypeError, match="holds a int, which cannot be called"):
+        x(1)
+
+    p = node("v1", name="p", trainable=True, kind="prompt")
+    p._data = "v2"
+    assert p.value == "v2"
+    with pytest.raises(trace.ValidationError):
+        p._data = 3  # written like any value: validated
+
+    assert trace.contain([x, y], y) and not trace.contain([x], node(1))  # by identity
+    assert node(1) in [x]  # `in` compares values, as Trace's ==
+    assert trace.to_data({"a": [x, (y,)], "b": 3}) == {"a": [1, (2,)], "b": 3}
+    assert trace.nodes.MessageNode is Node and trace.parameters.ParameterNode is trace.Parameter
+    assert trace.TraceMissingInputsError is trace.ExternalDependencyError
+    assert operators.list_extend([1], node([2, 3])).value == [1, 2, 3]
+    assert operators.set_add({1}, 2).value == {1, 2} and operators.list_sort([3, 1]).value == [1, 3]
+
+    @bundle(trainable=True)
+    def shout(text):
+        """Shout."""
+        return text.upper()
+
+    assert shout.info["source"].startswith("def shout(text):") and shout.info["line_number"] > 0
+    path = shout.save(tmp_path / "shout.json")
+    original = shout.parameter.value
+    shout.parameter.set(original.replace("upper", "lower"))
+    shout.load(path)
+    assert shout.parameter.value == original

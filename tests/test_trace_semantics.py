@@ -287,6 +287,17 @@ def test_unnamed_trainable_nodes_get_unique_names_so_an_optimizer_takes_them():
     opt = OptoPrime([a, b], llm=None)
     assert [p.name for p in opt.parameters] == [a.name, b.name]
 
+    class Team(Module):  # two agents of one class: their code parameters are told apart
+        def __init__(self):
+            self.lead = Agent("lead")
+            self.helpers = [Agent("h")]
+
+    team = Team()
+    names = [p.name for p in team.parameters()]
+    assert names == ["act_code", "helpers[0].act_code"]
+    assert [p.name for p in Team().parameters()] == names  # the same in every run
+    assert OptoPrime(team.parameters(), llm=None).parameters[1] is team.helpers[0].act.parameter
+
 
 # 10 -----------------------------------------------------------------------------------------
 def test_empty_feedback_self_as_input_and_the_exception_node_value():

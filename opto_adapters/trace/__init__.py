@@ -8,8 +8,14 @@ the adapters live in their modules (``names``, ``templates``, ``coercion``, ``gr
 """
 
 from . import operators
-from .bundle import ExecutionError, ExternalDependencyError, bundle
-from .containers import apply_op
+from .bundle import (
+    ExecutionError,
+    ExternalDependencyError,
+    TraceMissingInputsError,
+    bundle,
+    stop_tracing,
+)
+from .containers import NodeContainer, apply_op, contain, to_data
 from .graph import Graph, Subgraph, backward, zero_feedback
 from .modules import Module, load_parameters, model, parameter_values, save_parameters
 from .nodes import ExceptionNode, Feedback, Node, Op
@@ -25,12 +31,14 @@ __all__ = [
     "Feedback",
     "Graph",
     "Module",
+    "NodeContainer",
     "Node",
     "Op",
     "Parameter",
     "ProblemInstance",
     "RestoreError",
     "Subgraph",
+    "TraceMissingInputsError",
     "TracedRun",
     "TracerBase",
     "ValidationError",
@@ -38,6 +46,7 @@ __all__ = [
     "apply_updates",
     "backward",
     "bundle",
+    "contain",
     "load_parameters",
     "model",
     "node",
@@ -45,5 +54,7 @@ __all__ = [
     "parameter_values",
     "render",
     "save_parameters",
+    "stop_tracing",
+    "to_data",
     "zero_feedback",
 ]

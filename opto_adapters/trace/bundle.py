@@ -6,6 +6,7 @@ import functools
 import importlib
 import inspect
 import pickle
+import re
 import threading
 import traceback
 from collections.abc import Callable
@@ -17,9 +18,11 @@ from .names import check_name
 from .nodes import EXPANDED, EXTERNAL, BundleOp, ExceptionNode, Node, Op
 from .parameters import READ_LOG, Parameter, ReadLog, ValidationError
 
-__all__ = ["INSTANCE_STATE", "Bundle", "BundleOp", "ExecutionError", "ExternalDependencyError", "bundle"]
+__all__ = ["INSTANCE_STATE", "Bundle", "BundleOp", "ExecutionError", "ExternalDependencyError", "TraceMissingInputsError", "bundle", "stop_tracing"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+_OP_IN_DESCRIPTION = re.compile(r"^\s*\[([A-Za-z_][\w.]*)\]\s*(.*)$", re.S)
+"""Trace's descriptions start with the operation's name: ``"[cond] Select x or y."``."""
 INSTANCE_STATE = "__opto_trace__"
 """The instance attribute holding a bundled method's per-instance state (see ``Bundle``)."""
 
@@ -48,6 +51,10 @@ class ExecutionError(Exception):
 
 class ExternalDependencyError(RuntimeError):
     """A bundled function read parameters it was not passed: feedback could not reach them."""
+
+
+TraceMissingInputsError = ExternalDependencyError
+"""Trace's name for ``ExternalDependencyError``."""
 
 
 def _new_node(cls: type[Node], value: Any, name: str, inputs: dict[str, Node], op: Op | None) -> Any:
@@ -198,9 +205,39 @@ class Bundle:
             self._compiled = (source, fn)
         return fn
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """The function's name, source (without ``@bundle``), file and first line."""
+        source = self._source
+        if source is None:
+            try:
+                source = function_source(self.fn, drop=lambda obj: obj is bundle or obj is Bundle)
+            except (OSError, TypeError):
+                source = ""
+        op = self.op
+        return {
+            "name": op.name,
+            "doc": op.doc,
+            "source": source.rstrip("\n"),
+            "file": getattr(op, "file", ""),
+            "line_number": getattr(op, "line", 0),
+        }
+
     def parameters(self) -> list[Parameter]:
         """The code parameter, if trainable (Trace's ``fun.parameters()``)."""
         return [self.parameter] if self.parameter is not None else []
+
+    def save(self, path: Any) -> Any:
+        """Write the code parameter to a JSON file (see ``save_parameters``)."""
+        from .modules import save_parameters
+
+        return save_parameters(self.parameters(), path)
+
+    def load(self, path: Any) -> None:
+        """Load the code parameter from a file written by ``save``."""
+        from .modules import load_parameters
+
+        load_parameters(self.parameters(), path)
 
     # -- per instance ------------------------------------------------------------------------
 
@@ -307,6 +344,10 @@ class Bundle:
             del reads[start:]
             raise
         log.depth -= 1
+        if log.paused:  # stop_tracing(): a node with no inputs
+            del reads[start:]
+            value = result.value if isinstance(result, Node) else result
+            return _new_node(Node, value, self.op.name, {}, self.op)
         if len(reads) == start and not isinstance(result, Node):  # the common case
             return _new_node(Node, result, self.op.name, inputs, self.op)
         read = reads[start:]
@@ -408,6 +449,23 @@ class Bundle:
         return f"<bundle {self.op.name}{extra}>"
 
 
+class stop_tracing:  # noqa: N801 - Trace's name
+    """``with stop_tracing():`` operations in this thread (and context) return nodes with no
+    inputs: their graph is not recorded, as in Trace."""
+
+    def __enter__(self) -> stop_tracing:
+        log = READ_LOG.get()
+        if log is None or log.thread != threading.get_ident():
+            log = ReadLog()
+            READ_LOG.set(log)
+        self._log = log
+        log.paused += 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._log.paused -= 1
+
+
 def _find_bundle(module: str, qualname: str) -> Bundle:
     """The bundle named ``qualname`` in ``module`` (how a bundle is pickled: by reference)."""
     obj: Any = importlib.import_module(module)
@@ -479,7 +537,7 @@ def bundle(fn: F) -> Bundle: ...
 
 @overload
 def bundle(
-    fn: None = None,
+    fn: str | None = None,
     *,
     name: str | None = None,
     description: str | None = None,
@@ -493,7 +551,7 @@ def bundle(
 
 
 def bundle(
-    fn: Callable[..., Any] | None = None,
+    fn: Callable[..., Any] | str | None = None,
     *,
     name: str | None = None,
     description: str | None = None,
@@ -517,13 +575,21 @@ def bundle(
     A parameter the function reads without being passed it raises
     ``ExternalDependencyError`` (feedback could not reach it), unless
     ``allow_external_dependencies=True``: then it is recorded as an input too.
-    ``catch_execution_error`` is Trace's name for ``catch_exceptions``.
+    ``catch_execution_error`` is Trace's name for ``catch_exceptions``; as in Trace, the
+    description may come first (``@bundle("[op_name] What it does.")``), and a leading
+    ``[op_name]`` names the operation.
     ``traceable_code=True`` passes the function the nodes themselves, so the operations it
     does on them are traced too: its result's graph is kept as the input ``__expanded`` of
     the operation's node, shown to the optimizer and reached by feedback.
     """
     if catch_execution_error is not None:  # Trace's name for catch_exceptions
         catch_exceptions = catch_execution_error
+    if isinstance(fn, str):  # Trace's first argument is the description: @bundle("[op] ...")
+        fn, description = None, fn
+    if description is not None and name is None:
+        match = _OP_IN_DESCRIPTION.match(description)
+        if match:
+            name, description = match.group(1), match.group(2).strip()
     options = dict(
         name=name,
         description=description,

@@ -1,4 +1,5 @@
-"""``apply_op``: apply a traced operation element-wise over lists, tuples and dicts of nodes."""
+"""Containers of nodes: ``apply_op`` (a traced operation element-wise over lists, tuples and
+dicts of nodes), ``contain`` (membership by identity), ``to_data`` (the values inside)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,37 @@ from typing import Any
 
 from .nodes import Node
 
-__all__ = ["apply_op"]
+__all__ = ["NodeContainer", "apply_op", "contain", "to_data"]
+
+
+class NodeContainer:
+    """A marker for objects holding nodes (``Module`` is one), as in Trace."""
+
+
+def contain(container: Any, node: Node) -> bool:
+    """Whether ``node`` itself is in ``container`` (``in`` compares values: ``==`` on nodes is
+    a traced operation whose truth is the values' equality)."""
+    return any(node is n for n in container)
+
+
+def to_data(obj: Any) -> Any:
+    """``obj`` with every node replaced by its value, inside lists, tuples, sets and dicts."""
+    if isinstance(obj, Node):
+        return obj.value
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return type(obj)(to_data(x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: to_data(v) for k, v in obj.items()}
+    return obj
 
 
 def apply_op(op: Callable[..., Any], output: Any, *args: Any, **kwargs: Any) -> Any:
     """Apply ``op`` element by element, as Trace's ``apply_op`` does.
 
     Arguments that are nodes are passed whole to every application; arguments that are
-    containers (of the same type as ``output``: list, tuple or dict) are taken element by
-    element, recursively. ``output`` is filled in place (a tuple is rebuilt) and returned.
+    containers (of the same type as ``output``: list, tuple, dict or a ``NodeContainer``
+    object, attribute by attribute) are taken element by element, recursively; plain values
+    in the output are kept. ``output`` is filled in place (a tuple is rebuilt) and returned.
     With no container among the arguments, this is ``op(*args, **kwargs)``.
     """
     inputs = [*args, *kwargs.values()]
@@ -48,6 +71,10 @@ def apply_op(op: Callable[..., Any], output: Any, *args: Any, **kwargs: Any) -> 
             k_kwargs = {n: v if isinstance(v, Node) else v[key] for n, v in kwargs.items()}
             output[key] = apply_op(op, output[key], *k_args, **k_kwargs)
         return output
-    raise TypeError(
-        f"apply_op: the output must be a list, tuple or dict, got {type(output).__name__}"
-    )
+    if isinstance(output, NodeContainer):  # attribute by attribute
+        for key, value in list(vars(output).items()):
+            k_args = [x if isinstance(x, Node) else getattr(x, key) for x in args]
+            k_kwargs = {n: v if isinstance(v, Node) else getattr(v, key) for n, v in kwargs.items()}
+            setattr(output, key, apply_op(op, value, *k_args, **k_kwargs))
+        return output
+    return output  # a plain value among plain values: kept, as in Trace

@@ -16,7 +16,7 @@ from typing import Any
 from .names import check_name
 from .protocols import NodeProtocols
 
-__all__ = ["ExceptionNode", "Feedback", "Node", "Op"]
+__all__ = ["ExceptionNode", "Feedback", "MessageNode", "Node", "Op"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,18 @@ class Node(NodeProtocols):
         return self.value
 
     @property
+    def _data(self) -> Any:  # Trace programs use it: the value, read without tracing
+        return self._value
+
+    @_data.setter
+    def _data(self, value: Any) -> None:
+        self._value = value
+
+    @property
+    def _inputs(self) -> dict[str, Node]:  # Trace's name for inputs
+        return self.inputs
+
+    @property
     def info(self) -> dict[str, Any]:
         """Where this node comes from: its operation, the file and line of the function, its
         inputs by argument, and the nodes it read without being passed them."""
@@ -196,6 +208,10 @@ class Node(NodeProtocols):
 
         kind = "op=" + self.op.name if self.op else "leaf"
         return f"{type(self).__name__}(name={self.name!r}, {kind}, value={short_repr(self.value, 60)})"
+
+
+MessageNode = Node
+"""Trace's name for a computed node (here every node is a ``Node``; ``op`` tells them apart)."""
 
 
 class ExceptionNode(Node):

@@ -20,10 +20,12 @@ __all__ = [
     "abs", "add", "and_", "call", "call_llm", "call_method", "capitalize", "ceil", "chr_",
     "clone", "concat", "cond", "dict_pop", "dict_update", "divide", "eq", "floor",
     "floor_divide", "format", "ge", "getitem", "gt", "identity", "in_", "invert", "is_",
-    "is_not", "join", "keys", "le", "len_", "list_append", "lower", "lshift", "lt",
+    "is_not", "join", "keys", "le", "len_", "list_append", "list_clear", "list_extend",
+    "list_insert", "list_pop", "list_remove", "list_reverse", "list_sort", "lower", "lshift", "lt",
     "make_dict", "make_list", "make_set", "make_tuple", "mod", "multiply", "ne", "neg",
     "neq", "node_divmod", "node_getattr", "not_", "not_in", "or_", "ord_", "pop", "pos",
-    "power", "replace", "round", "rshift", "split", "strip", "subtract", "swapcase", "title",
+    "power", "replace", "round", "rshift", "set_add", "set_clear", "set_discard", "set_remove",
+    "set_update", "split", "strip", "subtract", "swapcase", "title",
     "to_dict", "to_list", "to_set", "to_tuple", "trunc", "upper", "values", "xor",
 ]
 
@@ -321,6 +323,84 @@ def dict_pop(x: dict[Any, Any], key: Any) -> Any:
 def list_append(x: Any, y: Any) -> Any:
     """A copy of the list x with y appended."""
     return [*x, y]
+
+
+@bundle()
+def list_extend(x: Any, y: Any) -> Any:
+    """A copy of the list x extended with y."""
+    return [*x, *y]
+
+
+@bundle()
+def list_insert(x: Any, index: Any, y: Any) -> Any:
+    """A copy of the list x with y inserted at index."""
+    out = list(x)
+    out.insert(index, y)
+    return out
+
+
+@bundle()
+def list_pop(x: Any, index: Any = -1) -> Any:
+    """x.pop(index), on a copy of the list (the input is not changed)."""
+    return list(x).pop(index)
+
+
+@bundle()
+def list_remove(x: Any, y: Any) -> Any:
+    """A copy of the list x without its first y."""
+    out = list(x)
+    out.remove(y)
+    return out
+
+
+@bundle()
+def list_reverse(x: Any) -> Any:
+    """A reversed copy of the list x."""
+    return list(reversed(x))
+
+
+@bundle()
+def list_sort(x: Any, key: Any = None, reverse: Any = False) -> Any:
+    """A sorted copy of the list x."""
+    return sorted(x, key=key, reverse=reverse)
+
+
+@bundle()
+def list_clear(x: Any) -> Any:
+    """An empty list."""
+    return []
+
+
+@bundle()
+def set_add(x: Any, y: Any) -> Any:
+    """A copy of the set x with y added."""
+    return {*x, y}
+
+
+@bundle()
+def set_discard(x: Any, y: Any) -> Any:
+    """A copy of the set x without y."""
+    return set(x) - {y}
+
+
+@bundle()
+def set_remove(x: Any, y: Any) -> Any:
+    """A copy of the set x without y (KeyError if y is not in it)."""
+    out = set(x)
+    out.remove(y)
+    return out
+
+
+@bundle()
+def set_update(x: Any, y: Any) -> Any:
+    """The union of the sets x and y."""
+    return set(x) | set(y)
+
+
+@bundle()
+def set_clear(x: Any) -> Any:
+    """An empty set."""
+    return set()
 
 
 @bundle()

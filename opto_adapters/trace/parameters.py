@@ -24,6 +24,7 @@ __all__ = [
     "READ_LOG",
     "Binding",
     "Parameter",
+    "ParameterNode",
     "RestoreError",
     "ValidationError",
     "apply_updates",
@@ -45,12 +46,13 @@ class ReadLog:
     call keeps the part after its own start). A log belongs to the thread that made it: a
     context copied into another thread (``asyncio.to_thread``) does not write to it."""
 
-    __slots__ = ("depth", "reads", "thread")
+    __slots__ = ("depth", "reads", "thread", "paused")
 
     def __init__(self) -> None:
         self.depth = 0
         self.reads: list[Parameter] = []
         self.thread = threading.get_ident()
+        self.paused = 0  # inside stop_tracing(): operations record no inputs
 
 
 READ_LOG: ContextVar[ReadLog | None] = ContextVar("opto_adapters_read_log", default=None)
@@ -162,6 +164,14 @@ class Parameter(Node):
     @value.setter
     def value(self, new: Any) -> None:
         self.set(new)
+
+    @property
+    def _data(self) -> Any:  # Trace programs use it; a write is validated like any other
+        return self.peek()
+
+    @_data.setter
+    def _data(self, value: Any) -> None:
+        self.set(value)
 
     @property
     def trainable(self) -> bool:
@@ -392,6 +402,10 @@ def _default_kind(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return "number"
     return "json"
+
+
+ParameterNode = Parameter
+"""Trace's name for a trainable node."""
 
 
 def iter_parameters(items: Any) -> Iterator[Parameter]:

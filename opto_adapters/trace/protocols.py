@@ -242,6 +242,14 @@ class NodeProtocols:
         """Call the value's method ``fun`` with ``args``, as one traced operation."""
         return _ops().call_method(self, fun, *args, **kwargs)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the value (a function held in a node) as one traced operation."""
+        if not callable(self.value):  # type: ignore[attr-defined]
+            raise TypeError(
+                f"node {self.name!r} holds a {type(self.value).__name__}, which cannot be called"  # type: ignore[attr-defined]
+            )
+        return _ops().call(self, *args, **kwargs)
+
     def clone(self) -> Any:
         """A copy of the value, as a node computed from this one."""
         return _ops().clone(self)
