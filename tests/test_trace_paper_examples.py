@@ -339,7 +339,7 @@ REASON = '''def reason(self, board_view):
 '''
 
 
-def test_battleship_policy_improves_its_reasoning_code(endpoint):
+def test_battleship_policy_improves_its_reasoning_code(endpoint, caplog):
     endpoint.suggest({"reason_code": REASON})
     # -- the Trace program ---------------------------------------------------------------
     policy = Policy()
@@ -361,8 +361,9 @@ def test_battleship_policy_improves_its_reasoning_code(endpoint):
 
     hits_before, (shot, feedback) = play(4)
     optimizer.zero_feedback()
-    optimizer.backward(shot, feedback)
-    optimizer.step()
+    optimizer.backward(shot, feedback, visualize=False)
+    with caplog.at_level("INFO", logger="opto_adapters"):
+        optimizer.step(verbose=True)
     hits_after, _ = play(4)
     # -------------------------------------------------------------------------------------
     assert [p.name for p in policy.parameters()] == ["reason_code", "act_code"]
@@ -371,3 +372,4 @@ def test_battleship_policy_improves_its_reasoning_code(endpoint):
     assert "reason = reason(self=self, board_view=board_view, __code=reason_code)" in prompt
     assert "act = act(self=self, plan=reason, __code=act_code)" in prompt
     assert "never fire twice" in prompt
+    assert "optimizer prompt:" in caplog.text and "reason_code" in caplog.text  # verbose=True

@@ -114,9 +114,16 @@ class Optimizer:
             p.zero_feedback()
 
     def backward(
-        self, output: Node | Graph | TracedRun, feedback: str | float | Feedback
+        self,
+        output: Node | Graph | TracedRun,
+        feedback: str | float | Feedback,
+        *,
+        retain_graph: bool = True,
+        visualize: bool = False,
     ) -> Subgraph:
-        """Propagate ``feedback`` on a run's output (a node, a graph, or a ``TracedRun``)."""
+        """Propagate ``feedback`` on a run's output (a node, a graph, or a ``TracedRun``).
+        ``retain_graph`` and ``visualize`` are accepted for Trace programs (the graph is never
+        consumed; the returned subgraph draws itself with ``.to_dot()``)."""
         if isinstance(output, TracedRun):
             if output.graph is None:
                 raise ValueError("this run has no graph: was the tracer attached when it ran?")
@@ -214,10 +221,15 @@ class Optimizer:
         record.applied = {p.name: (old, p.value) for p, old in previous.items()}
         return record
 
-    def step(self) -> StepRecord:
-        """``propose`` then ``apply``; the record is kept in ``records``."""
+    def step(self, verbose: bool | str = False) -> StepRecord:
+        """``propose`` then ``apply``; the record is kept in ``records``. ``verbose`` (as in
+        Trace) logs the prompt, the reply and the changes at INFO level."""
         proposal = self.propose()
         record = self.apply(proposal)
+        if verbose:
+            prompt = proposal.messages[-1]["content"] if proposal.messages else ""
+            logger.info("optimizer prompt:\n%s\noptimizer reply:\n%s", prompt, proposal.raw)
+            logger.info("optimizer step applied %s", record.applied or "nothing")
         with self._lock:
             record.step = len(self.records)
             self.records.append(record)
