@@ -249,6 +249,18 @@ def test_trace_s_own_names_port(tmp_path):
         """Shout."""
         return text.upper()
 
+    class Doubler(trace.Module):  # a Trace module: calling it calls forward
+        def __init__(self):
+            self.k = node(2, name="k", trainable=True)
+
+        def forward(self, v):
+            return v * self.k
+
+    doubler = Doubler()
+    assert doubler(node(5)).value == 10 and doubler.parameters_dict() == {"k": doubler.k}
+    with pytest.raises(NotImplementedError, match="has no forward"):
+        trace.Module()(1)
+
     assert shout.info["source"].startswith("def shout(text):") and shout.info["line_number"] > 0
     path = shout.save(tmp_path / "shout.json")
     original = shout.parameter.value

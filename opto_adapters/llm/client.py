@@ -288,6 +288,8 @@ class LLM:
         return new
 
     def __getstate__(self) -> dict[str, Any]:
+        """The settings, the endpoint and its API key (a pickle of an LLM holds the key: keep
+        it where the key may be)."""
         import openai
 
         if type(self._client) is not openai.OpenAI:

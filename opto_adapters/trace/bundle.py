@@ -312,7 +312,11 @@ class Bundle:
             values.append(bound[0])
         for i, arg in enumerate(args, len(values)):
             name = names[i] if i < len(names) else f"{self._var_positional}[{i - len(names)}]"
-            values.append(_take(name, arg, inputs))
+            if isinstance(arg, Node):  # the common case, inlined
+                inputs[name] = arg
+                values.append(arg.value)
+            else:
+                values.append(_take(name, arg, inputs))
         kwvalues = {k: _take(k, v, inputs) for k, v in kwargs.items()} if kwargs else kwargs
         if self.traceable_code:  # the function gets the nodes, so what it does is traced
             offset = len(values) - len(args)
