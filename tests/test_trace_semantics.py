@@ -110,6 +110,15 @@ def test_deepcopy_and_pickle_of_parameters_modules_optimizers_and_computed_nodes
     restored = pickle.loads(pickle.dumps(opt))
     assert restored.llm.base_url == opt.llm.base_url and restored.parameters[0].name == "act_code"
 
+    assert pickle.loads(pickle.dumps(greet)) is greet  # a module-level bundle: by reference
+
+    @bundle()
+    def local(v):
+        return v
+
+    with pytest.raises(pickle.PicklingError, match="defined inside a function"):
+        pickle.dumps(local)
+
     x = node(2, name="x", trainable=True)
     y = x * 3
     detached = copy.deepcopy(y)
