@@ -236,6 +236,10 @@ def test_trace_s_own_names_port(tmp_path):
     with pytest.raises(trace.ValidationError):
         p._data = 3  # written like any value: validated
 
+    k1, k2 = node(1, trainable=True), node("key", trainable=True)
+    seq = trace.Seq([0, k1, trace.Seq(3, node(4), 5)])
+    assert seq.parameters() == [k1] and seq[2][0] == 3
+    assert trace.Map({k2: 1, "b": trace.Seq(k1)}).parameters() == [k2, k1]
     assert trace.contain([x, y], y) and not trace.contain([x], node(1))  # by identity
     assert node(1) in [x]  # `in` compares values, as Trace's ==
     assert trace.to_data({"a": [x, (y,)], "b": 3}) == {"a": [1, (2,)], "b": 3}

@@ -15,7 +15,7 @@ from .bundle import (
     bundle,
     stop_tracing,
 )
-from .containers import NodeContainer, apply_op, contain, to_data
+from .containers import Map, NodeContainer, Seq, apply_op, contain, to_data
 from .graph import Graph, Subgraph, backward, zero_feedback
 from .modules import Module, load_parameters, model, parameter_values, save_parameters
 from .nodes import ExceptionNode, Feedback, Node, Op
@@ -30,6 +30,7 @@ __all__ = [
     "ExternalDependencyError",
     "Feedback",
     "Graph",
+    "Map",
     "Module",
     "NodeContainer",
     "Node",
@@ -37,6 +38,7 @@ __all__ = [
     "Parameter",
     "ProblemInstance",
     "RestoreError",
+    "Seq",
     "Subgraph",
     "TraceMissingInputsError",
     "TracedRun",

@@ -8,11 +8,35 @@ from typing import Any
 
 from .nodes import Node
 
-__all__ = ["NodeContainer", "apply_op", "contain", "to_data"]
+__all__ = ["Map", "NodeContainer", "Seq", "apply_op", "contain", "to_data"]
 
 
 class NodeContainer:
     """A marker for objects holding nodes (``Module`` is one), as in Trace."""
+
+
+class Seq(list, NodeContainer):  # type: ignore[type-arg]
+    """A list whose trainable nodes (also in nested containers) are its ``parameters()``, as
+    Trace's ``Seq``: ``Seq([a, b])`` or ``Seq(a, b)``."""
+
+    def __init__(self, *items: Any) -> None:
+        one = len(items) == 1 and hasattr(items[0], "__len__") and hasattr(items[0], "__getitem__")
+        super().__init__(items[0] if one and not isinstance(items[0], (str, Node)) else items)
+
+    def parameters(self) -> list[Any]:
+        from .modules import collect_parameters
+
+        return [p for p in collect_parameters(list(self)) if p.trainable]
+
+
+class Map(dict, NodeContainer):  # type: ignore[type-arg]
+    """A dict whose trainable nodes, keys or values (also in nested containers), are its
+    ``parameters()``, as Trace's ``Map``."""
+
+    def parameters(self) -> list[Any]:
+        from .modules import collect_parameters
+
+        return [p for p in collect_parameters([*self.keys(), *self.values()]) if p.trainable]
 
 
 def contain(container: Any, node: Node) -> bool:

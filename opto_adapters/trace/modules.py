@@ -14,7 +14,14 @@ from .containers import NodeContainer
 from .names import safe_name
 from .parameters import Parameter, apply_updates, parameters_by_name
 
-__all__ = ["Module", "load_parameters", "model", "parameter_values", "save_parameters"]
+__all__ = [
+    "Module",
+    "collect_parameters",
+    "load_parameters",
+    "model",
+    "parameter_values",
+    "save_parameters",
+]
 
 FORMAT = "opto_adapters.parameters"
 VERSION = 1
@@ -38,7 +45,7 @@ class Module(NodeContainer):
 
     def parameters(self) -> list[Parameter]:
         """Trainable parameters, in attribute order, each once."""
-        return [p for p in _collect(self) if p.trainable]
+        return [p for p in collect_parameters(self) if p.trainable]
 
     def named_parameters(self) -> dict[str, Parameter]:
         """Trainable parameters by name; raises if two share a name."""
@@ -67,7 +74,7 @@ def model(cls: T) -> T:
     return type(cls.__name__, (cls, Module), namespace)  # type: ignore[return-value]
 
 
-def _collect(root: Any) -> list[Parameter]:
+def collect_parameters(root: Any) -> list[Parameter]:
     """The parameters under ``root``, each once, in attribute order. Where two of them share
     a name (two instances of one class, each with its own ``step_code``), the later ones are
     renamed after where they are (``helper.step_code``), so every name is unique and the
