@@ -84,7 +84,7 @@ def test_indexing_iteration_unpacking_len_and_in():
     assert 2 in items and 5 not in items and node(2) in items
     assert op_of(operators.in_(2, items)) == "in_" and operators.not_in(5, items).value
     assert sorted(v.value for v in node({3, 1})) == [1, 3]
-    with pytest.raises(TypeError, match="holds a int, which cannot be iterated"):
+    with pytest.raises(TypeError, match="holds a value of type int, which cannot be iterated"):
         iter(node(5, name="five"))
 
 
@@ -227,7 +227,7 @@ def test_trace_s_own_names_port(tmp_path):
 
     double = node(lambda v: 2 * v, name="double")
     assert op_of(double(node(4))) == "call" and double(4).value == 8
-    with pytest.raises(TypeError, match="holds a int, which cannot be called"):
+    with pytest.raises(TypeError, match="holds a value of type int, which cannot be called"):
         x(1)
 
     p = node("v1", name="p", trainable=True, kind="prompt")

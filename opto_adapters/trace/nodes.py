@@ -255,3 +255,13 @@ class ExceptionNode(Node):
         """``Type: message`` followed by the traceback, as shown to the optimizer."""
         head = f"{type(self._value).__name__}: {self._value}"
         return f"{head}\n{self.traceback}" if self.traceback else head
+
+
+def __getattr__(name: str) -> Any:
+    """Trace's ``opto.trace.nodes`` also holds ``node`` and ``ParameterNode``; they live in
+    ``parameters`` here (imported on first use: it builds on this module)."""
+    if name in ("node", "ParameterNode", "Parameter"):
+        from . import parameters
+
+        return getattr(parameters, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -205,7 +205,7 @@ class NodeProtocols:
             seq = ops.to_list(self)
         else:
             raise TypeError(
-                f"node {self.name!r} holds a {type(value).__name__}, which cannot be iterated "  # type: ignore[attr-defined]
+                f"node {self.name!r} holds a value of type {type(value).__name__}, which cannot be iterated "  # type: ignore[attr-defined]
                 "(only lists, tuples, strings, dicts and sets can)"
             )
         return iter([ops.getitem(seq, i) for i in range(len(seq.value))])
@@ -246,7 +246,7 @@ class NodeProtocols:
         """Call the value (a function held in a node) as one traced operation."""
         if not callable(self.value):  # type: ignore[attr-defined]
             raise TypeError(
-                f"node {self.name!r} holds a {type(self.value).__name__}, which cannot be called"  # type: ignore[attr-defined]
+                f"node {self.name!r} holds a value of type {type(self.value).__name__}, which cannot be called"  # type: ignore[attr-defined]
             )
         return _ops().call(self, *args, **kwargs)
 
