@@ -271,6 +271,14 @@ def test_a_parameter_read_inside_a_bundle_without_being_passed_is_detected():
     with pytest.raises(ExternalDependencyError, match="'secret'"):
         outer("y")
 
+    @bundle()
+    def wraps_leak(x):
+        """Calls leak()."""
+        return leak(x)
+
+    with pytest.raises(ExternalDependencyError, match=r"leak\(\)"):  # not an ExecutionError
+        wraps_leak("w")
+
     @bundle(allow_external_dependencies=True)
     def fails(x):
         """Reads the secret, then raises."""

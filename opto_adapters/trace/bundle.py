@@ -340,8 +340,8 @@ class Bundle:
         except Exception as exc:
             log.depth -= 1
             del reads[start:]
-            if not self.catch_exceptions:
-                raise
+            if not self.catch_exceptions or isinstance(exc, ExternalDependencyError):
+                raise  # a mistake in the program, not an error for the optimizer to fix
             raise ExecutionError(self._error_node(exc, inputs)) from exc
         except BaseException:
             log.depth -= 1
@@ -369,6 +369,8 @@ class Bundle:
             else:
                 try:
                     result = await fn(*values, **kwvalues)
+                except ExternalDependencyError:
+                    raise
                 except Exception as exc:
                     raise ExecutionError(self._error_node(exc, inputs)) from exc
         finally:
