@@ -35,6 +35,7 @@ import peer  # noqa: E402
 
 BENCHMARKS = [
     "bench_trace",
+    "bench_trace_ops",
     "bench_prompt",
     "bench_step",
     "bench_import",
@@ -130,7 +131,7 @@ def fewer(theirs: str) -> str:
 def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
     """(what is compared, opto_adapters, trace-opt in the same run, aim) rows, read from the
     benchmarks' own output."""
-    t, p, st, im, lc, li, tr, fa, se, ti = (out[n] for n in BENCHMARKS)
+    t, ops, p, st, im, lc, li, tr, fa, se, ti = (out[n] for n in BENCHMARKS)
     t, prompts = (
         section(t, "| traced call |") + section(t, "| backward |"),
         section(t, "| prompt |"),
@@ -168,6 +169,25 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
             "backward per operation, chain of 1,000 -> 10,000",
             f"{cell(t, ('chain', '1,000'), 4)} -> {cell(t, ('chain', '10,000'), 4)} us",
             per_op(cell(t, ("chain", "1,000"), 5), cell(t, ("chain", "10,000"), 5)),
+            "flat in N (linear)",
+        )
+    )
+    op_ours = cell(ops, ("opto_adapters",), 1)
+    op_theirs = cell(ops, ("trace-opt",), 1) if peer.available() else NA
+    rows.append(
+        (
+            "traced operator: `x + y` on two nodes (min)",
+            f"{op_ours} us",
+            f"{op_theirs} us" if op_theirs != NA else NA,
+            tenth(f"{op_theirs} us") if op_theirs != NA else "<= a tenth of trace-opt's",
+        )
+    )
+    rows.append(
+        (
+            "backward per operation, chain of 1,000 -> 10,000 operators (`+`, `*`)",
+            f"{cell(ops, ('chain', '1,000'), 4)} -> {cell(ops, ('chain', '10,000'), 4)} us "
+            f"(CPU time {cell(ops, ('chain', '1,000'), 5)} -> {cell(ops, ('chain', '10,000'), 5)})",
+            NA,
             "flat in N (linear)",
         )
     )

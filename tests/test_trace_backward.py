@@ -180,8 +180,6 @@ def test_backward_rejects_non_nodes_and_bad_feedback():
         out.backward({"score": 1})
     with pytest.raises(TypeError, match="got NoneType"):
         out.backward(None)
-    with pytest.raises(ValueError, match="empty feedback"):
-        out.backward("   ")
     assert a.feedback == []  # nothing recorded by the failed calls
     assert a.value == "hi"
 

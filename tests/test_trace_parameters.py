@@ -186,7 +186,7 @@ class Greeter:
         self.helpers = [Punctuation()]
         self.plain = node("not trained", name="plain")
 
-    @bundle(trainable=True)
+    @bundle(trainable=True, allow_external_dependencies=True)  # reads self.greeting
     def greet(self, who):
         """Greet someone."""
         return f"{self.greeting.value} {who}"
@@ -215,7 +215,7 @@ def test_module_collects_attributes_nested_modules_and_trainable_bundles():
     out = g("Ann")
     assert out.value == "Hello Ann!"
     reached = out.backward("use a comma").parameters_reached
-    assert {p.name for p in reached} == {"greet_code", "mark"}
+    assert {p.name for p in reached} == {"greet_code", "greeting", "mark"}
     for p in g.parameters():
         p.zero_feedback()
 

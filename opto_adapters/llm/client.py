@@ -275,6 +275,39 @@ class LLM:
         if self._owns_client:
             self._client.close()
 
+    # -- copies: a deep copy shares the HTTP client; a pickle rebuilds it ----------------------
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LLM:
+        import copy
+
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_client", "_lock")}
+        new.__dict__.update(copy.deepcopy(state, memo))
+        new._client, new._owns_client, new._lock = self._client, False, threading.Lock()
+        return new
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The settings, the endpoint and its API key (a pickle of an LLM holds the key: keep
+        it where the key may be)."""
+        import openai
+
+        if type(self._client) is not openai.OpenAI:
+            raise TypeError(
+                f"cannot pickle an LLM over a {type(self._client).__name__} client; pickle the "
+                "optimizer with llm=None, or make the LLM from base_url= and api_key="
+            )
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_client", "_lock")}
+        state["_client_args"] = (str(self._client.base_url), self._client.api_key)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        base_url, api_key = state.pop("_client_args")
+        self.__dict__.update(state)
+        self._client = make_openai_client(base_url, api_key, self.timeout)
+        self._owns_client = True
+        self._lock = threading.Lock()
+
     def __enter__(self) -> LLM:
         return self
 

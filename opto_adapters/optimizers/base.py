@@ -79,7 +79,8 @@ class Optimizer:
     fatal_errors: tuple[type[BaseException], ...] = ()
 
     def __init__(self, parameters: Iterable[Parameter]) -> None:
-        params = list(parameters)
+        # one parameter alone is a node, and nodes iterate over their value: take it whole
+        params = [parameters] if isinstance(parameters, Parameter) else list(parameters)
         if not params:
             raise ValueError(
                 "the optimizer got no parameters: pass tracer.parameters or module.parameters(), "
@@ -95,6 +96,16 @@ class Optimizer:
         self.records: list[StepRecord] = []
         self._lock = threading.Lock()
 
+    # -- copies (copy.deepcopy and pickle: the locks are made anew) ---------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_memory_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._memory_lock = threading.Lock()
+
     # -- feedback ----------------------------------------------------------------------------
 
     def zero_feedback(self) -> None:
@@ -103,9 +114,16 @@ class Optimizer:
             p.zero_feedback()
 
     def backward(
-        self, output: Node | Graph | TracedRun, feedback: str | float | Feedback
+        self,
+        output: Node | Graph | TracedRun,
+        feedback: str | float | Feedback,
+        *,
+        retain_graph: bool = True,
+        visualize: bool = False,
     ) -> Subgraph:
-        """Propagate ``feedback`` on a run's output (a node, a graph, or a ``TracedRun``)."""
+        """Propagate ``feedback`` on a run's output (a node, a graph, or a ``TracedRun``).
+        ``retain_graph`` and ``visualize`` are accepted for Trace programs (the graph is never
+        consumed; the returned subgraph draws itself with ``.to_dot()``)."""
         if isinstance(output, TracedRun):
             if output.graph is None:
                 raise ValueError("this run has no graph: was the tracer attached when it ran?")
@@ -203,10 +221,15 @@ class Optimizer:
         record.applied = {p.name: (old, p.value) for p, old in previous.items()}
         return record
 
-    def step(self) -> StepRecord:
-        """``propose`` then ``apply``; the record is kept in ``records``."""
+    def step(self, verbose: bool | str = False) -> StepRecord:
+        """``propose`` then ``apply``; the record is kept in ``records``. ``verbose`` (as in
+        Trace) logs the prompt, the reply and the changes at INFO level."""
         proposal = self.propose()
         record = self.apply(proposal)
+        if verbose:
+            prompt = proposal.messages[-1]["content"] if proposal.messages else ""
+            logger.info("optimizer prompt:\n%s\noptimizer reply:\n%s", prompt, proposal.raw)
+            logger.info("optimizer step applied %s", record.applied or "nothing")
         with self._lock:
             record.step = len(self.records)
             self.records.append(record)

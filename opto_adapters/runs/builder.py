@@ -424,7 +424,7 @@ class _Build:
                 if not arg.startswith("tool"):
                     inputs.add(arg, param)
             self.model_inputs(span, flow, inputs)
-        elif span.kind == "tool" and self.calls.get(span.links.get("tool_call_id") or ""):
+        elif span.kind == "tool" and self.calls.get(span.links.get("tool_call_id") or "") is not None:
             keys = [k for k in span.inputs if k != "input"]
             arg = keys[0] if len(keys) == 1 else "call"
             inputs.add(arg, self.calls[span.links["tool_call_id"]], "link")
@@ -470,7 +470,7 @@ class _Build:
             out = []
             for child in span.children:
                 for n in self.visit(child, own):
-                    if n not in out:
+                    if all(n is not o for o in out):  # by identity: == on nodes is traced
                         out.append(n)
         else:
             previous = own

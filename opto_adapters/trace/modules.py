@@ -9,27 +9,51 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .bundle import Bundle
+from .bundle import INSTANCE_STATE, Bundle
+from .containers import NodeContainer
+from .names import safe_name
 from .parameters import Parameter, apply_updates, parameters_by_name
 
-__all__ = ["Module", "load_parameters", "model", "parameter_values", "save_parameters"]
+__all__ = [
+    "Module",
+    "collect_parameters",
+    "load_parameters",
+    "model",
+    "parameter_values",
+    "save_parameters",
+]
 
 FORMAT = "opto_adapters.parameters"
 VERSION = 1
 T = TypeVar("T", bound=type)
 
 
-class Module:
+class Module(NodeContainer):
     """A program with trainable parts: ``parameters()`` finds them in attributes, nested
-    modules (also inside lists, tuples and dicts) and trainable bundles of the class."""
+    modules (also inside lists, tuples and dicts) and trainable bundles of the class (each
+    instance's own code parameter; a method a subclass overrides counts once, as the
+    subclass's). Calling a module calls its ``forward``, as in Trace."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            f"{type(self).__name__} has no forward(): define forward(...) to call the module, "
+            "or call its methods directly"
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
 
     def parameters(self) -> list[Parameter]:
         """Trainable parameters, in attribute order, each once."""
-        return [p for p in _collect(self) if p.trainable]
+        return [p for p in collect_parameters(self) if p.trainable]
 
     def named_parameters(self) -> dict[str, Parameter]:
         """Trainable parameters by name; raises if two share a name."""
         return parameters_by_name(self.parameters())
+
+    def parameters_dict(self) -> dict[str, Parameter]:
+        """Trace's name for ``named_parameters``."""
+        return self.named_parameters()
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the parameter values as JSON (see ``save_parameters``)."""
@@ -50,31 +74,67 @@ def model(cls: T) -> T:
     return type(cls.__name__, (cls, Module), namespace)  # type: ignore[return-value]
 
 
-def _collect(root: Any) -> list[Parameter]:
-    found: list[Parameter] = []
+def collect_parameters(root: Any) -> list[Parameter]:
+    """The parameters under ``root``, each once, in attribute order. Where two of them share
+    a name (two instances of one class, each with its own ``step_code``), the later ones are
+    renamed after where they are (``helper.step_code``), so every name is unique and the
+    same in every run of the program."""
+    found: list[tuple[Parameter, str]] = []
     seen: set[int] = set()
-    stack: list[Any] = [root]
+    stack: list[tuple[Any, str]] = [(root, "")]
     while stack:
-        obj = stack.pop()
+        obj, where = stack.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
         if isinstance(obj, Parameter):
-            found.append(obj)
+            found.append((obj, where))
             continue
-        children: list[Any] = []
+        children: list[tuple[Any, str]] = []
         if isinstance(obj, Bundle):
             if obj.parameter is not None:
-                children.append(obj.parameter)
+                children.append((obj.parameter, where))
         elif isinstance(obj, Module):
-            for klass in reversed(type(obj).__mro__):
-                children.extend(v for v in vars(klass).values() if isinstance(v, Bundle))
-            children.extend(vars(obj).values() if hasattr(obj, "__dict__") else ())
+            children.extend((m, _join(where, name)) for name, m in _methods(obj))
+            if hasattr(obj, "__dict__"):
+                children.extend((v, _join(where, k)) for k, v in vars(obj).items() if k != INSTANCE_STATE)
         elif isinstance(obj, (list, tuple)):
-            children.extend(obj)
+            children.extend((v, f"{where}[{i}]") for i, v in enumerate(obj))
         elif isinstance(obj, dict):
-            children.extend(obj.values())
+            children.extend((v, f"{where}[{k}]") for k, v in obj.items())
         stack.extend(reversed(children))
+    taken: set[str] = set()
+    for p, where in found:
+        if p.name in taken:
+            owner = where.rpartition(".")[0] if "." in where else where
+            name = safe_name(f"{owner}.{p.name}" if owner else p.name, max_length=128)
+            base, k = name, 2
+            while name in taken:
+                name, k = f"{base}_{k}", k + 1
+            p.name = name
+        taken.add(p.name)
+    return [p for p, _ in found]
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _methods(obj: Module) -> list[tuple[str, Bundle]]:
+    """The trainable bundled methods of ``obj``'s class as ``obj`` resolves them (a method a
+    subclass overrides is the subclass's), each the instance's own copy, base classes first."""
+    resolved: dict[str, Any] = {}
+    for klass in type(obj).__mro__:
+        for name, value in vars(klass).items():
+            resolved.setdefault(name, value)
+    order: list[str] = []
+    for klass in reversed(type(obj).__mro__):
+        order.extend(n for n in vars(klass) if n not in order)
+    found = []
+    for name in order:
+        value = resolved[name]
+        if isinstance(value, Bundle) and value.parameter is not None:
+            found.append((name, value._instance(obj)[0]))
     return found
 
 

@@ -7,14 +7,16 @@ registry, so a run's nodes are freed together with its output. Trainable leaves 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .names import check_name
+from .protocols import NodeProtocols
 
-__all__ = ["ExceptionNode", "Feedback", "Node", "Op"]
+__all__ = ["ExceptionNode", "Feedback", "MessageNode", "Node", "Op"]
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,20 @@ class Op:
 
 
 @dataclass(frozen=True)
+class BundleOp(Op):
+    """The operation of a bundled function. ``varargs`` names its ``*args`` parameter (if
+    any): inputs ``<varargs>[i]`` were passed positionally and are shown without a keyword.
+    ``file`` and ``line`` say where the function is defined (see ``Node.info``)."""
+
+    varargs: str = ""
+    file: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True)
 class Feedback:
-    """Feedback on an output: a score, a text, or both."""
+    """Feedback on an output: a score, a text, or both (empty text is allowed, as in Trace:
+    the optimizer then sees the trace and the outputs only)."""
 
     score: float | None = None
     text: str = ""
@@ -44,8 +58,6 @@ class Feedback:
             raise ValueError(f"Feedback.score must be a finite number, got {self.score}")
         if not isinstance(self.text, str):
             raise TypeError(f"Feedback.text must be a str, got {type(self.text).__name__}")
-        if self.score is None and not self.text.strip():
-            raise ValueError("empty feedback: give a score, a text, or both")
 
     @classmethod
     def of(cls, feedback: object) -> Feedback:
@@ -68,11 +80,19 @@ class Feedback:
         return f"{score}\n{self.text}" if self.text else score
 
 
-class Node:
+EXTERNAL = "__external"
+"""Inputs named ``__external[i]`` are nodes a bundle read without being passed them
+(``bundle(allow_external_dependencies=True)``)."""
+EXPANDED = "__expanded"
+"""The input holding the graph a ``bundle(traceable_code=True)`` function built inside."""
+
+
+class Node(NodeProtocols):
     """A value in one trace, with the named inputs it was computed from.
 
     ``op`` is ``None`` for leaves (inputs and parameters). ``inputs`` maps each argument name
-    of the operation to the node that filled it, in call order.
+    of the operation to the node that filled it, in call order. Python's operators and
+    protocols on a node are traced operations (see ``protocols``); hashing is by identity.
     """
 
     __slots__ = ("name", "_value", "inputs", "op", "description", "__weakref__")
@@ -104,6 +124,44 @@ class Node:
         return self._value
 
     @property
+    def data(self) -> Any:
+        """The value (Trace's name for it)."""
+        return self.value
+
+    @property
+    def _data(self) -> Any:  # Trace programs use it: the value, read without tracing
+        return self._value
+
+    @_data.setter
+    def _data(self, value: Any) -> None:
+        self._value = value
+
+    @property
+    def _inputs(self) -> dict[str, Node]:  # Trace's name for inputs
+        return self.inputs
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """Where this node comes from: its operation, the file and line of the function, its
+        inputs by argument, and the nodes it read without being passed them."""
+        op = self.op
+        inputs = {
+            a: n for a, n in self.inputs.items() if not a.startswith(EXTERNAL) and a != EXPANDED
+        }
+        return {
+            "name": self.name,
+            "op": op.name if op else None,
+            "doc": op.doc if op else "",
+            "file": getattr(op, "file", ""),
+            "line": getattr(op, "line", 0),
+            "inputs": inputs,
+            "external_dependencies": [
+                n for a, n in self.inputs.items() if a.startswith(EXTERNAL)
+            ],
+            "expanded": self.inputs.get(EXPANDED),
+        }
+
+    @property
     def parents(self) -> tuple[Node, ...]:
         """The input nodes, in argument order."""
         return tuple(self.inputs.values())
@@ -116,11 +174,34 @@ class Node:
     def trainable(self) -> bool:
         return False
 
-    def backward(self, feedback: str | float | Feedback) -> Any:
-        """Propagate ``feedback`` on this output to every trainable parameter it depends on."""
+    def backward(
+        self,
+        feedback: str | float | Feedback = "",
+        *,
+        retain_graph: bool = True,
+        visualize: bool = False,
+    ) -> Any:
+        """Propagate ``feedback`` on this output to every trainable parameter it depends on;
+        returns the ``Subgraph`` (``.to_dot()`` draws it). ``retain_graph`` and ``visualize``
+        are accepted for Trace programs: the graph is never consumed, and the returned
+        subgraph is the picture."""
         from .graph import backward
 
         return backward(self, feedback)
+
+    def detach(self) -> Node:
+        """A copy of this node without its inputs (``copy.deepcopy`` does the same)."""
+        return copy.deepcopy(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Node:
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.name = self.name
+        new._value = copy.deepcopy(self._value, memo)
+        new.inputs = {}
+        new.op = None
+        new.description = self.description
+        return new
 
     def __repr__(self) -> str:
         from .render import short_repr
@@ -129,8 +210,13 @@ class Node:
         return f"{type(self).__name__}(name={self.name!r}, {kind}, value={short_repr(self.value, 60)})"
 
 
+MessageNode = Node
+"""Trace's name for a computed node (here every node is a ``Node``; ``op`` tells them apart)."""
+
+
 class ExceptionNode(Node):
-    """The output of an operation that raised: its value is the exception."""
+    """The output of an operation that raised. Its value reads as the error text, as in
+    Trace (``"(ZeroDivisionError) division by zero"``); ``exception`` is the exception."""
 
     __slots__ = ("traceback",)
 
@@ -152,10 +238,30 @@ class ExceptionNode(Node):
         self.traceback = traceback
 
     @property
+    def value(self) -> str:
+        return f"({type(self._value).__name__}) {self._value}"
+
+    @property
     def exception(self) -> BaseException:
         return self._value
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ExceptionNode:
+        new = super().__deepcopy__(memo)
+        new.op = self.op
+        new.traceback = self.traceback
+        return new
 
     def error_text(self) -> str:
         """``Type: message`` followed by the traceback, as shown to the optimizer."""
         head = f"{type(self._value).__name__}: {self._value}"
         return f"{head}\n{self.traceback}" if self.traceback else head
+
+
+def __getattr__(name: str) -> Any:
+    """Trace's ``opto.trace.nodes`` also holds ``node`` and ``ParameterNode``; they live in
+    ``parameters`` here (imported on first use: it builds on this module)."""
+    if name in ("node", "ParameterNode", "Parameter"):
+        from . import parameters
+
+        return getattr(parameters, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,8 +7,11 @@ description...). ``apply_updates`` writes several at once, all or none.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +21,10 @@ from .templates import template_variables
 
 __all__ = [
     "KINDS",
+    "READ_LOG",
     "Binding",
     "Parameter",
+    "ParameterNode",
     "RestoreError",
     "ValidationError",
     "apply_updates",
@@ -31,6 +36,26 @@ __all__ = [
 KINDS = ("text", "prompt", "tool_description", "code", "number", "json")
 _TEXT_KINDS = frozenset({"text", "prompt", "tool_description", "code"})
 _MISSING: Any = object()
+_UNNAMED = itertools.count()
+"""Numbers the default names of unnamed trainable nodes (``param0``, ``param1``...)."""
+
+
+class ReadLog:
+    """The parameters whose value was read while a bundled function ran (see ``bundle``):
+    ``depth`` counts the calls running in this context, ``reads`` is shared by them (each
+    call keeps the part after its own start). A log belongs to the thread that made it: a
+    context copied into another thread (``asyncio.to_thread``) does not write to it."""
+
+    __slots__ = ("depth", "reads", "thread", "paused")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.reads: list[Parameter] = []
+        self.thread = threading.get_ident()
+        self.paused = 0  # inside stop_tracing(): operations record no inputs
+
+
+READ_LOG: ContextVar[ReadLog | None] = ContextVar("opto_adapters_read_log", default=None)
 
 
 @dataclass(frozen=True)
@@ -127,11 +152,26 @@ class Parameter(Node):
 
     @property
     def value(self) -> Any:
+        log = READ_LOG.get()
+        if log is not None and log.depth and log.thread == threading.get_ident():
+            log.reads.append(self)
+        return self.binding.get() if self.binding is not None else self._value
+
+    def peek(self) -> Any:
+        """The value, without counting as a read by a running bundle (for the library)."""
         return self.binding.get() if self.binding is not None else self._value
 
     @value.setter
     def value(self, new: Any) -> None:
         self.set(new)
+
+    @property
+    def _data(self) -> Any:  # Trace programs use it; a write is validated like any other
+        return self.peek()
+
+    @_data.setter
+    def _data(self, value: Any) -> None:
+        self.set(value)
 
     @property
     def trainable(self) -> bool:
@@ -234,6 +274,31 @@ class Parameter(Node):
         with self._lock:
             self._feedback = []
 
+    # -- copies ------------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the lock and the recorded feedback (a copy starts with none)."""
+        state = {}
+        for klass in type(self).__mro__:
+            for slot in getattr(klass, "__slots__", ()):
+                if slot not in ("__weakref__", "_lock", "_feedback") and hasattr(self, slot):
+                    state[slot] = getattr(self, slot)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for slot, value in state.items():
+            object.__setattr__(self, slot, value)
+        self._lock = threading.RLock()
+        self._feedback = []
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Parameter:
+        """An independent parameter with a copy of the value (a bound one keeps its binding:
+        it still mirrors the same live object)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
 
 class RestoreError(RuntimeError):
     """A write failed part way and putting the previous values back failed too: the named
@@ -299,17 +364,28 @@ def node(
 ) -> Node:
     """Wrap a value as a graph node; ``trainable=True`` makes it a ``Parameter``.
 
-    A node passed in is returned as is. ``kind`` defaults to ``number`` for numbers, ``json``
-    for lists, dicts and booleans, and ``text`` for strings.
+    A node passed in is returned as is, unless ``trainable=True`` asks for a parameter: then a
+    trainable parameter is returned as is and any other node gives a new parameter holding
+    its value (named after it), as in Trace. ``kind`` defaults to ``number`` for numbers,
+    ``json`` for lists, dicts and booleans, and ``text`` for strings. An unnamed trainable
+    node is called ``param0``, ``param1``... (unique in the process; name parameters you
+    save, so the names are the same in the next run).
     """
     if isinstance(value, Node):
-        return value
+        if not trainable or (isinstance(value, Parameter) and value.trainable):
+            return value
+        name = value.name if name is None else name
+        description = description or value.description
+        if isinstance(value, Parameter):
+            kind = kind or value.kind
+            constraint = constraint or value.constraint
+        value = value.value
     if trainable:
         if kind is None:
             kind = _default_kind(value)
         return Parameter(
             value,
-            name="param" if name is None else name,
+            name=f"param{next(_UNNAMED)}" if name is None else name,
             kind=kind,
             description=description,
             constraint=constraint,
@@ -326,6 +402,10 @@ def _default_kind(value: Any) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return "number"
     return "json"
+
+
+ParameterNode = Parameter
+"""Trace's name for a trainable node."""
 
 
 def iter_parameters(items: Any) -> Iterator[Parameter]:

@@ -168,6 +168,8 @@ def short_repr(value: Any, limit: int) -> str:
 def _type_label(n: Node) -> str:
     if isinstance(n, Parameter):
         return n.kind
+    if isinstance(n, ExceptionNode):
+        return type(n.exception).__name__
     return type(n.value).__name__
 
 
