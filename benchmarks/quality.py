@@ -48,11 +48,13 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+from bench_search import trainer_supports  # noqa: E402  (one check of what the trainer has)
+
 from opto_adapters import Feedback, bundle, node  # noqa: E402
 from opto_adapters.llm import LLM, BudgetExceeded  # noqa: E402
 from opto_adapters.optimizers import OPRO, OptoPrime  # noqa: E402
 from opto_adapters.trace import apply_updates  # noqa: E402
-from opto_adapters.train import TrainConfig, as_tracer, optimize  # noqa: E402
+from opto_adapters.train import as_tracer, optimize  # noqa: E402
 
 ENGINES = ("none", "opro", "greedy", "pareto", "trace-opt", "gepa")
 TASKS = ("object_counting", "word_sorting", "date_arithmetic", "langchain_notes", "llama_index_rag")
@@ -361,18 +363,6 @@ class Row:
     note: str = ""
     seconds: float = 0.0
     changed: bool = False  # the values returned differ from the seed values
-
-
-def trainer_supports() -> dict[str, bool]:
-    names = TrainConfig.names()
-    pareto = False
-    if "search" in names:
-        try:
-            TrainConfig(search="pareto")
-            pareto = True
-        except (TypeError, ValueError):
-            pass
-    return {"search": "search" in names, "pareto": pareto, "max_metric_calls": "max_metric_calls" in names}
 
 
 def peer_version(dist: str) -> str | None:

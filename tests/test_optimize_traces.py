@@ -114,6 +114,8 @@ def test_bad_calls_are_refused_with_what_to_do(scripted_llm):
         optimize(chain, VAL, VAL, traces=records, guide=guide)
     with pytest.raises(TypeError, match="needs train="):
         optimize(chain, guide=guide)
+    with pytest.raises(TypeError, match="search='pareto' runs the app on training minibatches"):
+        optimize(chain, traces=records, feedback=feedback, val=VAL, guide=guide, search="pareto", progress=False)
     other = ChatPromptTemplate.from_messages([("system", "Translate to French."), ("human", "{text}")])
     with pytest.raises(ImportMismatchError, match="are these runs of this app"):
         optimize(other | RecordingChatModel() | StrOutputParser(), traces=records, feedback=feedback, val=VAL, guide=guide)

@@ -11,7 +11,6 @@ is ever written back. The app itself never runs on the imported inputs.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from ..trace.render import short_repr, value_text
@@ -83,30 +82,8 @@ class TraceTrainer(Trainer):
     def _baseline_phase(self) -> None:
         self._consider_best(self._current, self._selection_score(self._current, "baseline"))
 
-    def _step(self, step: int, epoch: int, b: int, batch: list[int]) -> None:
-        run_id = self.run_id
-        assert run_id is not None
-        before = self._current
-        self.store.start_step(run_id, step, epoch=epoch, batch=b, indices=batch, version_id=before)
-        forward = [self._imported_result(i) for i in batch]
-        gate_idx = list(range(len(self.val)))
-        gate_now = self._evaluate(before, "val", gate_idx, "val", step=step)
-        gate_score = mean(gate_now)
-        self.store.update_step(run_id, step, train_score=mean(forward), gate_score=gate_score)
-        scored = []
-        for cid, values in self._proposals(step, forward):
-            outcome = self._try_candidate(step, cid, values, "val", gate_idx)
-            if outcome is not None:
-                scored.append((cid, values, *outcome))
-        status, reason, accepted = self._decide(step, scored, gate_score, "val", gate_now)
-        self.store.finish_step(
-            run_id, step, memory=self._memory_state(), status=status, reason=reason,
-            accepted_candidate_id=accepted, result_version_id=self._current,
-            val_score=self.store.mean_score(run_id, self._current, "val")[0], finished_at=time.time(),
-        )
-        logger.info("step %d: %s (%s)", step, status, reason)
-        if self._steps_bar is not None:
-            self._steps_bar.set_postfix_str(f"val {self.store.mean_score(run_id, self._current, 'val')[0] or 0:.3g}")
+    def _forward(self, version: int, step: int, batch: list[int]) -> list[Result]:
+        return [self._imported_result(i) for i in batch]  # what already ran: nothing is run
 
     def _imported_result(self, i: int) -> Result:
         run = self.imported[i]

@@ -31,19 +31,15 @@ resumed run rebuilds the same pool and draws the same parents, and evaluates not
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
 from .acceptance import accept
-from .engine import Result, Stop, by_example, mean
+from .engine import Result, by_example, mean
 from .errors import AppError
 from .pareto import EPS, find_merge, pareto_front, sample_parents
-from .result import DONE
 from .store import StoredPoolMember
 from .trainer import NOTHING_TO_LEARN, nothing_to_learn
 
@@ -127,33 +123,15 @@ class ParetoSearch:
                 logger.exception("could not write the current values back after the search stopped")
 
     def _steps(self) -> None:
-        t, cfg = self.t, self.t.config
+        t = self.t
         if not t.val:
             logger.info(
                 "no val: the Pareto search scores each candidate on the whole training set "
                 "(%d examples) to build its front", len(t.train),
             )
-        done = {s.step for s in t.store.steps(self._run_id) if s.status in DONE}
-        per_epoch = math.ceil(len(t.train) / t.batch_size)
-        total = cfg.epochs * per_epoch
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
         if not self.pool():
             self._seed()
-        t._steps_bar = tqdm(
-            total=total, initial=len(done & set(range(1, total + 1))), desc="steps",
-            unit="step", disable=not cfg.progress,
-        )
-        for epoch in range(cfg.epochs):
-            for b, batch in enumerate(t._batches(epoch)):
-                step = epoch * per_epoch + b + 1
-                if step in done:
-                    continue
-                if cfg.max_steps is not None and step > cfg.max_steps:
-                    raise Stop("max_steps", f"stopped after max_steps={cfg.max_steps} steps")
-                t._check_time()
-                self._step(step, epoch, b, batch)
-                t._steps_bar.update()
+        t._run_steps(self._step)
 
     def _seed(self) -> None:
         """Score the starting values on the validation split: the pool's first member."""

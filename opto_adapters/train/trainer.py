@@ -395,7 +395,7 @@ class Trainer:
         if cfg.search == "pareto":
             from .search import ParetoSearch
 
-            if type(self)._step is not Trainer._step:  # e.g. TraceTrainer: steps from imported runs
+            if type(self)._forward is not Trainer._forward:  # e.g. TraceTrainer: steps from imported runs
                 raise TypeError(
                     f"search='pareto' runs the app on training minibatches; {type(self).__name__} "
                     "takes its steps another way: use search='greedy' with it"
@@ -410,6 +410,19 @@ class Trainer:
         self._loop()
 
     def _loop(self) -> None:
+        if self._current == self._baseline:
+            self._baseline_phase()
+        self._run_steps(self._step, after_epoch=None if self.val else self._epoch_end)
+
+    def _epoch_end(self) -> None:
+        """Without val, the best values are chosen on the whole training set after each epoch."""
+        self._consider_best(self._current, self._selection_score(self._current, "epoch"))
+
+    def _run_steps(
+        self, take_step: Callable[[int, int, int, list[int]], None], *, after_epoch: Callable[[], None] | None = None
+    ) -> None:
+        """Take every step of every epoch not yet done (``take_step(step, epoch, batch_no,
+        batch)``), with the steps bar, ``max_steps`` and the time limit; shared by both searches."""
         run_id = self.run_id
         assert run_id is not None
         cfg = self.config
@@ -418,8 +431,6 @@ class Trainer:
         total = cfg.epochs * per_epoch
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps)
-        if self._current == self._baseline:
-            self._baseline_phase()
         self._steps_bar = tqdm(
             total=total, initial=len(done & set(range(1, total + 1))), desc="steps",
             unit="step", disable=not cfg.progress,
@@ -432,10 +443,10 @@ class Trainer:
                 if cfg.max_steps is not None and step > cfg.max_steps:
                     raise Stop("max_steps", f"stopped after max_steps={cfg.max_steps} steps")
                 self._check_time()
-                self._step(step, epoch, b, batch)
+                take_step(step, epoch, b, batch)
                 self._steps_bar.update()
-            if not self.val:
-                self._consider_best(self._current, self._selection_score(self._current, "epoch"))
+            if after_epoch is not None:
+                after_epoch()
 
     def _baseline_phase(self) -> None:
         results = self._evaluate(self._current, "train", range(len(self.train)), "baseline", graphs=True)
@@ -487,7 +498,7 @@ class Trainer:
         assert run_id is not None
         before = self._current
         self.store.start_step(run_id, step, epoch=epoch, batch=b, indices=batch, version_id=before)
-        forward = self._evaluate(before, "train", batch, "step", step=step, graphs=True)
+        forward = self._forward(before, step, batch)
         train_score = mean(forward)
         if self.val:
             gate_split, gate_idx = "val", list(range(len(self.val)))
@@ -523,6 +534,10 @@ class Trainer:
             self._steps_bar.set_postfix_str(f"{gate_split} {(val_score if self.val else gate_score) or 0:.3g}")
         assert self._evaluator is not None
         self._evaluator.keep_graphs_of(self._current)
+
+    def _forward(self, version: int, step: int, batch: list[int]) -> list[Result]:
+        """The minibatch's runs (with graphs) that the optimizer learns from."""
+        return self._evaluate(version, "train", batch, "step", step=step, graphs=True)
 
     def _decide(
         self,
