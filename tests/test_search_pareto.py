@@ -544,6 +544,16 @@ def test_sampling_is_seeded_weighted_by_examples_led_and_distinct():
         sample_parents({}, 1, random.Random(0))
 
 
+def test_sampling_ignores_examples_every_candidate_scores_alike():
+    # four examples everyone fails: "leading" there says nothing. b leads on 3 examples that
+    # tell the candidates apart, c on 1: drawn 3:1 (counting the four would make it 7:5)
+    scores = {"b": [0, 0, 0, 0, 1, 1, 1, 0], "c": [0, 0, 0, 0, 0, 0, 0, 1]}
+    draws = [sample_parents(scores, 1, random.Random(i))[0] for i in range(2000)]
+    assert 0.7 < draws.count("b") / len(draws) < 0.8
+    alike = {"x": [0.0, 1.0], "y": [0.0, 1.0]}  # nothing tells them apart: both may be drawn
+    assert sorted(sample_parents(alike, 2, random.Random(0))) == ["x", "y"]
+
+
 def test_merge_selection():
     values = {
         0: {"p": "p0", "q": "q0", "r": "r0"},
