@@ -154,11 +154,13 @@ def find_merge(
     parents: Mapping[K, Sequence[K]],
     values: Mapping[K, Mapping[str, Any]],
     tried: Iterable[frozenset[K]] = (),
+    front: Iterable[K] | None = None,
 ) -> Merge | None:
     """The first pair worth merging, or ``None``: pairs of front candidates first, then pairs
     with one on the front, each group by the sum of their mean scores (best first); a pair
-    already ``tried`` or whose combination is already a candidate is skipped."""
-    front = set(pareto_front({k: scores[k] for k in order}))
+    already ``tried`` or whose combination is already a candidate is skipped. ``front``: the
+    front when it is kept over more than ``scores`` (e.g. tokens too)."""
+    front = set(pareto_front({k: scores[k] for k in order}) if front is None else front)
     known = {_frozen(values[k]) for k in order}
     done = set(tried)
     position = {k: i for i, k in enumerate(order)}
