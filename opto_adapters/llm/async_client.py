@@ -3,12 +3,11 @@
 The same arguments, retries, :class:`Budget`, deadline, JSON modes and fallbacks, context
 checks and usage counters as ``LLM`` (all of it is :mod:`.core`, shared); only the transport
 differs: requests are awaited and retries wait with ``asyncio.sleep``, so one event loop can
-keep hundreds of requests in flight.
+keep hundreds of requests in flight. ``asyncio`` and ``openai`` are imported on first use.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +81,8 @@ class AsyncLLM(BaseLLM):
     async def _run(self, flow: Flow) -> Any:
         """Run a flow: await the I/O it yields and hand it the results (a cancellation is
         handed to it too, so its budget reservation is given back)."""
+        import asyncio  # (here: importing the library must not load asyncio)
+
         try:
             action = next(flow)
             while True:

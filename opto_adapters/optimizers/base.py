@@ -69,11 +69,13 @@ class StepRecord:
 class Optimizer:
     """Base optimizer over a list of parameters.
 
-    Subclasses implement ``_propose``. ``backward`` records feedback on the parameters,
-    ``propose`` asks for new values (changing nothing), ``apply`` validates and writes them
-    all at once through the parameters' bindings, ``step`` does both and keeps a record.
-    A failure while proposing or applying becomes the record's ``error``, except the
-    ``fatal_errors`` the caller must act on (they are raised).
+    Subclasses implement ``_propose`` (and may implement ``_apropose``, its awaitable twin;
+    by default it runs ``_propose`` in a worker thread). ``backward`` records feedback on the
+    parameters, ``propose`` asks for new values (changing nothing), ``apply`` validates and
+    writes them all at once through the parameters' bindings, ``step`` does both and keeps a
+    record; ``apropose`` and ``astep`` are the same, awaited. A failure while proposing or
+    applying becomes the record's ``error``, except the ``fatal_errors`` the caller must act
+    on (they are raised).
     """
 
     fatal_errors: tuple[type[BaseException], ...] = ()
@@ -153,21 +155,39 @@ class Optimizer:
 
     def propose(self) -> Proposal:
         """Ask for new values from the accumulated feedback; changes nothing."""
-        if not self.feedback_subgraphs():
-            raise RuntimeError(
-                "no feedback to optimize from: call optimizer.backward(output, feedback) on at "
-                "least one run that used these parameters first"
-            )
+        self._require_feedback()
         try:
             return self._propose()
         except self.fatal_errors:
             raise
         except Exception as exc:  # e.g. a value too deep to render, a failing binding read
-            logger.warning("the optimizer could not make a proposal", exc_info=True)
-            return Proposal(error=f"the optimizer could not make a proposal: {_reason(exc)}")
+            return _failed_proposal(exc)
+
+    async def apropose(self) -> Proposal:
+        """:meth:`propose`, awaited (the LLM call does not block the event loop)."""
+        self._require_feedback()
+        try:
+            return await self._apropose()
+        except self.fatal_errors:
+            raise
+        except Exception as exc:
+            return _failed_proposal(exc)
+
+    def _require_feedback(self) -> None:
+        if not self.feedback_subgraphs():
+            raise RuntimeError(
+                "no feedback to optimize from: call optimizer.backward(output, feedback) on at "
+                "least one run that used these parameters first"
+            )
 
     def _propose(self) -> Proposal:
         raise NotImplementedError
+
+    async def _apropose(self) -> Proposal:
+        """By default ``_propose`` in a worker thread (an optimizer with a blocking call)."""
+        import asyncio  # (here: importing the optimizers must not load asyncio)
+
+        return await asyncio.to_thread(self._propose)
 
     def current_values(self) -> dict[str, Any]:
         return {p.name: p.value for p in self.parameters}
@@ -224,8 +244,15 @@ class Optimizer:
     def step(self, verbose: bool | str = False) -> StepRecord:
         """``propose`` then ``apply``; the record is kept in ``records``. ``verbose`` (as in
         Trace) logs the prompt, the reply and the changes at INFO level."""
-        proposal = self.propose()
-        record = self.apply(proposal)
+        return self._record(self.apply(self.propose()), verbose)
+
+    async def astep(self, verbose: bool | str = False) -> StepRecord:
+        """:meth:`step`, awaited: ``apropose`` then ``apply`` (the same record, the same values)."""
+        proposal = await self.apropose()
+        return self._record(self.apply(proposal), verbose)
+
+    def _record(self, record: StepRecord, verbose: bool | str) -> StepRecord:
+        proposal = record.proposal
         if verbose:
             prompt = proposal.messages[-1]["content"] if proposal.messages else ""
             logger.info("optimizer prompt:\n%s\noptimizer reply:\n%s", prompt, proposal.raw)
@@ -238,6 +265,11 @@ class Optimizer:
         for name, reason in record.rejected.items():
             logger.info("optimizer step %d rejected %s: %s", record.step, name, reason)
         return record
+
+
+def _failed_proposal(exc: BaseException) -> Proposal:
+    logger.warning("the optimizer could not make a proposal", exc_info=exc)
+    return Proposal(error=f"the optimizer could not make a proposal: {_reason(exc)}")
 
 
 def _reason(exc: BaseException, limit: int = 500) -> str:

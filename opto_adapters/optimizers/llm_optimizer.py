@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 from collections import deque
@@ -11,11 +12,14 @@ from typing import Any
 
 from ..llm import (
     LLM,
+    AsyncLLM,
     AuthenticationError,
+    BaseLLM,
     BudgetExceeded,
     LLMError,
     LLMResponseError,
 )
+from ..llm.core import JSONResult
 from ..trace import Parameter, Subgraph
 from ..trace.coercion import differs
 from ..trace.render import cut, value_text
@@ -93,6 +97,12 @@ class LLMOptimizer(Optimizer):
     (a ``time.monotonic()`` time, or ``None``) is passed to every request: none runs past it.
     A missing key (``AuthenticationError``) or a spent ``Budget`` (``BudgetExceeded``) is
     raised; any other failure is the proposal's ``error`` (and ``cause``).
+
+    ``llm`` may be an :class:`LLM` or an :class:`AsyncLLM`. ``step``/``propose`` need an
+    ``LLM``; ``astep``/``apropose`` take either: an ``AsyncLLM`` is awaited, an ``LLM``'s
+    blocking call runs in a worker thread (``asyncio.to_thread``), so the loop goes on.
+    Subclasses build the prompt in ``_prompt`` and may look at the proposal in ``_answered``;
+    the sync and async paths share both, only the LLM call differs.
     """
 
     fatal_errors = (AuthenticationError, BudgetExceeded)
@@ -100,7 +110,7 @@ class LLMOptimizer(Optimizer):
     def __init__(
         self,
         parameters: Iterable[Parameter],
-        llm: LLM | None = None,
+        llm: BaseLLM | None = None,
         *,
         objective: str | None = None,
         memory_size: int = 5,
@@ -122,7 +132,7 @@ class LLMOptimizer(Optimizer):
         self._memory_lock = threading.Lock()
 
     @property
-    def llm(self) -> LLM:
+    def llm(self) -> BaseLLM:
         """The LLM client (created from the environment on first use if none was given)."""
         with self._memory_lock:  # one client, even when first used from several threads
             if self._llm is None:
@@ -130,7 +140,7 @@ class LLMOptimizer(Optimizer):
             return self._llm
 
     @property
-    def llm_if_created(self) -> LLM | None:
+    def llm_if_created(self) -> BaseLLM | None:
         """The LLM client if one was given or already created; never creates one."""
         return self._llm
 
@@ -188,6 +198,43 @@ class LLMOptimizer(Optimizer):
             return texts[0]
         return " | ".join(f"run {i}: {t}" for i, t in enumerate(texts, 1))
 
+    # -- proposing: the prompt and the reply's reading are shared; only the call differs -----
+
+    def propose(self) -> Proposal:
+        if _awaitable(self._llm):
+            raise TypeError(
+                f"this optimizer's LLM is an {type(self._llm).__name__}, which must be awaited: "
+                "use `await optimizer.astep()` (or apropose()), or give it an LLM for step()"
+            )
+        return super().propose()
+
+    def _propose(self) -> Proposal:
+        messages = self._prompt()
+        return self._answered(self.ask(messages))
+
+    async def _apropose(self) -> Proposal:
+        messages = self._prompt()
+        return self._answered(await self.aask(messages))
+
+    def _prompt(self) -> list[dict[str, str]]:
+        """The messages of the next request (and any bookkeeping done before it is sent)."""
+        raise NotImplementedError
+
+    def _answered(self, proposal: Proposal) -> Proposal:
+        """What to do once the reply is read (e.g. remember the values); returns it."""
+        return proposal
+
+    def _request(self) -> dict[str, Any]:
+        limit = self.reply_tokens()
+        request: dict[str, Any] = {
+            "schema_name": "optimizer_reply",
+            "json_instruction": False,  # the messages end with the reply format, by example
+            "deadline": self.deadline,
+        }
+        if limit is not None:
+            request["max_tokens"] = limit
+        return request
+
     def ask(self, messages: list[dict[str, str]]) -> Proposal:
         """Send ``messages``; turn the reply into a checked ``Proposal``.
 
@@ -196,45 +243,66 @@ class LLMOptimizer(Optimizer):
         nothing. A reply cut at ``max_tokens`` is flagged ``truncated``; only a complete
         top-level object in it is used.
         """
+        llm = self.llm
+        if _awaitable(llm):
+            raise TypeError(f"{type(llm).__name__} must be awaited: use `await optimizer.aask(messages)`")
         proposal = Proposal(messages=messages)
-        limit = self.reply_tokens()
+        request = self._request()
         try:
-            extra = {} if limit is None else {"max_tokens": limit}
-            result = self.llm.complete_json(
-                messages,
-                REPLY_SCHEMA,
-                schema_name="optimizer_reply",
-                json_instruction=False,  # the messages end with the reply format, by example
-                deadline=self.deadline,
-                **extra,
-            )
-        except LLMResponseError as exc:
-            proposal.raw = exc.raw_text or ""
-            proposal.cause = exc
-            if proposal.raw.strip().strip(".").upper() == "TERMINATE":
-                proposal.terminated = True
-                proposal.reasoning = "the optimizer replied TERMINATE: no change needed"
-                proposal.cause = None
-                return proposal
-            if exc.finish_reason == "length":
-                proposal.truncated = True
-                proposal.error = (
-                    f"the optimizer's reply was cut at max_tokens={limit} before its JSON object "
-                    "was complete; nothing changed. Raise it (e.g. OptoPrime(max_tokens="
-                    f"{2 * limit if limit else 4096})) or ask for shorter values"
-                    if limit
-                    else f"the optimizer's reply was cut before its JSON object was complete: {exc.reason}"
-                )
-                return proposal
-            proposal.error = f"the optimizer's reply had no usable JSON: {exc.reason}"
-            return proposal
+            result = llm.complete_json(messages, REPLY_SCHEMA, **request)
         except (AuthenticationError, BudgetExceeded):
             raise  # the caller must act: set the key, or raise the budget
         except LLMError as exc:
-            proposal.cause = exc
+            return self._failed(proposal, exc, request.get("max_tokens"))
+        return self._read(proposal, result)
+
+    async def aask(self, messages: list[dict[str, str]]) -> Proposal:
+        """:meth:`ask`, awaited: an ``AsyncLLM`` is awaited, an ``LLM`` runs in a worker thread."""
+        llm = self.llm
+        proposal = Proposal(messages=messages)
+        request = self._request()
+        try:
+            if _awaitable(llm):
+                result = await llm.complete_json(messages, REPLY_SCHEMA, **request)
+            else:
+                import asyncio
+
+                result = await asyncio.to_thread(llm.complete_json, messages, REPLY_SCHEMA, **request)
+        except (AuthenticationError, BudgetExceeded):
+            raise
+        except LLMError as exc:
+            return self._failed(proposal, exc, request.get("max_tokens"))
+        return self._read(proposal, result)
+
+    @staticmethod
+    def _failed(proposal: Proposal, exc: LLMError, limit: int | None) -> Proposal:
+        """The proposal of a request that brought no usable reply."""
+        proposal.cause = exc
+        if not isinstance(exc, LLMResponseError):
             proposal.error = f"the optimizer request failed: {exc}"
             proposal.unanswered = True
             return proposal
+        proposal.raw = exc.raw_text or ""
+        if proposal.raw.strip().strip(".").upper() == "TERMINATE":
+            proposal.terminated = True
+            proposal.reasoning = "the optimizer replied TERMINATE: no change needed"
+            proposal.cause = None
+            return proposal
+        if exc.finish_reason == "length":
+            proposal.truncated = True
+            proposal.error = (
+                f"the optimizer's reply was cut at max_tokens={limit} before its JSON object "
+                "was complete; nothing changed. Raise it (e.g. OptoPrime(max_tokens="
+                f"{2 * limit if limit else 4096})) or ask for shorter values"
+                if limit
+                else f"the optimizer's reply was cut before its JSON object was complete: {exc.reason}"
+            )
+            return proposal
+        proposal.error = f"the optimizer's reply had no usable JSON: {exc.reason}"
+        return proposal
+
+    def _read(self, proposal: Proposal, result: JSONResult) -> Proposal:
+        """Check a parsed reply's suggestion into ``proposal``."""
         proposal.raw = result.text
         proposal.truncated = result.truncated
         proposal.usage = {
@@ -263,3 +331,10 @@ class LLMOptimizer(Optimizer):
             )
         self.check({k: v for k, v in suggestion.items() if k not in copied}, proposal)
         return proposal
+
+
+def _awaitable(llm: object) -> bool:
+    """Whether ``llm``'s calls are coroutines (an :class:`AsyncLLM`, or a stand-in like one)."""
+    if llm is None:
+        return False
+    return isinstance(llm, AsyncLLM) or inspect.iscoroutinefunction(getattr(llm, "complete_json", None))

@@ -11,10 +11,9 @@ from collections.abc import Iterable
 from statistics import fmean
 from typing import Any
 
-from ..llm import LLM
+from ..llm import BaseLLM
 from ..trace import Parameter
 from ..trace.render import cut, value_text
-from .base import Proposal
 from .llm_optimizer import LLMOptimizer
 
 __all__ = ["OPRO"]
@@ -33,7 +32,7 @@ class OPRO(LLMOptimizer):
     def __init__(
         self,
         parameters: Iterable[Parameter],
-        llm: LLM | None = None,
+        llm: BaseLLM | None = None,
         *,
         objective: str | None = None,
         memory_size: int = 20,
@@ -76,9 +75,9 @@ class OPRO(LLMOptimizer):
             {"role": "user", "content": f"{body}\n\n{self.reply_format()}"},
         ]
 
-    def _propose(self) -> Proposal:
+    def _prompt(self) -> list[dict[str, str]]:
         messages = self.messages()
         score, text = self.score_now()
         with self._memory_lock:
             self.history.append((self.current_values(), score, text))
-        return self.ask(messages)
+        return messages

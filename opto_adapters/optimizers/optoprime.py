@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..llm import LLM
+from ..llm import BaseLLM
 from ..trace import Parameter, render
 from ..trace.render import DEFAULT_INSTRUCTION, ProblemInstance
 from .base import Proposal
@@ -29,7 +29,7 @@ class OptoPrime(LLMOptimizer):
     def __init__(
         self,
         parameters: Iterable[Parameter],
-        llm: LLM | None = None,
+        llm: BaseLLM | None = None,
         *,
         objective: str | None = None,
         memory_size: int = 5,
@@ -73,8 +73,9 @@ class OptoPrime(LLMOptimizer):
             {"role": "user", "content": body},
         ]
 
-    def _propose(self) -> Proposal:
-        messages = self.messages()
-        proposal = self.ask(messages)
+    def _prompt(self) -> list[dict[str, str]]:
+        return self.messages()
+
+    def _answered(self, proposal: Proposal) -> Proposal:
         self.remember(self.current_values(), self.feedback_summary(self.feedback_subgraphs()))
         return proposal
