@@ -85,11 +85,13 @@ class JSONResult:
         yield self.text
 
 
-@dataclass(frozen=True)
 class _Completion:
-    text: str
-    finish_reason: str | None
-    usage: Usage
+    """One chat completion as the flows read it (internal)."""
+
+    __slots__ = ("finish_reason", "text", "usage")
+
+    def __init__(self, text: str, finish_reason: str | None, usage: Usage) -> None:
+        self.text, self.finish_reason, self.usage = text, finish_reason, usage
 
 
 # --------------------------------------------------------------------------- helpers
@@ -537,7 +539,8 @@ class BaseLLM:
                 f"endpoint {self.base_url} returned no choices",
                 raw_text=response if isinstance(response, str) else repr(response),
             )
-        self._note_family(server.family_from_reply(response))
+        if self._family is None:  # (an atomic read; _note_family takes the lock)
+            self._note_family(server.family_from_reply(response))
         choice = choices[0]
         text = (choice.message.content if choice.message is not None else None) or ""
         usage = getattr(response, "usage", None)
@@ -565,7 +568,7 @@ class BaseLLM:
 
     def _warn_if_prompt_was_cut(self, messages: list[dict[str, Any]], prompt_tokens: int) -> None:
         """Ollama cuts a prompt over its context without an error; its token count shows it."""
-        if self.server_family != "ollama" or prompt_tokens <= 0:
+        if self._family != "ollama" or prompt_tokens <= 0:
             return
         chars = _prompt_chars(messages)
         # text has ~4 characters a token; a cut prompt keeps about a whole context's worth

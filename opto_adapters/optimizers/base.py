@@ -43,6 +43,9 @@ class Proposal:
     unanswered: bool = False
     truncated: bool = False
     cause: BaseException | None = field(default=None, repr=False, compare=False)
+    # the values ``check`` typed and validated, as it made them (a value replaced since then
+    # is not one of them): ``step`` writes those without validating them again
+    _checked: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def prompt(self) -> str:
@@ -174,7 +177,7 @@ class Optimizer:
             return _failed_proposal(exc)
 
     def _require_feedback(self) -> None:
-        if not self.feedback_subgraphs():
+        if not any(p.propagated() for p in self.parameters):
             raise RuntimeError(
                 "no feedback to optimize from: call optimizer.backward(output, feedback) on at "
                 "least one run that used these parameters first"
@@ -210,6 +213,7 @@ class Optimizer:
                 continue
             if differs(typed, param.value):
                 proposal.values[name] = typed
+                proposal._checked[name] = typed
 
     def apply(self, update: Proposal | Mapping[str, Any]) -> StepRecord:
         """Validate and write new values all at once; returns what changed.
@@ -218,16 +222,21 @@ class Optimizer:
         reported; the valid ones are written together (all or none if a binding fails).
         """
         if isinstance(update, Proposal):
-            proposal = update
-        else:
-            proposal = Proposal()
-            self.check(update, proposal)
+            return self._apply(update, fresh=False)
+        proposal = Proposal()
+        self.check(update, proposal)
+        return self._apply(proposal, fresh=True)
+
+    def _apply(self, proposal: Proposal, *, fresh: bool) -> StepRecord:
+        """``fresh``: the proposal was checked just now (nothing changed since), so the values
+        ``check`` made are written without a second validation; any other is validated."""
         by_name = {p.name: p for p in self.parameters}
         targets = {by_name[n]: v for n, v in proposal.values.items()}
+        checked = [by_name[n] for n, v in proposal.values.items() if proposal._checked.get(n) is v] if fresh else ()
         record = StepRecord(step=len(self.records), proposal=proposal, error=proposal.error)
         record.rejected.update(proposal.rejected)
         try:
-            previous = apply_updates(targets)
+            previous = apply_updates(targets, checked=checked)
         except ValidationError as exc:  # a value changed validity since it was proposed
             record.rejected.update(exc.errors)
             record.error = record.error or str(exc)
@@ -244,12 +253,14 @@ class Optimizer:
     def step(self, verbose: bool | str = False) -> StepRecord:
         """``propose`` then ``apply``; the record is kept in ``records``. ``verbose`` (as in
         Trace) logs the prompt, the reply and the changes at INFO level."""
-        return self._record(self.apply(self.propose()), verbose)
+        # the proposal was checked just now: it is written without validating it again
+        return self._record(self._apply(self.propose(), fresh=True), verbose)
 
     async def astep(self, verbose: bool | str = False) -> StepRecord:
-        """:meth:`step`, awaited: ``apropose`` then ``apply`` (the same record, the same values)."""
+        """:meth:`step`, awaited: ``apropose`` then ``apply`` (the same record, the same values).
+        Nothing is awaited between the check of the reply and its writing."""
         proposal = await self.apropose()
-        return self._record(self.apply(proposal), verbose)
+        return self._record(self._apply(proposal, fresh=True), verbose)
 
     def _record(self, record: StepRecord, verbose: bool | str) -> StepRecord:
         proposal = record.proposal

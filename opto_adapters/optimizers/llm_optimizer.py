@@ -49,6 +49,8 @@ def example_value(value: Any) -> Any:
     placeholder the optimizer refuses if it comes back."""
     if isinstance(value, str):
         return PLACEHOLDER_TEXT
+    if value is None or isinstance(value, (bool, int, float)):
+        return value  # (short: a number's JSON is at most 24 characters)
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
@@ -68,9 +70,13 @@ def reply_example(parameters: Iterable[Parameter]) -> dict[str, Any]:
 
 def reply_format(parameters: Iterable[Parameter]) -> str:
     """The reply instruction that ends the prompt: one JSON object, shown by example."""
+    return _format_text(reply_example(parameters))
+
+
+def _format_text(example: dict[str, Any]) -> str:
     return (
         "Reply with one JSON object only, like this example: "
-        + json.dumps(reply_example(parameters))
+        + json.dumps(example)
         + "\nIn \"suggestion\" give the whole new value of each variable to change, in its "
         'type; leave out the others ("suggestion": {} if none should change).'
     )
@@ -180,7 +186,14 @@ class LLMOptimizer(Optimizer):
 
     def reply_format(self) -> str:
         """The reply instruction ending the prompt (an example reply with these variables)."""
-        return reply_format(self.parameters)
+        example = reply_example(self.parameters)
+        key = [(name, type(v), v) for name, v in example["suggestion"].items()]
+        cached = getattr(self, "_reply_format", None)  # (an optimizer unpickled from before)
+        if cached is not None and cached[0] == key:
+            return cached[1]  # the same names and shown values: the same text
+        text = _format_text(example)
+        self._reply_format = (key, text)  # (one assignment: safe between threads)
+        return text
 
     def reply_tokens(self) -> int | None:
         """The ``max_tokens`` of a reply: ``max_tokens`` as given, or with ``"auto"`` room for
@@ -209,18 +222,21 @@ class LLMOptimizer(Optimizer):
         return super().propose()
 
     def _propose(self) -> Proposal:
-        messages = self._prompt()
-        return self._answered(self.ask(messages))
+        subs = self.feedback_subgraphs()
+        messages = self._prompt(subs)
+        return self._answered(self.ask(messages), subs)
 
     async def _apropose(self) -> Proposal:
-        messages = self._prompt()
-        return self._answered(await self.aask(messages))
+        subs = self.feedback_subgraphs()
+        messages = self._prompt(subs)
+        return self._answered(await self.aask(messages), subs)
 
-    def _prompt(self) -> list[dict[str, str]]:
-        """The messages of the next request (and any bookkeeping done before it is sent)."""
+    def _prompt(self, subgraphs: list[Subgraph]) -> list[dict[str, str]]:
+        """The messages of the next request from the accumulated feedback (and any
+        bookkeeping done before it is sent)."""
         raise NotImplementedError
 
-    def _answered(self, proposal: Proposal) -> Proposal:
+    def _answered(self, proposal: Proposal, subgraphs: list[Subgraph]) -> Proposal:
         """What to do once the reply is read (e.g. remember the values); returns it."""
         return proposal
 
@@ -335,6 +351,6 @@ class LLMOptimizer(Optimizer):
 
 def _awaitable(llm: object) -> bool:
     """Whether ``llm``'s calls are coroutines (an :class:`AsyncLLM`, or a stand-in like one)."""
-    if llm is None:
+    if llm is None or isinstance(llm, LLM):
         return False
     return isinstance(llm, AsyncLLM) or inspect.iscoroutinefunction(getattr(llm, "complete_json", None))
