@@ -172,6 +172,7 @@ class BaseLLM:
 
     _name = "LLM"
     _asynchronous = False
+    _fingerprinted = False  # whether a reply was read for the server's family (see _to_completion)
 
     def __init__(
         self,
@@ -539,7 +540,8 @@ class BaseLLM:
                 f"endpoint {self.base_url} returned no choices",
                 raw_text=response if isinstance(response, str) else repr(response),
             )
-        if self._family is None:  # (an atomic read; _note_family takes the lock)
+        if not self._fingerprinted:  # a server's replies all carry the same fields: read one
+            self._fingerprinted = True
             self._note_family(server.family_from_reply(response))
         choice = choices[0]
         text = (choice.message.content if choice.message is not None else None) or ""
@@ -547,7 +549,8 @@ class BaseLLM:
         if usage is not None and usage.prompt_tokens is not None:
             prompt_tokens = int(usage.prompt_tokens or 0)
             completion_tokens = int(usage.completion_tokens or 0)
-            self._warn_if_prompt_was_cut(messages, prompt_tokens)
+            if self._family == "ollama":
+                self._warn_if_prompt_was_cut(messages, prompt_tokens)
         else:  # some local servers omit usage: estimate ~4 characters per token
             prompt_tokens = _estimate_tokens("".join(str(m.get("content") or "") for m in messages))
             completion_tokens = _estimate_tokens(text)
