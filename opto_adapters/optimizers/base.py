@@ -193,14 +193,17 @@ class Optimizer:
         return await asyncio.to_thread(self._propose)
 
     def current_values(self) -> dict[str, Any]:
-        return {p.name: p.value for p in self.parameters}
+        return {p.name: p.peek() for p in self.parameters}
 
     def check(self, suggestion: Mapping[str, Any], proposal: Proposal) -> None:
         """Type and validate raw suggestions into ``proposal.values`` / ``proposal.rejected``."""
         by_name = {p.name: p for p in self.parameters}
         for raw_name, value in suggestion.items():
-            name = str(raw_name).strip().lstrip("#").strip()
-            param = by_name.get(name)
+            param = by_name.get(raw_name)  # (the usual reply names them exactly)
+            name = raw_name
+            if param is None:
+                name = str(raw_name).strip().lstrip("#").strip()
+                param = by_name.get(name)
             if param is None:
                 proposal.rejected[str(raw_name)] = (
                     f"no variable named {raw_name!r}; the variables are {sorted(by_name)}"
@@ -211,7 +214,7 @@ class Optimizer:
             except ValidationError as exc:
                 proposal.rejected[name] = exc.errors.get(name, str(exc))
                 continue
-            if differs(typed, param.value):
+            if differs(typed, param.peek()):
                 proposal.values[name] = typed
                 proposal._checked[name] = typed
 
@@ -231,8 +234,14 @@ class Optimizer:
         """``fresh``: the proposal was checked just now (nothing changed since), so the values
         ``check`` made are written without a second validation; any other is validated."""
         by_name = {p.name: p for p in self.parameters}
-        targets = {by_name[n]: v for n, v in proposal.values.items()}
-        checked = [by_name[n] for n, v in proposal.values.items() if proposal._checked.get(n) is v] if fresh else ()
+        targets: dict[Parameter, Any] = {}
+        checked: list[Parameter] = []
+        made = proposal._checked if fresh else {}
+        for name, value in proposal.values.items():
+            param = by_name[name]
+            targets[param] = value
+            if made.get(name) is value:
+                checked.append(param)
         record = StepRecord(step=len(self.records), proposal=proposal, error=proposal.error)
         record.rejected.update(proposal.rejected)
         try:
@@ -247,7 +256,7 @@ class Optimizer:
             logger.warning("the optimizer could not write its proposal", exc_info=True)
             record.error = f"the new values could not be written: {_reason(exc)}"
             return record
-        record.applied = {p.name: (old, p.value) for p, old in previous.items()}
+        record.applied = {p.name: (old, p.peek()) for p, old in previous.items()}
         return record
 
     def step(self, verbose: bool | str = False) -> StepRecord:

@@ -64,7 +64,7 @@ def reply_example(parameters: Iterable[Parameter]) -> dict[str, Any]:
     trainable = [p for p in parameters if p.trainable][:_EXAMPLE_VARIABLES]
     return {
         "reasoning": "The feedback says ... because ...; changing ... fixes it.",
-        "suggestion": {p.name: example_value(p.value) for p in trainable},
+        "suggestion": {p.name: example_value(p.peek()) for p in trainable},
     }
 
 
@@ -201,7 +201,7 @@ class LLMOptimizer(Optimizer):
         stops cannot fill the endpoint's context); ``None`` sends no limit."""
         if self.max_tokens != "auto":
             return self.max_tokens  # type: ignore[return-value]
-        chars = sum(len(str(p.value)) for p in self.parameters if p.trainable)
+        chars = sum(len(str(p.peek())) for p in self.parameters if p.trainable)
         return min(_MAX_REPLY_TOKENS, _REPLY_TOKENS + chars // 3)
 
     @staticmethod
@@ -345,7 +345,7 @@ class LLMOptimizer(Optimizer):
             proposal.rejected[str(name)] = (
                 f"the reply copied the example's placeholder {PLACEHOLDER_TEXT!r} instead of a new value"
             )
-        self.check({k: v for k, v in suggestion.items() if k not in copied}, proposal)
+        self.check({k: v for k, v in suggestion.items() if k not in copied} if copied else suggestion, proposal)
         return proposal
 
 
