@@ -165,17 +165,19 @@ def short_repr(value: Any, limit: int) -> str:
     return text
 
 
-def _type_label(n: Node) -> str:
-    if isinstance(n, Parameter):
-        return n.kind
-    if isinstance(n, ExceptionNode):
-        return type(n.exception).__name__
-    return type(n.value).__name__
-
-
 def _node_line(n: Node, name: str, budget: int | None) -> str:
-    text = cut(n.error_text(), budget) if isinstance(n, ExceptionNode) else format_value(n.value, budget)
-    return f"({_type_label(n)}) {name}={text}"
+    """``(type) name=value``: its type label and ``format_value`` in one (a line per node)."""
+    if isinstance(n, ExceptionNode):
+        return f"({type(n.exception).__name__}) {name}={cut(n.error_text(), budget)}"
+    if isinstance(n, Parameter):
+        label, value = n.kind, n.peek()
+    else:
+        value = n.value
+        label = type(value).__name__
+    text = value if isinstance(value, str) else value_text(value)
+    if budget is not None and len(text) > budget:
+        text = cut(text, budget)
+    return f"({label}) {name}={text}"
 
 
 @dataclass
