@@ -396,3 +396,16 @@ async def test_opro_astep_matches_step(scripted_llm):
         assert len(opt.history) == 1
     assert values[0] == values[1] == ["Question: {question}", 7]
     assert prompts[0] == prompts[1]
+
+
+async def test_the_context_check_probes_once_and_refuses_without_sending():
+    from opto_adapters.llm import ContextOverflow
+
+    with ScriptedLLMServer(["short answer"], family="llama.cpp", context_size=100) as server:
+        llm = make_async(server, check_context=True)
+        assert await llm.complete("a short prompt") == "short answer"
+        with pytest.raises(ContextOverflow, match="not sent") as info:
+            await llm.complete("x" * 2000)
+        assert info.value.context_size == 100 and info.value.estimated
+        assert [r.path for r in server.requests] == ["/props", "/v1/chat/completions"]
+        assert llm.context_size == 100 and llm.server_family == "llama.cpp"
