@@ -197,12 +197,12 @@ class ProblemInstance:
     runs: int = 0
 
     def __str__(self) -> str:
-        bodies = (
-            self.instruction, self.code, self.documentation, self.variables, self.constraints,
-            self.inputs, self.others, self.outputs, self.feedback,
-        )  # (in the order of SECTIONS)
-        return "\n\n".join(
-            f"#{section}\n{body or '(none)'}" for section, body in zip(SECTIONS, bodies, strict=True)
+        return (  # (the sections in the order of SECTIONS)
+            f"#Instruction\n{self.instruction or '(none)'}\n\n#Code\n{self.code or '(none)'}\n\n"
+            f"#Documentation\n{self.documentation or '(none)'}\n\n"
+            f"#Variables\n{self.variables or '(none)'}\n\n#Constraints\n{self.constraints or '(none)'}\n\n"
+            f"#Inputs\n{self.inputs or '(none)'}\n\n#Others\n{self.others or '(none)'}\n\n"
+            f"#Outputs\n{self.outputs or '(none)'}\n\n#Feedback\n{self.feedback or '(none)'}"
         )
 
 
