@@ -7,7 +7,8 @@ prompt, call the LLM, parse the reply, check and write the new values. The LLM i
 that answers at once with the same suggestion for both (in each library's variable names):
 ours is the real ``opto_adapters.llm.LLM`` over a stub OpenAI client object (so our reply
 parsing runs), trace-opt's OptoPrime gets a stub in place of its LLM object. No network.
-Each repetition times STEPS steps per library, the order flipped every repetition.
+Each repetition times STEPS steps per library, the order flipped every repetition. The
+Python bytecodes executed per step are counted too (a figure the machine's load leaves alone).
 """
 
 from __future__ import annotations
@@ -67,42 +68,79 @@ class StubOpenAIClient:
         pass
 
 
-def our_step(padding: int) -> Callable[[], float]:
+def our_optimizer(padding: int) -> Callable[[], Callable[[], Any]]:
+    """A maker of fresh (traced, backwarded) toy optimizers; each returns its ``step``."""
     programs = our_programs()
     llm = LLM(model="stub", client=StubOpenAIClient(reply({k: k for k in NEW_VALUES}, padding)))
 
-    def run() -> float:
-        spent = 0.0
-        for _ in range(STEPS):
-            params = programs.toy()
-            optimizer = OptoPrime(params, llm)
-            start = time.perf_counter()
+    def fresh() -> Callable[[], Any]:
+        optimizer = OptoPrime(programs.toy(), llm)
+
+        def step() -> None:
             record = optimizer.step()
-            spent += time.perf_counter() - start
             assert set(record.applied) == set(NEW_VALUES), record
-        return spent / STEPS
 
-    return run
+        return step
+
+    return fresh
 
 
-def peer_step(padding: int) -> Callable[[], float]:
+def peer_optimizer(padding: int) -> Callable[[], Callable[[], Any]]:
     programs = peer_programs()
     optimizers = peer.load_optimizers()
     stub = peer.StubPeerLLM(reply({k: f"{k}0" for k in NEW_VALUES}, padding))
 
+    def fresh() -> Callable[[], Any]:
+        peer.clear_graph()  # so the parameters are named qa_template0, ... every time
+        params = programs.toy()
+        optimizer = optimizers.OptoPrime(params, llm=stub)
+
+        def step() -> None:
+            optimizer.step()
+            assert [p.data for p in params] == list(NEW_VALUES.values()), [p.data for p in params]
+
+        return step
+
+    return fresh
+
+
+def timed_steps(fresh: Callable[[], Callable[[], Any]]) -> Callable[[], float]:
+    """One repetition: STEPS steps, each on a fresh program (built untimed); mean seconds."""
+
     def run() -> float:
         spent = 0.0
         for _ in range(STEPS):
-            peer.clear_graph()  # so the parameters are named qa_template0, ... every time
-            params = programs.toy()
-            optimizer = optimizers.OptoPrime(params, llm=stub)
+            step = fresh()
             start = time.perf_counter()
-            optimizer.step()
+            step()
             spent += time.perf_counter() - start
-            assert [p.data for p in params] == list(NEW_VALUES.values()), [p.data for p in params]
         return spent / STEPS
 
     return run
+
+
+def bytecodes(fresh: Callable[[], Callable[[], Any]], steps: int = 20) -> float:
+    """Python bytecodes executed per step (``sys.settrace`` opcode events): a count the
+    machine's load does not change, for when the wall times are noisy (C work such as
+    ``json.loads`` is not in it)."""
+    fresh()()  # first step: imports and caches
+    pending = [fresh() for _ in range(steps)]
+    count = 0
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            count += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        for step in pending:
+            step()
+    finally:
+        sys.settrace(None)
+    return count / steps
 
 
 def main() -> None:
@@ -115,14 +153,16 @@ def main() -> None:
         f"repetition, {REPEAT} repetitions\n"
     )
     print(
-        "| step, stub LLM | reply | opto_adapters min us | median us | trace-opt min us | median us | ours / trace-opt (min) |"
+        "| step, stub LLM | reply | opto_adapters min us | median us | trace-opt min us | median us "
+        "| ours / trace-opt (min) | bytecodes a step: ours | trace-opt |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, padding in [("short reply", 0), ("32 KB reply", 32_000)]:
-        sides: dict[str, Callable[[], float]] = {"ours": our_step(padding)}
+        makers = {"ours": our_optimizer(padding)}
         if peer_on:
-            sides["trace-opt"] = peer_step(padding)
-        times = peer.alternate(sides, REPEAT)
+            makers["trace-opt"] = peer_optimizer(padding)
+        times = peer.alternate({name: timed_steps(fresh) for name, fresh in makers.items()}, REPEAT)
+        ops = {name: bytecodes(fresh) for name, fresh in makers.items()}
         o_lo, o_med = peer.stats(times["ours"])
         size = len(reply({k: k for k in NEW_VALUES}, padding)([]))
         cells = [f"{size:,} chars", f"{o_lo * 1e6:.0f}", f"{o_med * 1e6:.0f}"]
@@ -131,6 +171,7 @@ def main() -> None:
             cells += [f"{t_lo * 1e6:.0f}", f"{t_med * 1e6:.0f}", f"{o_lo / t_lo:.2f}"]
         else:
             cells += ["n/a", "", ""]
+        cells += [f"{ops['ours']:,.0f}", f"{ops['trace-opt']:,.0f}" if peer_on else "n/a"]
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 

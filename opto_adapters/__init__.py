@@ -3,7 +3,7 @@
 ``import opto_adapters`` loads only the framework-free core; the LangChain and LlamaIndex
 adapters live in ``opto_adapters.langchain`` and ``opto_adapters.llama_index``, and the
 training loop (``optimize``, ``Trainer``, ``TrainResult``) is loaded from
-``opto_adapters.train`` on first use.
+``opto_adapters.train`` on first use, like the LLM clients (``LLM``, ``AsyncLLM``).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from .trace import (
 )
 
 if TYPE_CHECKING:
+    from .llm import LLM, AsyncLLM
     from .patches import apply_patch
     from .traces import from_traces
     from .train import Trainer, TrainResult, optimize
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
+    "LLM": "opto_adapters.llm",
+    "AsyncLLM": "opto_adapters.llm",
     "optimize": "opto_adapters.train",
     "Trainer": "opto_adapters.train",
     "TrainResult": "opto_adapters.train",
@@ -54,6 +57,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "LLM",
+    "AsyncLLM",
     "ExceptionNode",
     "ExecutionError",
     "Feedback",

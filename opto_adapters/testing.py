@@ -309,6 +309,7 @@ class RecordedRequest:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 512  # accept backlog: hundreds of clients may connect at once (asyncio)
     owner: ScriptedLLMServer
 
 

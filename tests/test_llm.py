@@ -602,3 +602,14 @@ def test_a_server_fault_on_a_structured_request_is_still_retried():
         llm = make_llm(server)
         assert llm.complete_json("q", schema=SCHEMA).mode == "json_schema"
         assert [r.status for r in server.requests] == [500, 200]
+
+
+def test_extract_json_takes_a_whole_object_reply_as_it_is():
+    """A reply that is one JSON object is parsed as it stands: think tags and fences inside
+    its strings are content, not wrapping to strip."""
+    text = '{"reasoning": "<think>a</think> then ```x```", "suggestion": {"p": "{q}"}}'
+    assert extract_json(text) == json.loads(text)
+    assert extract_json("  \n" + text + "\n") == json.loads(text)
+    # a reply that only looks like one object falls through to the lenient parser
+    assert extract_json('{"a": 1,}') == {"a": 1}
+    assert extract_json('{"a": 1} and {"b": 2}') == {"a": 1}

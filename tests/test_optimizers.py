@@ -299,3 +299,46 @@ def test_replies_are_limited_to_a_size_that_fits_the_values(scripted_llm, optimi
         assert scripted_llm.last_request.body.get("max_tokens") == sent, given
     with pytest.raises(ValueError, match="max_tokens must be a positive int"):
         optimizer_class(params, llm_for(scripted_llm), max_tokens=0)
+
+
+def test_step_validates_values_a_proposal_did_not_get_from_check():
+    """step writes the values ``check`` typed without a second validation, and validates any
+    other: here an optimizer that fills ``values`` itself, and one that changes a checked
+    value afterwards."""
+    from opto_adapters.optimizers import Optimizer, Proposal
+
+    class Direct(Optimizer):
+        def __init__(self, parameters, values, replace=None):
+            super().__init__(parameters)
+            self.values, self.replace = values, replace
+
+        def _propose(self):
+            proposal = Proposal()
+            if self.replace is None:
+                proposal.values.update(self.values)  # never checked
+            else:
+                self.check(self.values, proposal)
+                proposal.values.update(self.replace)  # checked, then replaced
+            return proposal
+
+    for values, replace in (({"max_words": 999, "qa_template": "Q2: {question}"}, None),
+                            ({"max_words": 7, "qa_template": "Q2: {question}"}, {"max_words": 999})):
+        template, max_words, tags, run = make_program()
+        out = run("What is 2+2?")
+        opt = Direct([template, max_words], values, replace)
+        opt.backward(out, "too short")
+        record = opt.step()
+        assert "max_words" in record.rejected and "50" in record.rejected["max_words"]
+        assert max_words.value == 3 and template.value == "Question: {question}"  # all or none
+        assert not record.applied
+
+
+def test_step_writes_checked_values_in_their_type(scripted_llm):
+    template, max_words, tags, run = make_program()
+    out = run("What is 2+2?")
+    opt = OptoPrime([template, max_words], llm_for(scripted_llm))
+    opt.backward(out, "too short")
+    scripted_llm.script(reply({"max_words": "12"}))  # a number sent as text
+    record = opt.step()
+    assert record.applied == {"max_words": (3, 12)} and max_words.value == 12
+    assert isinstance(max_words.value, int)

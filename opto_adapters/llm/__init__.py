@@ -4,12 +4,16 @@ budget, a deadline and lenient JSON replies.
 One idea a module: :mod:`.errors` (what can go wrong), :mod:`.budget` (usage and limits),
 :mod:`.json_repair` (JSON out of a reply), :mod:`.formats` (structured output per server
 family), :mod:`.server` (what a server says about itself: family, context), :mod:`.endpoint`
-(configuration and the ``openai`` client, imported only when one is made) and
-:mod:`.client` (``LLM`` itself).
+(configuration and the ``openai`` client, imported only when one is made), :mod:`.core`
+(what both clients share: requests, retries, budget, JSON fallbacks, counters, written once
+as flows that yield their I/O), :mod:`.client` (``LLM``: blocking calls) and
+:mod:`.async_client` (``AsyncLLM``: the same, awaited).
 """
 
+from .async_client import AsyncLLM
 from .budget import Budget, Usage
 from .client import JSON_MODES, LLM, JSONMode, JSONResult
+from .core import BaseLLM
 from .endpoint import DEFAULT_MODEL
 from .errors import (
     AuthenticationError,
@@ -26,7 +30,9 @@ __all__ = [
     "DEFAULT_MODEL",
     "JSON_MODES",
     "LLM",
+    "AsyncLLM",
     "AuthenticationError",
+    "BaseLLM",
     "Budget",
     "BudgetExceeded",
     "ContextOverflow",

@@ -29,12 +29,19 @@ class Usage:
 
 
 class Budget:
-    """Spending limit shared by every :class:`LLM` it is given to (thread-safe).
+    """Spending limit shared by every :class:`LLM` and :class:`AsyncLLM` it is given to
+    (thread-safe, and safe for any number of concurrent tasks).
 
     A call is refused (``BudgetExceeded``, no request sent) once ``max_calls``
     successful calls are used or in flight, or ``max_tokens`` tokens are spent.
     The call that crosses ``max_tokens`` completes; the next one is refused.
     ``None`` means unlimited.
+
+    Under concurrency the rule is: a call takes its place before its request is sent and
+    holds it until it returns (a failed or cancelled call gives it back), so the calls made
+    never exceed ``max_calls``, however many run at once; tokens are known only when a call
+    returns, so ``max_tokens`` can be exceeded by at most what the calls already in flight
+    when it was crossed spend.
     """
 
     def __init__(self, max_calls: int | None = None, max_tokens: int | None = None) -> None:

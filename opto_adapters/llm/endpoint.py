@@ -56,10 +56,12 @@ def make_openai_client(
     timeout: float,
     azure_endpoint: str | None = None,
     api_version: str | None = None,
-) -> openai.OpenAI:
-    """A new ``openai.OpenAI`` (or ``AzureOpenAI``) with its own retries off, from the
-    arguments or ``$OPENAI_BASE_URL`` / ``$OPENAI_API_KEY`` (for Azure also
-    ``$AZURE_OPENAI_API_KEY`` and ``$OPENAI_API_VERSION``).
+    *,
+    asynchronous: bool = False,
+) -> openai.OpenAI | openai.AsyncOpenAI:
+    """A new ``openai.OpenAI`` (or ``AzureOpenAI``; with ``asynchronous`` their ``Async``
+    twins) with its own retries off, from the arguments or ``$OPENAI_BASE_URL`` /
+    ``$OPENAI_API_KEY`` (for Azure also ``$AZURE_OPENAI_API_KEY`` and ``$OPENAI_API_VERSION``).
 
     A local server needs no key (a placeholder is sent); a remote one without a key raises
     :class:`AuthenticationError` before anything is sent.
@@ -75,7 +77,8 @@ def make_openai_client(
                     "or set AZURE_OPENAI_API_KEY (or OPENAI_API_KEY)."
                 )
             key = LOCAL_PLACEHOLDER_API_KEY
-        return openai.AzureOpenAI(
+        azure = openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
+        return azure(
             azure_endpoint=azure_endpoint,
             api_version=(
                 api_version or os.environ.get("OPENAI_API_VERSION") or DEFAULT_AZURE_API_VERSION
@@ -95,4 +98,5 @@ def make_openai_client(
             )
         logger.debug("no API key set; using a placeholder key for local server %s", url)
         key = LOCAL_PLACEHOLDER_API_KEY
-    return openai.OpenAI(base_url=url, api_key=key, timeout=timeout, max_retries=0)
+    plain = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+    return plain(base_url=url, api_key=key, timeout=timeout, max_retries=0)

@@ -19,6 +19,7 @@ What each family's OpenAI-compatible endpoint accepts:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -53,7 +54,11 @@ def check_json_mode(mode: object) -> str:
 
 
 def _schema_name(schema: Mapping[str, Any], name: str | None) -> str:
-    raw = name or str(schema.get("title") or "response")
+    return _clean_name(name or str(schema.get("title") or "response"))
+
+
+@functools.lru_cache(maxsize=256)
+def _clean_name(raw: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", raw)[:64] or "response"
 
 

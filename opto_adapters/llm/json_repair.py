@@ -92,14 +92,24 @@ def extract_json(text: str | None, *, nested: bool = True) -> dict[str, Any]:
     """Parse the first JSON object in a model reply, leniently.
 
     Accepts bare JSON, JSON in a Markdown code fence, JSON surrounded by prose,
-    ``<think>…</think>`` preambles and trailing commas.  ``nested=False`` (for a reply cut
+    ``<think>…</think>`` preambles and trailing commas (a reply that is one JSON object is
+    parsed once and taken as it is, ``<think>`` inside its strings included).  ``nested=False`` (for a reply cut
     at ``max_tokens``) accepts only a complete top-level object: an object inside one that
     never closed is not taken for the reply.  Raises :class:`LLMResponseError` (carrying the
     raw text) when no object is found.
     """
     raw = text or ""
-    if not raw.strip():
+    stripped = raw.strip()
+    if not stripped:
         raise LLMResponseError("empty reply where a JSON object was expected", raw_text=raw)
+    if stripped[0] == "{" and stripped[-1] == "}":  # the usual reply: one parse, no scans
+        try:
+            value = json.loads(stripped)
+        except ValueError:
+            pass
+        else:
+            if isinstance(value, dict):
+                return value
     cleaned = _THINK_RE.sub("", raw).strip() if "think>" in raw.lower() else raw.strip()
     first_brace = cleaned.find("{")
     fences = (

@@ -43,6 +43,9 @@ class Proposal:
     unanswered: bool = False
     truncated: bool = False
     cause: BaseException | None = field(default=None, repr=False, compare=False)
+    # the values ``check`` typed and validated, as it made them (a value replaced since then
+    # is not one of them): ``step`` writes those without validating them again
+    _checked: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def prompt(self) -> str:
@@ -69,11 +72,13 @@ class StepRecord:
 class Optimizer:
     """Base optimizer over a list of parameters.
 
-    Subclasses implement ``_propose``. ``backward`` records feedback on the parameters,
-    ``propose`` asks for new values (changing nothing), ``apply`` validates and writes them
-    all at once through the parameters' bindings, ``step`` does both and keeps a record.
-    A failure while proposing or applying becomes the record's ``error``, except the
-    ``fatal_errors`` the caller must act on (they are raised).
+    Subclasses implement ``_propose`` (and may implement ``_apropose``, its awaitable twin;
+    by default it runs ``_propose`` in a worker thread). ``backward`` records feedback on the
+    parameters, ``propose`` asks for new values (changing nothing), ``apply`` validates and
+    writes them all at once through the parameters' bindings, ``step`` does both and keeps a
+    record; ``apropose`` and ``astep`` are the same, awaited. A failure while proposing or
+    applying becomes the record's ``error``, except the ``fatal_errors`` the caller must act
+    on (they are raised).
     """
 
     fatal_errors: tuple[type[BaseException], ...] = ()
@@ -153,31 +158,52 @@ class Optimizer:
 
     def propose(self) -> Proposal:
         """Ask for new values from the accumulated feedback; changes nothing."""
-        if not self.feedback_subgraphs():
-            raise RuntimeError(
-                "no feedback to optimize from: call optimizer.backward(output, feedback) on at "
-                "least one run that used these parameters first"
-            )
+        self._require_feedback()
         try:
             return self._propose()
         except self.fatal_errors:
             raise
         except Exception as exc:  # e.g. a value too deep to render, a failing binding read
-            logger.warning("the optimizer could not make a proposal", exc_info=True)
-            return Proposal(error=f"the optimizer could not make a proposal: {_reason(exc)}")
+            return _failed_proposal(exc)
+
+    async def apropose(self) -> Proposal:
+        """:meth:`propose`, awaited (the LLM call does not block the event loop)."""
+        self._require_feedback()
+        try:
+            return await self._apropose()
+        except self.fatal_errors:
+            raise
+        except Exception as exc:
+            return _failed_proposal(exc)
+
+    def _require_feedback(self) -> None:
+        if not any(p.propagated() for p in self.parameters):
+            raise RuntimeError(
+                "no feedback to optimize from: call optimizer.backward(output, feedback) on at "
+                "least one run that used these parameters first"
+            )
 
     def _propose(self) -> Proposal:
         raise NotImplementedError
 
+    async def _apropose(self) -> Proposal:
+        """By default ``_propose`` in a worker thread (an optimizer with a blocking call)."""
+        import asyncio  # (here: importing the optimizers must not load asyncio)
+
+        return await asyncio.to_thread(self._propose)
+
     def current_values(self) -> dict[str, Any]:
-        return {p.name: p.value for p in self.parameters}
+        return {p.name: p.peek() for p in self.parameters}
 
     def check(self, suggestion: Mapping[str, Any], proposal: Proposal) -> None:
         """Type and validate raw suggestions into ``proposal.values`` / ``proposal.rejected``."""
         by_name = {p.name: p for p in self.parameters}
         for raw_name, value in suggestion.items():
-            name = str(raw_name).strip().lstrip("#").strip()
-            param = by_name.get(name)
+            param = by_name.get(raw_name)  # (the usual reply names them exactly)
+            name = raw_name
+            if param is None:
+                name = str(raw_name).strip().lstrip("#").strip()
+                param = by_name.get(name)
             if param is None:
                 proposal.rejected[str(raw_name)] = (
                     f"no variable named {raw_name!r}; the variables are {sorted(by_name)}"
@@ -188,8 +214,9 @@ class Optimizer:
             except ValidationError as exc:
                 proposal.rejected[name] = exc.errors.get(name, str(exc))
                 continue
-            if differs(typed, param.value):
+            if differs(typed, param.peek()):
                 proposal.values[name] = typed
+                proposal._checked[name] = typed
 
     def apply(self, update: Proposal | Mapping[str, Any]) -> StepRecord:
         """Validate and write new values all at once; returns what changed.
@@ -198,16 +225,27 @@ class Optimizer:
         reported; the valid ones are written together (all or none if a binding fails).
         """
         if isinstance(update, Proposal):
-            proposal = update
-        else:
-            proposal = Proposal()
-            self.check(update, proposal)
+            return self._apply(update, fresh=False)
+        proposal = Proposal()
+        self.check(update, proposal)
+        return self._apply(proposal, fresh=True)
+
+    def _apply(self, proposal: Proposal, *, fresh: bool) -> StepRecord:
+        """``fresh``: the proposal was checked just now (nothing changed since), so the values
+        ``check`` made are written without a second validation; any other is validated."""
         by_name = {p.name: p for p in self.parameters}
-        targets = {by_name[n]: v for n, v in proposal.values.items()}
+        targets: dict[Parameter, Any] = {}
+        checked: list[Parameter] = []
+        made = proposal._checked if fresh else {}
+        for name, value in proposal.values.items():
+            param = by_name[name]
+            targets[param] = value
+            if made.get(name) is value:
+                checked.append(param)
         record = StepRecord(step=len(self.records), proposal=proposal, error=proposal.error)
         record.rejected.update(proposal.rejected)
         try:
-            previous = apply_updates(targets)
+            previous = apply_updates(targets, checked=checked)
         except ValidationError as exc:  # a value changed validity since it was proposed
             record.rejected.update(exc.errors)
             record.error = record.error or str(exc)
@@ -218,14 +256,23 @@ class Optimizer:
             logger.warning("the optimizer could not write its proposal", exc_info=True)
             record.error = f"the new values could not be written: {_reason(exc)}"
             return record
-        record.applied = {p.name: (old, p.value) for p, old in previous.items()}
+        record.applied = {p.name: (old, p.peek()) for p, old in previous.items()}
         return record
 
     def step(self, verbose: bool | str = False) -> StepRecord:
         """``propose`` then ``apply``; the record is kept in ``records``. ``verbose`` (as in
         Trace) logs the prompt, the reply and the changes at INFO level."""
-        proposal = self.propose()
-        record = self.apply(proposal)
+        # the proposal was checked just now: it is written without validating it again
+        return self._record(self._apply(self.propose(), fresh=True), verbose)
+
+    async def astep(self, verbose: bool | str = False) -> StepRecord:
+        """:meth:`step`, awaited: ``apropose`` then ``apply`` (the same record, the same values).
+        Nothing is awaited between the check of the reply and its writing."""
+        proposal = await self.apropose()
+        return self._record(self._apply(proposal, fresh=True), verbose)
+
+    def _record(self, record: StepRecord, verbose: bool | str) -> StepRecord:
+        proposal = record.proposal
         if verbose:
             prompt = proposal.messages[-1]["content"] if proposal.messages else ""
             logger.info("optimizer prompt:\n%s\noptimizer reply:\n%s", prompt, proposal.raw)
@@ -238,6 +285,11 @@ class Optimizer:
         for name, reason in record.rejected.items():
             logger.info("optimizer step %d rejected %s: %s", record.step, name, reason)
         return record
+
+
+def _failed_proposal(exc: BaseException) -> Proposal:
+    logger.warning("the optimizer could not make a proposal", exc_info=exc)
+    return Proposal(error=f"the optimizer could not make a proposal: {_reason(exc)}")
 
 
 def _reason(exc: BaseException, limit: int = 500) -> str:

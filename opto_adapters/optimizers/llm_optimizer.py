@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 from collections import deque
@@ -11,11 +12,14 @@ from typing import Any
 
 from ..llm import (
     LLM,
+    AsyncLLM,
     AuthenticationError,
+    BaseLLM,
     BudgetExceeded,
     LLMError,
     LLMResponseError,
 )
+from ..llm.core import JSONResult
 from ..trace import Parameter, Subgraph
 from ..trace.coercion import differs
 from ..trace.render import cut, value_text
@@ -45,6 +49,8 @@ def example_value(value: Any) -> Any:
     placeholder the optimizer refuses if it comes back."""
     if isinstance(value, str):
         return PLACEHOLDER_TEXT
+    if value is None or isinstance(value, (bool, int, float)):
+        return value  # (short: a number's JSON is at most 24 characters)
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
@@ -58,15 +64,19 @@ def reply_example(parameters: Iterable[Parameter]) -> dict[str, Any]:
     trainable = [p for p in parameters if p.trainable][:_EXAMPLE_VARIABLES]
     return {
         "reasoning": "The feedback says ... because ...; changing ... fixes it.",
-        "suggestion": {p.name: example_value(p.value) for p in trainable},
+        "suggestion": {p.name: example_value(p.peek()) for p in trainable},
     }
 
 
 def reply_format(parameters: Iterable[Parameter]) -> str:
     """The reply instruction that ends the prompt: one JSON object, shown by example."""
+    return _format_text(reply_example(parameters))
+
+
+def _format_text(example: dict[str, Any]) -> str:
     return (
         "Reply with one JSON object only, like this example: "
-        + json.dumps(reply_example(parameters))
+        + json.dumps(example)
         + "\nIn \"suggestion\" give the whole new value of each variable to change, in its "
         'type; leave out the others ("suggestion": {} if none should change).'
     )
@@ -93,6 +103,12 @@ class LLMOptimizer(Optimizer):
     (a ``time.monotonic()`` time, or ``None``) is passed to every request: none runs past it.
     A missing key (``AuthenticationError``) or a spent ``Budget`` (``BudgetExceeded``) is
     raised; any other failure is the proposal's ``error`` (and ``cause``).
+
+    ``llm`` may be an :class:`LLM` or an :class:`AsyncLLM`. ``step``/``propose`` need an
+    ``LLM``; ``astep``/``apropose`` take either: an ``AsyncLLM`` is awaited, an ``LLM``'s
+    blocking call runs in a worker thread (``asyncio.to_thread``), so the loop goes on.
+    Subclasses build the prompt in ``_prompt`` and may look at the proposal in ``_answered``;
+    the sync and async paths share both, only the LLM call differs.
     """
 
     fatal_errors = (AuthenticationError, BudgetExceeded)
@@ -100,7 +116,7 @@ class LLMOptimizer(Optimizer):
     def __init__(
         self,
         parameters: Iterable[Parameter],
-        llm: LLM | None = None,
+        llm: BaseLLM | None = None,
         *,
         objective: str | None = None,
         memory_size: int = 5,
@@ -122,7 +138,7 @@ class LLMOptimizer(Optimizer):
         self._memory_lock = threading.Lock()
 
     @property
-    def llm(self) -> LLM:
+    def llm(self) -> BaseLLM:
         """The LLM client (created from the environment on first use if none was given)."""
         with self._memory_lock:  # one client, even when first used from several threads
             if self._llm is None:
@@ -130,7 +146,7 @@ class LLMOptimizer(Optimizer):
             return self._llm
 
     @property
-    def llm_if_created(self) -> LLM | None:
+    def llm_if_created(self) -> BaseLLM | None:
         """The LLM client if one was given or already created; never creates one."""
         return self._llm
 
@@ -170,7 +186,14 @@ class LLMOptimizer(Optimizer):
 
     def reply_format(self) -> str:
         """The reply instruction ending the prompt (an example reply with these variables)."""
-        return reply_format(self.parameters)
+        example = reply_example(self.parameters)
+        key = [(name, type(v), v) for name, v in example["suggestion"].items()]
+        cached = getattr(self, "_reply_format", None)  # (an optimizer unpickled from before)
+        if cached is not None and cached[0] == key:
+            return cached[1]  # the same names and shown values: the same text
+        text = _format_text(example)
+        self._reply_format = (key, text)  # (one assignment: safe between threads)
+        return text
 
     def reply_tokens(self) -> int | None:
         """The ``max_tokens`` of a reply: ``max_tokens`` as given, or with ``"auto"`` room for
@@ -178,7 +201,7 @@ class LLMOptimizer(Optimizer):
         stops cannot fill the endpoint's context); ``None`` sends no limit."""
         if self.max_tokens != "auto":
             return self.max_tokens  # type: ignore[return-value]
-        chars = sum(len(str(p.value)) for p in self.parameters if p.trainable)
+        chars = sum(len(str(p.peek())) for p in self.parameters if p.trainable)
         return min(_MAX_REPLY_TOKENS, _REPLY_TOKENS + chars // 3)
 
     @staticmethod
@@ -188,6 +211,46 @@ class LLMOptimizer(Optimizer):
             return texts[0]
         return " | ".join(f"run {i}: {t}" for i, t in enumerate(texts, 1))
 
+    # -- proposing: the prompt and the reply's reading are shared; only the call differs -----
+
+    def propose(self) -> Proposal:
+        if _awaitable(self._llm):
+            raise TypeError(
+                f"this optimizer's LLM is an {type(self._llm).__name__}, which must be awaited: "
+                "use `await optimizer.astep()` (or apropose()), or give it an LLM for step()"
+            )
+        return super().propose()
+
+    def _propose(self) -> Proposal:
+        subs = self.feedback_subgraphs()
+        messages = self._prompt(subs)
+        return self._answered(self.ask(messages), subs)
+
+    async def _apropose(self) -> Proposal:
+        subs = self.feedback_subgraphs()
+        messages = self._prompt(subs)
+        return self._answered(await self.aask(messages), subs)
+
+    def _prompt(self, subgraphs: list[Subgraph]) -> list[dict[str, str]]:
+        """The messages of the next request from the accumulated feedback (and any
+        bookkeeping done before it is sent)."""
+        raise NotImplementedError
+
+    def _answered(self, proposal: Proposal, subgraphs: list[Subgraph]) -> Proposal:
+        """What to do once the reply is read (e.g. remember the values); returns it."""
+        return proposal
+
+    def _request(self) -> dict[str, Any]:
+        limit = self.reply_tokens()
+        request: dict[str, Any] = {
+            "schema_name": "optimizer_reply",
+            "json_instruction": False,  # the messages end with the reply format, by example
+            "deadline": self.deadline,
+        }
+        if limit is not None:
+            request["max_tokens"] = limit
+        return request
+
     def ask(self, messages: list[dict[str, str]]) -> Proposal:
         """Send ``messages``; turn the reply into a checked ``Proposal``.
 
@@ -196,45 +259,66 @@ class LLMOptimizer(Optimizer):
         nothing. A reply cut at ``max_tokens`` is flagged ``truncated``; only a complete
         top-level object in it is used.
         """
+        llm = self.llm
+        if _awaitable(llm):
+            raise TypeError(f"{type(llm).__name__} must be awaited: use `await optimizer.aask(messages)`")
         proposal = Proposal(messages=messages)
-        limit = self.reply_tokens()
+        request = self._request()
         try:
-            extra = {} if limit is None else {"max_tokens": limit}
-            result = self.llm.complete_json(
-                messages,
-                REPLY_SCHEMA,
-                schema_name="optimizer_reply",
-                json_instruction=False,  # the messages end with the reply format, by example
-                deadline=self.deadline,
-                **extra,
-            )
-        except LLMResponseError as exc:
-            proposal.raw = exc.raw_text or ""
-            proposal.cause = exc
-            if proposal.raw.strip().strip(".").upper() == "TERMINATE":
-                proposal.terminated = True
-                proposal.reasoning = "the optimizer replied TERMINATE: no change needed"
-                proposal.cause = None
-                return proposal
-            if exc.finish_reason == "length":
-                proposal.truncated = True
-                proposal.error = (
-                    f"the optimizer's reply was cut at max_tokens={limit} before its JSON object "
-                    "was complete; nothing changed. Raise it (e.g. OptoPrime(max_tokens="
-                    f"{2 * limit if limit else 4096})) or ask for shorter values"
-                    if limit
-                    else f"the optimizer's reply was cut before its JSON object was complete: {exc.reason}"
-                )
-                return proposal
-            proposal.error = f"the optimizer's reply had no usable JSON: {exc.reason}"
-            return proposal
+            result = llm.complete_json(messages, REPLY_SCHEMA, **request)
         except (AuthenticationError, BudgetExceeded):
             raise  # the caller must act: set the key, or raise the budget
         except LLMError as exc:
-            proposal.cause = exc
+            return self._failed(proposal, exc, request.get("max_tokens"))
+        return self._read(proposal, result)
+
+    async def aask(self, messages: list[dict[str, str]]) -> Proposal:
+        """:meth:`ask`, awaited: an ``AsyncLLM`` is awaited, an ``LLM`` runs in a worker thread."""
+        llm = self.llm
+        proposal = Proposal(messages=messages)
+        request = self._request()
+        try:
+            if _awaitable(llm):
+                result = await llm.complete_json(messages, REPLY_SCHEMA, **request)
+            else:
+                import asyncio
+
+                result = await asyncio.to_thread(llm.complete_json, messages, REPLY_SCHEMA, **request)
+        except (AuthenticationError, BudgetExceeded):
+            raise
+        except LLMError as exc:
+            return self._failed(proposal, exc, request.get("max_tokens"))
+        return self._read(proposal, result)
+
+    @staticmethod
+    def _failed(proposal: Proposal, exc: LLMError, limit: int | None) -> Proposal:
+        """The proposal of a request that brought no usable reply."""
+        proposal.cause = exc
+        if not isinstance(exc, LLMResponseError):
             proposal.error = f"the optimizer request failed: {exc}"
             proposal.unanswered = True
             return proposal
+        proposal.raw = exc.raw_text or ""
+        if proposal.raw.strip().strip(".").upper() == "TERMINATE":
+            proposal.terminated = True
+            proposal.reasoning = "the optimizer replied TERMINATE: no change needed"
+            proposal.cause = None
+            return proposal
+        if exc.finish_reason == "length":
+            proposal.truncated = True
+            proposal.error = (
+                f"the optimizer's reply was cut at max_tokens={limit} before its JSON object "
+                "was complete; nothing changed. Raise it (e.g. OptoPrime(max_tokens="
+                f"{2 * limit if limit else 4096})) or ask for shorter values"
+                if limit
+                else f"the optimizer's reply was cut before its JSON object was complete: {exc.reason}"
+            )
+            return proposal
+        proposal.error = f"the optimizer's reply had no usable JSON: {exc.reason}"
+        return proposal
+
+    def _read(self, proposal: Proposal, result: JSONResult) -> Proposal:
+        """Check a parsed reply's suggestion into ``proposal``."""
         proposal.raw = result.text
         proposal.truncated = result.truncated
         proposal.usage = {
@@ -261,5 +345,12 @@ class LLMOptimizer(Optimizer):
             proposal.rejected[str(name)] = (
                 f"the reply copied the example's placeholder {PLACEHOLDER_TEXT!r} instead of a new value"
             )
-        self.check({k: v for k, v in suggestion.items() if k not in copied}, proposal)
+        self.check({k: v for k, v in suggestion.items() if k not in copied} if copied else suggestion, proposal)
         return proposal
+
+
+def _awaitable(llm: object) -> bool:
+    """Whether ``llm``'s calls are coroutines (an :class:`AsyncLLM`, or a stand-in like one)."""
+    if llm is None or isinstance(llm, LLM):
+        return False
+    return isinstance(llm, AsyncLLM) or inspect.iscoroutinefunction(getattr(llm, "complete_json", None))

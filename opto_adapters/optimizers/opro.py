@@ -11,10 +11,9 @@ from collections.abc import Iterable
 from statistics import fmean
 from typing import Any
 
-from ..llm import LLM
-from ..trace import Parameter
+from ..llm import BaseLLM
+from ..trace import Parameter, Subgraph
 from ..trace.render import cut, value_text
-from .base import Proposal
 from .llm_optimizer import LLMOptimizer
 
 __all__ = ["OPRO"]
@@ -33,7 +32,7 @@ class OPRO(LLMOptimizer):
     def __init__(
         self,
         parameters: Iterable[Parameter],
-        llm: LLM | None = None,
+        llm: BaseLLM | None = None,
         *,
         objective: str | None = None,
         memory_size: int = 20,
@@ -48,14 +47,15 @@ class OPRO(LLMOptimizer):
         self.system_prompt = system_prompt
         self.history: deque[tuple[dict[str, Any], float | None, str]] = deque(maxlen=memory_size)
 
-    def score_now(self) -> tuple[float | None, str]:
+    def score_now(self, subgraphs: list[Subgraph] | None = None) -> tuple[float | None, str]:
         """Mean feedback score of the accumulated runs (or None), and their feedback text."""
-        subs = self.feedback_subgraphs()
+        subs = self.feedback_subgraphs() if subgraphs is None else subgraphs
         scores = [s.feedback.score for s in subs if s.feedback.score is not None]
         return (fmean(scores) if scores else None), self.feedback_summary(subs, 200)
 
-    def messages(self) -> list[dict[str, str]]:
-        score, text = self.score_now()
+    def messages(self, subgraphs: list[Subgraph] | None = None) -> list[dict[str, str]]:
+        """The exact messages ``propose`` would send now."""
+        score, text = self.score_now(subgraphs)
         with self._memory_lock:
             entries = [*self.history, (self.current_values(), score, text)]
         entries.sort(key=lambda e: float("-inf") if e[1] is None else e[1])
@@ -76,9 +76,9 @@ class OPRO(LLMOptimizer):
             {"role": "user", "content": f"{body}\n\n{self.reply_format()}"},
         ]
 
-    def _propose(self) -> Proposal:
-        messages = self.messages()
-        score, text = self.score_now()
+    def _prompt(self, subgraphs: list[Subgraph]) -> list[dict[str, str]]:
+        messages = self.messages(subgraphs)
+        score, text = self.score_now(subgraphs)
         with self._memory_lock:
             self.history.append((self.current_values(), score, text))
-        return self.ask(messages)
+        return messages

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..llm import LLM
-from ..trace import Parameter, render
+from ..llm import BaseLLM
+from ..trace import Parameter, Subgraph, render
 from ..trace.render import DEFAULT_INSTRUCTION, ProblemInstance
 from .base import Proposal
 from .llm_optimizer import LLMOptimizer
@@ -29,7 +29,7 @@ class OptoPrime(LLMOptimizer):
     def __init__(
         self,
         parameters: Iterable[Parameter],
-        llm: LLM | None = None,
+        llm: BaseLLM | None = None,
         *,
         objective: str | None = None,
         memory_size: int = 5,
@@ -47,13 +47,14 @@ class OptoPrime(LLMOptimizer):
         self.feedback_budget = feedback_budget
         self.system_prompt = system_prompt
 
-    def problem(self) -> ProblemInstance:
-        """The problem instance for the accumulated feedback (what ``propose`` sends)."""
+    def problem(self, subgraphs: list[Subgraph] | None = None) -> ProblemInstance:
+        """The problem instance for the accumulated feedback (what ``propose`` sends);
+        ``subgraphs``: ``feedback_subgraphs()`` when the caller has it already."""
         instruction = DEFAULT_INSTRUCTION
         if self.objective:
             instruction = f"{self.objective}\n{DEFAULT_INSTRUCTION}"
         return render(
-            self.feedback_subgraphs(),
+            self.feedback_subgraphs() if subgraphs is None else subgraphs,
             self.parameters,
             instruction=instruction,
             value_budget=self.value_budget,
@@ -61,9 +62,9 @@ class OptoPrime(LLMOptimizer):
             feedback_budget=self.feedback_budget,
         )
 
-    def messages(self) -> list[dict[str, str]]:
+    def messages(self, subgraphs: list[Subgraph] | None = None) -> list[dict[str, str]]:
         """The exact messages ``propose`` would send now."""
-        body = str(self.problem())
+        body = str(self.problem(subgraphs))
         memory = self.memory_text()
         if memory:
             body += f"\n\n#Memory\n{memory}"
@@ -73,8 +74,9 @@ class OptoPrime(LLMOptimizer):
             {"role": "user", "content": body},
         ]
 
-    def _propose(self) -> Proposal:
-        messages = self.messages()
-        proposal = self.ask(messages)
-        self.remember(self.current_values(), self.feedback_summary(self.feedback_subgraphs()))
+    def _prompt(self, subgraphs: list[Subgraph]) -> list[dict[str, str]]:
+        return self.messages(subgraphs)
+
+    def _answered(self, proposal: Proposal, subgraphs: list[Subgraph]) -> Proposal:
+        self.remember(self.current_values(), self.feedback_summary(subgraphs))
         return proposal

@@ -314,19 +314,27 @@ class RestoreError(RuntimeError):
         )
 
 
-def apply_updates(updates: Mapping[Parameter, Any]) -> dict[Parameter, Any]:
+def apply_updates(
+    updates: Mapping[Parameter, Any], *, checked: Iterable[Parameter] = ()
+) -> dict[Parameter, Any]:
     """Write several new values atomically: all are valid and written, or none is.
 
     Returns the previous values. Raises ``ValidationError`` listing every rejected value. If a
     binding fails mid-way, every parameter touched (the failing one too, since its binding may
     have changed the live object before it raised) gets its previous value back and the error
-    is re-raised; if a restore fails as well, ``RestoreError`` says which.
+    is re-raised; if a restore fails as well, ``RestoreError`` says which. ``checked``: the
+    parameters whose value is what their ``convert`` returned just now (an optimizer's step);
+    those are written without being converted and validated a second time.
     """
     typed: dict[Parameter, Any] = {}
     errors: dict[str, str] = {}
+    trusted = {id(p) for p in checked}  # (by identity: == on nodes builds a node)
     for param, value in updates.items():
         if not isinstance(param, Parameter):
             raise TypeError(f"apply_updates expects Parameter keys, got {type(param).__name__}")
+        if id(param) in trusted:
+            typed[param] = value
+            continue
         try:
             typed[param] = param.convert(value)
         except ValidationError as exc:

@@ -165,17 +165,19 @@ def short_repr(value: Any, limit: int) -> str:
     return text
 
 
-def _type_label(n: Node) -> str:
-    if isinstance(n, Parameter):
-        return n.kind
-    if isinstance(n, ExceptionNode):
-        return type(n.exception).__name__
-    return type(n.value).__name__
-
-
 def _node_line(n: Node, name: str, budget: int | None) -> str:
-    text = cut(n.error_text(), budget) if isinstance(n, ExceptionNode) else format_value(n.value, budget)
-    return f"({_type_label(n)}) {name}={text}"
+    """``(type) name=value``: its type label and ``format_value`` in one (a line per node)."""
+    if isinstance(n, ExceptionNode):
+        return f"({type(n.exception).__name__}) {name}={cut(n.error_text(), budget)}"
+    if isinstance(n, Parameter):
+        label, value = n.kind, n.peek()
+    else:
+        value = n.value
+        label = type(value).__name__
+    text = value if isinstance(value, str) else value_text(value)
+    if budget is not None and len(text) > budget:
+        text = cut(text, budget)
+    return f"({label}) {name}={text}"
 
 
 @dataclass
@@ -195,11 +197,13 @@ class ProblemInstance:
     runs: int = 0
 
     def __str__(self) -> str:
-        parts = []
-        for section in SECTIONS:
-            body = getattr(self, section.lower())
-            parts.append(f"#{section}\n{body}" if body else f"#{section}\n(none)")
-        return "\n\n".join(parts)
+        return (  # (the sections in the order of SECTIONS)
+            f"#Instruction\n{self.instruction or '(none)'}\n\n#Code\n{self.code or '(none)'}\n\n"
+            f"#Documentation\n{self.documentation or '(none)'}\n\n"
+            f"#Variables\n{self.variables or '(none)'}\n\n#Constraints\n{self.constraints or '(none)'}\n\n"
+            f"#Inputs\n{self.inputs or '(none)'}\n\n#Others\n{self.others or '(none)'}\n\n"
+            f"#Outputs\n{self.outputs or '(none)'}\n\n#Feedback\n{self.feedback or '(none)'}"
+        )
 
 
 @dataclass
@@ -225,10 +229,11 @@ def render(
     """
     subs = _unique(subgraphs)
     wanted = list(iter_parameters(parameters)) if parameters is not None else None
+    wanted_ids = {id(p) for p in wanted} if wanted is not None else set()
     runs: list[_Run] = []
     for sub in subs:
-        if wanted is not None:
-            sub = sub.restrict(wanted)
+        if wanted is not None and not all(id(p) in wanted_ids for p in sub.parameters_reached):
+            sub = sub.restrict(wanted)  # (a run reaching only wanted ones is already minimal)
         if not sub.parameters_reached:
             continue
         names = display_names(sub.nodes)
@@ -240,6 +245,7 @@ def render(
     variables = _variables(runs)
     shown = {name: p for p, name in variables}
     used = _used_values(runs)
+    inputs, others, outputs = _value_sections(runs, value_budget)
     return ProblemInstance(
         instruction=instruction,
         code=_code_section(runs),
@@ -250,13 +256,9 @@ def render(
         constraints="\n".join(
             f"{name}: {c}" for p, name in variables for c in [_constraint(p)] if c
         ),
-        inputs=_per_run(runs, value_budget, lambda r, n: id(n) not in r.sub.on_path),
-        others=_per_run(
-            runs,
-            value_budget,
-            lambda r, n: id(n) in r.sub.on_path and n.op is not None and n is not r.sub.output,
-        ),
-        outputs=_per_run(runs, value_budget, lambda r, n: n is r.sub.output),
+        inputs=inputs,
+        others=others,
+        outputs=outputs,
         feedback=_feedback(runs, feedback_budget),
         parameters=shown,
         runs=len(runs),
@@ -359,12 +361,37 @@ def _documentation(runs: Sequence[_Run]) -> str:
     return "\n".join(f"[{op}] {doc}" for op, doc in docs.items() if doc)
 
 
-def _per_run(runs: Sequence[_Run], budget: int | None, select: Any) -> str:
-    """Values of the selected nodes; nodes shared by every run are listed once."""
-    per_run = []
+def _value_sections(runs: Sequence[_Run], budget: int | None) -> tuple[str, str, str]:
+    """#Inputs (nodes off the paths), #Others (computed on them) and #Outputs, sorted in one
+    pass over each run's nodes (the variables are in none of them)."""
+    inputs: list[list[Node]] = []
+    others: list[list[Node]] = []
+    outputs: list[list[Node]] = []
     for r in runs:
         reached = {id(p) for p in r.sub.parameters_reached}
-        per_run.append([n for n in r.sub.nodes if id(n) not in reached and select(r, n)])
+        on_path, output = r.sub.on_path, r.sub.output
+        run_inputs, run_others, run_outputs = [], [], []
+        for n in r.sub.nodes:
+            if id(n) in reached:
+                continue
+            if id(n) not in on_path:
+                run_inputs.append(n)
+            if n is output:
+                run_outputs.append(n)
+            elif n.op is not None and id(n) in on_path:
+                run_others.append(n)
+        inputs.append(run_inputs)
+        others.append(run_others)
+        outputs.append(run_outputs)
+    return (
+        _values_text(runs, inputs, budget),
+        _values_text(runs, others, budget),
+        _values_text(runs, outputs, budget),
+    )
+
+
+def _values_text(runs: Sequence[_Run], per_run: list[list[Node]], budget: int | None) -> str:
+    """Values of each run's nodes; nodes shared by every run are listed once."""
     if len(runs) == 1:
         return "\n".join(_node_line(n, runs[0].names[id(n)], budget) for n in per_run[0])
     counts: dict[int, int] = {}
