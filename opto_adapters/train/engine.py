@@ -122,6 +122,8 @@ class Evaluator:
         )
 
     def __enter__(self) -> Evaluator:
+        if getattr(self.executor, "max_concurrency", 0) is None:  # an executor given without one
+            self.executor.max_concurrency = self.max_concurrency  # type: ignore[attr-defined]
         self.executor.open(self.runner)
         return self
 

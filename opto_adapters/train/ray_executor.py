@@ -183,7 +183,7 @@ def _reachable(obj: Any, seen: set[int], depth: int) -> list[Parameter]:
 class RayExecutor(Executor):
     """Evaluations as calls to Ray actors, ``workers`` of them (default: the cluster's CPUs,
     at most ``max_concurrency``), each running up to ``ceil(max_concurrency / workers)`` at a
-    time. ``address``: the cluster (``ray.init(address=...)``); ``app_factory``: builds the app
+    time (``max_concurrency``: default the trainer's). ``address``: the cluster (``ray.init(address=...)``); ``app_factory``: builds the app
     in each worker; ``recipe``: the recipe file to rebuild it from; ``num_cpus``: CPUs each
     worker reserves; ``max_attempts``: tries of one evaluation whose workers are lost."""
 
@@ -192,7 +192,7 @@ class RayExecutor(Executor):
     def __init__(
         self,
         *,
-        max_concurrency: int = 4,
+        max_concurrency: int | None = None,
         address: str | None = None,
         workers: int | None = None,
         app_factory: Callable[[], Any] | None = None,
@@ -229,6 +229,7 @@ class RayExecutor(Executor):
 
     def open(self, runner: Runner) -> None:
         super().open(runner)
+        self.max_concurrency = self.max_concurrency or 4
         try:
             import ray
         except ImportError as exc:
