@@ -251,3 +251,64 @@ def test_a_schema_2_store_gains_the_attempts_column(tmp_path):
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
     conn.close()
+
+
+def ctrl_c_after(store: Store, n: int) -> None:
+    """Send this process SIGINT (a real Ctrl-C) once ``n`` evaluations are stored."""
+    import os
+    import signal
+
+    add = store.add_evaluation
+    count = {"n": 0}
+
+    def adding(*args, **kwargs):
+        eid = add(*args, **kwargs)
+        count["n"] += 1
+        if count["n"] == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return eid
+
+    store.add_evaluation = adding
+
+
+def interrupted_then_resumed(app, prompt, scripted_llm, path, executor, **kw):
+    """A run stopped by Ctrl-C after 5 stored evaluations, then resumed with threads: the
+    stored evaluations (keys) of the interrupted run and of the whole run."""
+    from .train_apps import improve_then_worsen
+
+    scripted_llm.set_default(improve_then_worsen)
+    store = Store(path)
+    ctrl_c_after(store, 5)
+    stopped = optimize(app, data(6), data(3, "v"), guide=marker_guide, store=store, batch_size=2,
+                       optimizer=OptoPrime([prompt], llm_for(scripted_llm)), progress=False,
+                       executor=executor, max_concurrency=4, **kw)
+    assert stopped.status == "interrupted"
+    before = {(e.version_id, e.split, e.index) for e in store.evaluations(stopped.run_id)}
+    store.close()
+    resumed = optimize(app, data(6), data(3, "v"), guide=marker_guide, store=path, batch_size=2,
+                       optimizer=OptoPrime([prompt], llm_for(scripted_llm)), progress=False,
+                       resume=True, max_concurrency=4)
+    assert resumed.status == "completed" and prompt.value == "ANSWER {q}!"
+    with Store(path) as s:
+        after = [(e.version_id, e.split, e.index) for e in s.evaluations(resumed.run_id)]
+    return before, after
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="POSIX signals")
+def test_ctrl_c_with_asyncio_stores_an_interrupted_run_that_resumes(scripted_llm, tmp_path):
+    prompt = node("Reply {q}", name="prompt", trainable=True, kind="prompt")
+    calls = []
+
+    @bundle()
+    async def respond(template, q):
+        """Fill the question in."""
+        calls.append(q)
+        await asyncio.sleep(0.001)
+        return template.format(q=q)
+
+    async def app(q):
+        return await respond(prompt, q)
+
+    before, after = interrupted_then_resumed(app, prompt, scripted_llm, str(tmp_path / "r.sqlite"), "asyncio")
+    assert len(before) >= 5 and set(before) <= set(after)
+    assert len(after) == len(set(after))  # nothing evaluated twice

@@ -104,3 +104,76 @@ def test_a_killed_worker_s_examples_run_again_and_count_once(ray_cluster, script
     (killed,) = [e for e in rows if e.version_id == baseline and (e.split, e.index) == ("train", 3)]
     assert killed.attempts == 2 and killed.score == 0.0
     assert all(e.attempts in (1, 2) for e in rows)
+
+
+LOCKED_RECIPE = '''
+import threading
+
+from opto_adapters import Feedback, bundle, node
+
+prompt = node("Reply {q}", name="prompt", trainable=True, kind="prompt", description="The reply template.")
+
+
+@bundle()
+def respond(template, q):
+    """Fill the question into the template."""
+    return template.format(q=q)
+
+
+class App:
+    """Holds a lock, so it cannot be pickled: Ray workers rebuild it from this file."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def __call__(self, q):
+        with self.lock:
+            return respond(prompt, q["text"])
+
+
+def build_app():
+    return App()
+
+
+train = [{"text": f"q{i}"} for i in range(4)]
+val = [{"text": "v0"}, {"text": "v1"}]
+SETTINGS = {"batch_size": 2, "max_concurrency": 2}
+
+
+def guide(example, output):
+    score = ("ANSWER" in output) / 2 + ("!" in output) / 2
+    return Feedback(score=score, text="needs ANSWER and !")
+'''
+
+
+def test_the_cli_runs_a_recipe_on_ray_workers_that_rebuild_its_app(ray_cluster, scripted_llm, tmp_path, monkeypatch, capsys):
+    from opto_adapters import cli
+
+    from .train_apps import improve_then_worsen
+
+    recipe = tmp_path / "locked_recipe.py"
+    recipe.write_text(LOCKED_RECIPE)
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted_llm.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    monkeypatch.setenv("OPTO_MODEL", "m")
+    scripted_llm.set_default(improve_then_worsen)
+    store = tmp_path / "runs.sqlite"
+    code = cli.main(["optimize", str(recipe), "--store", str(store), "--no-progress", "--executor", "ray"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "run 1: completed" in out and "best      1.000  1.000" in out
+    with Store(str(store)) as s:
+        assert s.run(1).config["executor"] == "ray"
+
+
+def test_ctrl_c_with_ray_stores_an_interrupted_run_that_resumes(ray_cluster, scripted_llm, tmp_path):
+    from .test_executors import interrupted_then_resumed
+
+    apply_updates({PROMPT: "Reply {q}"})
+
+    def app(q):  # the shipped app: ray_apps' python_app, on plain inputs
+        return python_app({"q": q})
+
+    before, after = interrupted_then_resumed(app, PROMPT, scripted_llm, str(tmp_path / "r.sqlite"), "ray")
+    assert len(before) >= 5 and set(before) <= set(after)
+    assert len(after) == len(set(after))

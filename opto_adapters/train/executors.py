@@ -197,8 +197,9 @@ class AsyncioExecutor(Executor):
         loop = self._loop
         for f in futures:
             f.cancel()  # not started yet: never starts
+        wanted = set(futures)
         with self._lock:
-            tasks = [t for f, t in self._tasks.items() if f in set(futures)]
+            tasks = [t for f, t in self._tasks.items() if f in wanted]
         if loop is not None and tasks:
             for task in tasks:
                 loop.call_soon_threadsafe(task.cancel)
