@@ -12,6 +12,11 @@ and the candidate's 200 app runs (400 rollouts). The ideal is what waiting alone
 time, rollouts per second outside the optimizer call, and wall / ideal. Ray runs 2 local
 workers (one process each, the app built in each by a factory); its start (cluster, workers)
 is timed apart, and its overhead per rollout is (wall - ideal) / 400.
+
+The openai client's default transport (httpx/httpcore) slows down with hundreds of requests
+in flight on one connection pool (the scripted server itself answers 256 concurrent delayed
+requests in about 0.4 s from aiohttp); the aiohttp rows use openai's aiohttp transport
+(``pip install "openai[aiohttp]"``, skipped without it) to show the executor without it.
 """
 
 from __future__ import annotations
@@ -37,14 +42,25 @@ APP_DELAY = 0.2
 OPTIMIZER_DELAY = 1.0
 
 
-def build_chain(base_url: str | None = None):
+def aiohttp_client():
+    """openai's aiohttp transport (``pip install "openai[aiohttp]"``), or ``None``."""
+    try:
+        import httpx_aiohttp  # noqa: F401
+        import openai
+    except ImportError:
+        return None
+    return openai.DefaultAioHttpClient(timeout=60)
+
+
+def build_chain(base_url: str | None = None, transport: str = "httpx"):
     """prompt | ChatOpenAI | parser against the app server (``BENCH_APP_URL`` in Ray workers)."""
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import ChatPromptTemplate
     from langchain_openai import ChatOpenAI
 
     url = base_url or os.environ["BENCH_APP_URL"]
-    model = ChatOpenAI(base_url=url, api_key="k", model="app", max_retries=0, timeout=60)
+    extra = {"http_async_client": aiohttp_client()} if transport == "aiohttp" else {}
+    model = ChatOpenAI(base_url=url, api_key="k", model="app", max_retries=0, timeout=60, **extra)
     prompt = ChatPromptTemplate.from_messages([("system", "Answer briefly."), ("human", "{question}")])
     return prompt | model | StrOutputParser()
 
@@ -57,8 +73,12 @@ def _client(kind: str):
     import openai
 
     if kind not in _CLIENTS:
-        make = openai.AsyncOpenAI if kind == "async" else openai.OpenAI
-        _CLIENTS[kind] = make(base_url=os.environ["BENCH_APP_URL"], api_key="k", max_retries=0, timeout=60)
+        url = os.environ["BENCH_APP_URL"]
+        if kind == "sync":
+            _CLIENTS[kind] = openai.OpenAI(base_url=url, api_key="k", max_retries=0, timeout=60)
+        else:
+            extra = {"http_client": aiohttp_client()} if kind == "aiohttp" else {}
+            _CLIENTS[kind] = openai.AsyncOpenAI(base_url=url, api_key="k", max_retries=0, timeout=60, **extra)
     return _CLIENTS[kind]
 
 
@@ -73,7 +93,7 @@ def ask(system, question):
 async def aask(system, question):
     """Ask the app's model (the openai client, async)."""
     messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-    reply = await _client("async").chat.completions.create(model="app", messages=messages)
+    reply = await _client(os.environ.get("BENCH_TRANSPORT", "httpx")).chat.completions.create(model="app", messages=messages)
     return reply.choices[0].message.content
 
 
@@ -110,7 +130,9 @@ def guide(example, output):
     return Feedback(score=0.5, text="say it in fewer words")
 
 
-def one_epoch(app_url: str, opt_url: str, n: int, executor, concurrency: int, app: str = "langchain") -> float:
+def one_epoch(
+    app_url: str, opt_url: str, n: int, executor, concurrency: int, app: str = "langchain", transport: str = "httpx"
+) -> float:
     llm = LLM(base_url=opt_url, api_key="k", model="opt", timeout=60)
     train = [{"question": f"question {i}?"} for i in range(n)]
     common = dict(
@@ -118,8 +140,10 @@ def one_epoch(app_url: str, opt_url: str, n: int, executor, concurrency: int, ap
         executor=executor, max_concurrency=concurrency, guard_copies=None,
     )
     if app == "langchain":
-        trainer = Trainer(build_chain(app_url), train, llm=llm, **common)
+        trainer = Trainer(build_chain(app_url, transport), train, llm=llm, **common)
     else:
+        _CLIENTS.clear()  # a client per run: an async one belongs to the run's event loop
+        os.environ["BENCH_TRANSPORT"] = transport
         fn = apython_app if executor == "asyncio" else python_app
         trainer = Trainer(fn, train, optimizer=OptoPrime([PROMPT], llm), **common)
     trainer._prepare()
@@ -148,13 +172,19 @@ def main() -> None:
     rows = []
     with scripted_server(APP_DELAY, "Paris") as app_url, scripted_server(OPTIMIZER_DELAY, suggestion) as opt_url:
         os.environ["BENCH_APP_URL"] = app_url
-        plan = [("threads", c, "langchain") for c in (4, 16) if "threads" in only]
-        plan += [("asyncio", c, "langchain") for c in (16, 64, 256) if "asyncio" in only]
-        plan += [(e, c, "python") for e, c in (("threads", 16), ("asyncio", 256)) if e in only]
-        for name, c, app in plan:
+        plan = [("threads", c, "langchain", "httpx") for c in (4, 16) if "threads" in only]
+        plan += [("asyncio", c, "langchain", "httpx") for c in (16, 64, 256) if "asyncio" in only]
+        plan += [("threads", 16, "python", "httpx")] if "threads" in only else []
+        plan += [("asyncio", 256, "python", "httpx")] if "asyncio" in only else []
+        if aiohttp_client() is not None and "asyncio" in only:
+            plan += [("asyncio", c, app, "aiohttp") for app in ("langchain", "python") for c in (64, 256)]
+        else:
+            print('openai[aiohttp] is not installed: the aiohttp rows are skipped\n')
+        for name, c, app, transport in plan:
             apply_updates({PROMPT: "Answer briefly."})
-            wall = one_epoch(app_url, opt_url, n, name, c, app)
-            rows.append((f"{name}, {app}", str(c), wall, ideal(n, c), None))
+            wall = one_epoch(app_url, opt_url, n, name, c, app, transport)
+            label = f"{name}, {app}" + (", aiohttp" if transport == "aiohttp" else "")
+            rows.append((label, str(c), wall, ideal(n, c), None))
         if "ray" in only:
             rows += ray_rows(app_url, opt_url, n)
     print(f"One epoch, {n} examples (2 x {n} rollouts, app model {APP_DELAY * 1000:.0f} ms, "
