@@ -4,7 +4,9 @@ Run: python benchmarks/bench_executors.py [--examples N] [--only threads,asyncio
 
 The app is a LangChain chain (prompt | ChatOpenAI | StrOutputParser), or a traced Python
 callable calling the openai client (``OpenAI``, or ``AsyncOpenAI`` under asyncio), against
-the offline scripted server (in its own process), whose every app reply comes after 200 ms; the optimizer (OptoPrime) gets its
+the offline scripted server (in its own process), whose every app reply comes after 200 ms
+(the ``sleep`` row: an async traced function that awaits 200 ms, no client: the executor's
+own cost); the optimizer (OptoPrime) gets its
 reply after 1 s from a second scripted server. One epoch: 200 training examples in one
 minibatch, gated on itself, so the run makes the baseline's 200 app runs, one optimizer call
 and the candidate's 200 app runs (400 rollouts). The ideal is what waiting alone costs:
@@ -97,8 +99,21 @@ async def aask(system, question):
     return reply.choices[0].message.content
 
 
+@bundle()
+async def asleep(system, question):
+    """Wait as the app's model would, without a client (the executor's own cost)."""
+    import asyncio
+
+    await asyncio.sleep(APP_DELAY)
+    return "Paris"
+
+
 def python_app(x):
     return ask(PROMPT, x)
+
+
+async def sleeping_app(x):
+    return await asleep(PROMPT, x)
 
 
 async def apython_app(x):
@@ -144,7 +159,7 @@ def one_epoch(
     else:
         _CLIENTS.clear()  # a client per run: an async one belongs to the run's event loop
         os.environ["BENCH_TRANSPORT"] = transport
-        fn = apython_app if executor == "asyncio" else python_app
+        fn = sleeping_app if app == "sleep" else apython_app if executor == "asyncio" else python_app
         trainer = Trainer(fn, train, optimizer=OptoPrime([PROMPT], llm), **common)
     trainer._prepare()
     start = time.perf_counter()
@@ -175,7 +190,7 @@ def main() -> None:
         plan = [("threads", c, "langchain", "httpx") for c in (4, 16) if "threads" in only]
         plan += [("asyncio", c, "langchain", "httpx") for c in (16, 64, 256) if "asyncio" in only]
         plan += [("threads", 16, "python", "httpx")] if "threads" in only else []
-        plan += [("asyncio", 256, "python", "httpx")] if "asyncio" in only else []
+        plan += [("asyncio", 256, "python", "httpx"), ("asyncio", 256, "sleep", "-")] if "asyncio" in only else []
         if aiohttp_client() is not None and "asyncio" in only:
             plan += [("asyncio", c, app, "aiohttp") for app in ("langchain", "python") for c in (64, 256)]
         else:

@@ -26,12 +26,13 @@ from .trace import (
 if TYPE_CHECKING:
     from .patches import apply_patch
     from .traces import from_traces
-    from .train import Trainer, TrainResult, optimize
+    from .train import Trainer, TrainResult, optimize, optimize_async
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "optimize": "opto_adapters.train",
+    "optimize_async": "opto_adapters.train",
     "Trainer": "opto_adapters.train",
     "TrainResult": "opto_adapters.train",
     "from_traces": "opto_adapters.traces",
@@ -71,4 +72,5 @@ __all__ = [
     "model",
     "node",
     "optimize",
+    "optimize_async",
 ]
