@@ -78,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--proposals-per-step", type=int, help="pareto: children per step, from different parents (default 1)")
     p.add_argument("--merge", action="store_true", help="pareto: also merge candidates that changed different parameters")
     p.add_argument(
+        "--objectives", metavar="LIST",
+        help="pareto: what the front is kept over, 'score' (default) or 'score,tokens' (also the "
+        "app's own tokens per run: a cheaper candidate as good as its parent is kept)",
+    )
+    p.add_argument(
         "--max-metric-calls", type=int,
         help="stop before this many app runs scored by the guide (train and val together)",
     )
@@ -233,6 +238,7 @@ def _optimize(args: argparse.Namespace) -> int:
         "proposals_per_step": args.proposals_per_step,
         "max_metric_calls": args.max_metric_calls,
         "merge": True if args.merge else None,
+        "objectives": args.objectives,
     }
     options.update({k: v for k, v in flags.items() if v is not None})
     if args.executor == "ray":  # the workers can rebuild the app from the recipe file
@@ -330,7 +336,8 @@ def _optimize(args: argparse.Namespace) -> int:
         return 1
     if result.front:
         print(f"pareto front: {len(result.front)} candidate(s): " + ", ".join(
-            f"v{f.version_id} ({_fmt(f.mean)})" for f in result.front
+            f"v{f.version_id} ({_fmt(f.mean)}" + (f", {f.tokens:.0f} app tokens/run)" if f.tokens is not None else ")")
+            for f in result.front
         ))
     if result.status in ("interrupted", "budget_exhausted", "time_limit", "max_steps", "max_metric_calls"):
         print(resume)

@@ -477,7 +477,7 @@ def test_cli_search_pareto(tmp_path, scripted_llm, monkeypatch, capsys):
     store = tmp_path / "runs.sqlite"
     code = cli.main([
         "optimize", str(recipe), "--store", str(store), "--search", "pareto", "--proposals-per-step", "2",
-        "--merge", "--max-metric-calls", "200", "--no-progress",
+        "--merge", "--max-metric-calls", "200", "--objectives", "score,tokens", "--no-progress",
     ])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -485,13 +485,13 @@ def test_cli_search_pareto(tmp_path, scripted_llm, monkeypatch, capsys):
     with Store(store, readonly=True) as s:
         run = s.run(1)
         assert (run.config["search"], run.config["proposals_per_step"], run.config["merge"]) == ("pareto", 2, True)
-        assert run.config["max_metric_calls"] == 200
+        assert run.config["max_metric_calls"] == 200 and run.config["objectives"] == ["score", "tokens"]
         assert len(s.pool(1)) >= 2
     assert cli.main(["show", str(store)]) == 0 and cli.main(["show", str(store), "--step", "1"]) == 0
     assert "mutation of v1" in capsys.readouterr().out
     report = tmp_path / "report.html"
     assert cli.main(["report", str(store), "-o", str(report)]) == 0
-    assert "candidate-tree" in report.read_text()
+    assert "candidate-tree" in report.read_text() and "front over score and tokens" in report.read_text()
 
 
 def test_the_report_draws_the_candidate_tree_and_lists_the_front(scripted_llm):
@@ -544,6 +544,16 @@ def test_sampling_is_seeded_weighted_by_examples_led_and_distinct():
         sample_parents({}, 1, random.Random(0))
 
 
+def test_sampling_ignores_examples_every_candidate_scores_alike():
+    # four examples everyone fails: "leading" there says nothing. b leads on 3 examples that
+    # tell the candidates apart, c on 1: drawn 3:1 (counting the four would make it 7:5)
+    scores = {"b": [0, 0, 0, 0, 1, 1, 1, 0], "c": [0, 0, 0, 0, 0, 0, 0, 1]}
+    draws = [sample_parents(scores, 1, random.Random(i))[0] for i in range(2000)]
+    assert 0.7 < draws.count("b") / len(draws) < 0.8
+    alike = {"x": [0.0, 1.0], "y": [0.0, 1.0]}  # nothing tells them apart: both may be drawn
+    assert sorted(sample_parents(alike, 2, random.Random(0))) == ["x", "y"]
+
+
 def test_merge_selection():
     values = {
         0: {"p": "p0", "q": "q0", "r": "r0"},
@@ -568,3 +578,62 @@ def test_merge_selection():
     parents[5] = [1]
     m = find_merge([*order, 5], {**scores, 5: [0, 0]}, parents, values)
     assert frozenset((m.a, m.b)) != frozenset((1, 2))
+
+
+# -- cost as an objective ------------------------------------------------------------------------
+
+
+def _terse_chain():
+    """A LangChain chain whose model reports one token per word and answers tersely only when
+    its system prompt asks (the lenient guide scores both answers 1.0)."""
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+
+    from tests.test_app_usage import UsageChatModel
+    from tests.test_train_frameworks import answer_for
+
+    model = UsageChatModel(respond=lambda messages: answer_for("\n".join(str(m.content) for m in messages)))
+    prompt = ChatPromptTemplate.from_messages([("system", "You are helpful."), ("human", "{question}")])
+    return prompt | model | StrOutputParser()
+
+
+def _lenient(example, output):
+    ok = example["answer"] in str(output)
+    return Feedback(score=float(ok), text="correct" if ok else f"the answer is {example['answer']!r}")
+
+
+@pytest.mark.parametrize("objectives", [("score",), ("score", "tokens")])
+def test_with_the_tokens_objective_a_cheaper_child_as_good_as_its_parent_joins_the_front(scripted_llm, objectives):
+    from opto_adapters.train.objectives import pick, points_from_store
+    from tests.test_train_frameworks import FACTS, MARK, TRAIN, VAL, optimizer_llm
+
+    llm = optimizer_llm(scripted_llm, {"prompt.system": f"You are helpful. {MARK}"})
+    store = Store()
+    train = TRAIN + [{"question": f"What is the {k}?", "answer": v} for k, v in FACTS.items()]
+    result = optimize(
+        _terse_chain(), train, VAL, guide=_lenient, llm=llm, input_key=["question"], batch_size=2,
+        shuffle=False, max_concurrency=1, progress=False, store=store, search="pareto",
+        objectives=objectives, max_steps=1,
+    )
+    (step,) = result.history
+    (candidate,) = store.candidates(result.run_id, 1)
+    seed = store.run(result.run_id).baseline_version_id
+    if objectives == ("score",):  # as good, so never validated: the front is the seed alone
+        assert step.status == "rejected" and "not above the parent's" in candidate.reason
+        assert [f.version_id for f in result.front] == [seed]
+        return
+    assert step.status == "accepted" and "fewer app tokens per run" in candidate.reason
+    (member,) = result.front  # the seed: the same scores, more tokens, so dominated
+    assert member.version_id == candidate.version_id != seed and member.mean == 1.0
+    usage = store.app_usage(result.run_id, "val")
+    assert member.tokens == usage[member.version_id].tokens < usage[seed].tokens
+    assert pick(points_from_store(store, result.run_id), "cheapest").key == member.version_id
+    assert store.run(result.run_id).config["objectives"] == ["score", "tokens"]
+
+
+def test_objectives_are_checked():
+    assert TrainConfig(objectives="score, tokens").objectives == ("score", "tokens")
+    assert TrainConfig(objectives=["score"]).objectives == ("score",)
+    for bad in (("tokens",), ("score", "latency"), (), ("score", "score"), 3):
+        with pytest.raises(ValueError, match="objectives must be"):
+            TrainConfig(objectives=bad)

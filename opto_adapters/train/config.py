@@ -12,13 +12,16 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-__all__ = ["ACCEPTANCE", "SEARCHES", "TrainConfig"]
+__all__ = ["ACCEPTANCE", "OBJECTIVES", "SEARCHES", "TrainConfig"]
 
 SEARCHES = ("greedy", "pareto")
 """The search strategies (``TrainConfig.search``)."""
 
 ACCEPTANCE = ("mean", "bootstrap")
 """The acceptance rules (see ``TrainConfig``)."""
+
+OBJECTIVES = ("score", "tokens")
+"""What the Pareto search keeps a front over (``TrainConfig.objectives``)."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,11 @@ class TrainConfig:
     worse on the gate set; ``"pareto"``: a pool of candidates, parents drawn from the Pareto
     front of per-example validation scores, see ``opto_adapters.train.search``),
     ``proposals_per_step`` (pareto: children per step, from different parents), ``merge``
-    (pareto: also try combining two candidates that changed different parameters). Both
+    (pareto: also try combining two candidates that changed different parameters),
+    ``objectives`` (pareto: ``("score",)``, or ``("score", "tokens")`` to keep on the front,
+    and let through the minibatch gate, a candidate as good as another but cheaper in the app's
+    own tokens per evaluation; the best values stay the best score, ``export --pick`` chooses a
+    cheaper point). Both
     searches take up to ``epochs`` × (minibatches per epoch) steps: with ``max_metric_calls``,
     give enough epochs for the budget to be what stops the run.
 
@@ -76,6 +83,7 @@ class TrainConfig:
     search: str = "greedy"
     proposals_per_step: int = 1
     merge: bool = False
+    objectives: tuple[str, ...] = ("score",)
     max_steps: int | None = None
     max_metric_calls: int | None = None
     time_limit: float | None = None
@@ -110,6 +118,7 @@ class TrainConfig:
                 _positive_int(name, getattr(self, name))
         if self.search not in SEARCHES:
             raise ValueError(f"search must be one of {list(SEARCHES)}, got {self.search!r}")
+        object.__setattr__(self, "objectives", _objectives(self.objectives))
         if not isinstance(self.merge, bool):
             raise ValueError(f"merge must be True or False, got {self.merge!r}")
         limit = self.time_limit
@@ -171,6 +180,21 @@ def _check_executor(executor: Any) -> None:
         f"executor must be one of {list(EXECUTORS)} or an opto_adapters.train.executors.Executor, "
         f"got {executor!r}"
     )
+
+
+def _objectives(value: Any) -> tuple[str, ...]:
+    """``objectives`` as a tuple: a sequence of names, or one text such as "score,tokens"."""
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else value
+    try:
+        found = tuple(names)
+    except TypeError:
+        found = ()
+    if not found or found[0] != "score" or len(set(found)) != len(found) or not set(found) <= set(OBJECTIVES):
+        raise ValueError(
+            f"objectives must be ('score',) or ('score', 'tokens') (the score first; 'tokens': "
+            f"the app's own tokens per evaluation), got {value!r}"
+        )
+    return found
 
 
 def _positive_int(name: str, value: Any) -> None:

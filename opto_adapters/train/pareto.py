@@ -5,7 +5,7 @@ example. A candidate is on the **front** when no other is at least as good on ev
 and better on one. A candidate **leads** on an example when no other scores higher there;
 parents are drawn from the front with a weight equal to the number of examples each leads
 on, so a candidate that is best on a few examples survives beside one that is best on
-average. A **merge** takes two candidates that descend from a common ancestor and changed
+average (examples every candidate scores alike are not counted: everyone leads there). A **merge** takes two candidates that descend from a common ancestor and changed
 different parameters, and keeps each changed parameter from the candidate that changed it.
 """
 
@@ -74,8 +74,10 @@ def sample_parents(scores: Mapping[K, Sequence[float]], k: int, rng: random.Rand
     the same evidence twice)."""
     if not scores:
         raise ValueError("no candidates to sample parents from")
-    counts = leads(scores)
+    counts = leads(_telling(scores))
     left = [(c, counts[c]) for c in pareto_front(scores) if counts[c] > 0]
+    if not left:  # no example tells the candidates apart: every front candidate alike
+        left = [(c, 1) for c in pareto_front(scores)]
     chosen: list[K] = []
     while left and len(chosen) < k:
         pick = rng.random() * sum(w for _, w in left)
@@ -86,6 +88,16 @@ def sample_parents(scores: Mapping[K, Sequence[float]], k: int, rng: random.Rand
                 del left[j]
                 break
     return chosen
+
+
+def _telling(scores: Mapping[K, Sequence[float]]) -> dict[K, list[float]]:
+    """The score vectors without the examples on which every candidate scores the same: a
+    lead there (everyone leads) says nothing about which candidate is stronger."""
+    vectors = list(scores.values())
+    if not vectors:
+        return {}
+    keep = [i for i in range(len(vectors[0])) if max(v[i] for v in vectors) - min(v[i] for v in vectors) > EPS]
+    return {k: [v[i] for i in keep] for k, v in scores.items()}
 
 
 def ancestors(key: K, parents: Mapping[K, Sequence[K]]) -> set[K]:
@@ -142,11 +154,13 @@ def find_merge(
     parents: Mapping[K, Sequence[K]],
     values: Mapping[K, Mapping[str, Any]],
     tried: Iterable[frozenset[K]] = (),
+    front: Iterable[K] | None = None,
 ) -> Merge | None:
     """The first pair worth merging, or ``None``: pairs of front candidates first, then pairs
     with one on the front, each group by the sum of their mean scores (best first); a pair
-    already ``tried`` or whose combination is already a candidate is skipped."""
-    front = set(pareto_front({k: scores[k] for k in order}))
+    already ``tried`` or whose combination is already a candidate is skipped. ``front``: the
+    front when it is kept over more than ``scores`` (e.g. tokens too)."""
+    front = set(pareto_front({k: scores[k] for k in order}) if front is None else front)
     known = {_frozen(values[k]) for k in order}
     done = set(tried)
     position = {k: i for i, k in enumerate(order)}

@@ -301,7 +301,7 @@ def _header(run: StoredRun, result: TrainResult) -> str:
         ))
     if c.get("search") == "pareto":
         rows.insert(-1, ("search", f"pareto, {c.get('proposals_per_step')} proposal(s) per step, merge "
-                     f"{'on' if c.get('merge') else 'off'}"))
+                     f"{'on' if c.get('merge') else 'off'}, front over {' and '.join(c.get('objectives') or ['score'])}"))
     if c.get("max_metric_calls"):
         rows.insert(-1, ("rollout budget", f"max_metric_calls {c.get('max_metric_calls')}"))
     body = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)

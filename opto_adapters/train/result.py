@@ -69,7 +69,8 @@ class FrontCandidate:
 
     ``scores`` holds its score on each validation example (on each training example when the
     run had no ``val``), ``mean`` their mean; ``parents`` are the version ids it came from
-    (none for the seed, two for a merge); ``kind`` is ``seed``, ``mutation`` or ``merge``.
+    (none for the seed, two for a merge); ``kind`` is ``seed``, ``mutation`` or ``merge``;
+    ``tokens`` the app's own tokens per evaluation there (``None``: its model reported none).
     """
 
     version_id: int
@@ -79,6 +80,7 @@ class FrontCandidate:
     parents: list[int]
     step: int
     kind: str
+    tokens: float | None = None
 
 
 @dataclass
@@ -173,6 +175,7 @@ def front(store: Store, run_id: int) -> list[FrontCandidate]:
     split = "val" if config.get("val_size") else "train"
     size = int(config.get(f"{split}_size") or 0)
     matrix = store.score_matrix(run_id, [m.version_id for m in members], split, size)
+    usage = store.app_usage(run_id, split)
     out = []
     for m in members:
         scores = matrix[m.version_id]
@@ -182,6 +185,7 @@ def front(store: Store, run_id: int) -> list[FrontCandidate]:
                 version_id=m.version_id, values=store.version_values(m.version_id), scores=scores,
                 mean=sum(known) / len(known) if known else None, parents=list(m.parents),
                 step=m.step, kind=m.kind,
+                tokens=usage[m.version_id].tokens if m.version_id in usage else None,
             )
         )
     return out

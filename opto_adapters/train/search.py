@@ -15,7 +15,12 @@ examples each leads on, seeded by ``config.seed`` and the step number) and, for 
 With ``merge=True``, a step that follows a new pool member first tries a **merge**: two pool
 members that descend from a common ancestor and changed different parameters are combined
 (each changed parameter from the one that changed it); the merge is validated if it is at
-least as good on the minibatch as the better of its two parents. ``proposals_per_step=k``
+least as good on the minibatch as the better of its two parents. With ``objectives=("score", "tokens")`` the app's own tokens per
+evaluation (as its model reported them) are one more objective: the front also keeps a
+candidate that is cheaper than every one at least as good as it, the cheapest pool member
+counts as leading on one more "example" when parents are drawn, and a mutation passes the
+minibatch gate when it scores as well as its parent there with fewer tokens.
+``proposals_per_step=k``
 makes up to k children per step from different parents (fewer while the front has fewer
 candidates; proposed one after the other, then scored).
 
@@ -31,6 +36,7 @@ resumed run rebuilds the same pool and draws the same parents, and evaluates not
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -91,6 +97,16 @@ class ParetoSearch:
         fallback = float(self.t.config.error_score)
         return {v: [fallback if s is None else s for s in row] for v, row in matrix.items()}
 
+    def front_scores(self, versions: list[int]) -> dict[int, list[float]]:
+        """What the front is kept over: the score matrix, with ``objectives=("score",
+        "tokens")`` one more column, minus the app's tokens per evaluation on the validation
+        split (a version whose model reported none counts as the most expensive)."""
+        scores = self.scores(versions)
+        if "tokens" not in self.t.config.objectives:
+            return scores
+        usage = self.t.store.app_usage(self._run_id, self.split)
+        return {v: [*row, -_tokens(usage.get(v))] for v, row in scores.items()}
+
     def _run(
         self, version: int, split: str, indices: list[int], phase: str, step: int | None, *, graphs: bool = False
     ) -> list[Result]:
@@ -100,7 +116,7 @@ class ParetoSearch:
 
     def _store_front(self) -> list[int]:
         order = [m.version_id for m in self.pool()]
-        front = pareto_front(self.scores(order))
+        front = pareto_front(self.front_scores(order))
         self.t.store.set_front(self._run_id, front)
         return front
 
@@ -154,7 +170,7 @@ class ParetoSearch:
             if merge is not None:
                 plan.append(("merge", [merge.a, merge.b], merge.values))
         rng = random.Random(f"pareto:{cfg.seed}:{step}")
-        for parent in sample_parents(scores, cfg.proposals_per_step - len(plan), rng):
+        for parent in sample_parents(self.front_scores(order), cfg.proposals_per_step - len(plan), rng):
             plan.append(("mutation", [parent], None))
         return plan
 
@@ -172,6 +188,7 @@ class ParetoSearch:
         return find_merge(
             order, scores, {m.version_id: m.parents for m in pool},
             {v: self.values(v) for v in order}, tried=[frozenset(p) for _, p in merges],
+            front=pareto_front(self.front_scores(order)),
         )
 
     def _step(self, step: int, epoch: int, b: int, batch: list[int]) -> None:
@@ -309,7 +326,7 @@ class ParetoSearch:
                 t._remember(child.values, why, "train", child.parent_results[0], child.parent_results[0])
             return "rejected", why, None
         results = t._evaluate(version, "train", batch, "candidate", step=step)
-        passed, why = self._accept_on_minibatch(child, results)
+        passed, why = self._accept_on_minibatch(child, results, version, batch)
         if not passed:
             store.update_candidate(cid, score=mean(results), status="rejected", reason=why)
             if child.kind == "mutation":
@@ -337,10 +354,13 @@ class ParetoSearch:
         t._consider_best(version, score)
         return "accepted", why, version
 
-    def _accept_on_minibatch(self, child: _Child, results: list[Result]) -> tuple[bool, str]:
+    def _accept_on_minibatch(
+        self, child: _Child, results: list[Result], version: int, batch: list[int]
+    ) -> tuple[bool, str]:
         """Whether a child is worth validating, and why: a mutation must score strictly
-        better than its parent on the minibatch, a merge at least as well as the better of
-        its parents (it combines changes that each already passed)."""
+        better than its parent on the minibatch (or, with the tokens objective, as well with
+        fewer of the app's tokens per run), a merge at least as well as the better of its
+        parents (it combines changes that each already passed)."""
         score = mean(results)
         parent_scores = [mean(r) for r in child.parent_results]
         if child.kind == "merge":
@@ -351,7 +371,21 @@ class ParetoSearch:
         bar = parent_scores[0]
         if score > bar + EPS:
             return True, f"minibatch score {score:.4g} > parent's {bar:.4g}"
+        if "tokens" in self.t.config.objectives and score >= bar - EPS:
+            usage = self.t.store.app_usage(self._run_id, "train", indices=batch)
+            mine, theirs = _tokens(usage.get(version)), _tokens(usage.get(child.parents[0]))
+            if mine < theirs - EPS:
+                return True, (
+                    f"minibatch score {score:.4g} = parent's, with fewer app tokens per run "
+                    f"({mine:.0f} < {theirs:.0f})"
+                )
         return False, f"minibatch score {score:.4g} is not above the parent's {bar:.4g}; not validated"
+
+
+def _tokens(usage: Any) -> float:
+    """The app's tokens per evaluation of a usage record (infinite when none were reported)."""
+    found = usage.tokens if usage is not None else None
+    return math.inf if found is None else float(found)
 
 
 def _names(versions: list[int]) -> str:

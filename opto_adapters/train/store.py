@@ -1084,8 +1084,11 @@ class Store:
         )
         return (None if mean is None else float(mean)), int(count)
 
-    def app_usage(self, run_id: int, split: str | None = None) -> dict[int, AppUsage]:
-        """The app's own model usage per evaluation, by version (of one split, or all)."""
+    def app_usage(
+        self, run_id: int, split: str | None = None, *, indices: Iterable[int] | None = None
+    ) -> dict[int, AppUsage]:
+        """The app's own model usage per evaluation, by version (of one split, or all; of
+        some examples of it, or all)."""
         if not self._repeats:  # an older store, read-only: it recorded no usage
             return {}
         sql = (
@@ -1097,6 +1100,10 @@ class Store:
         if split is not None:
             sql += " AND split = ?"
             params.append(split)
+        if indices is not None:
+            wanted = sorted({int(i) for i in indices})
+            sql += f" AND idx IN ({', '.join('?' * len(wanted))})"
+            params.extend(wanted)
         return {
             r["version_id"]: AppUsage(
                 evaluations=r["n"], recorded=r["recorded"], reported=r["reported"],

@@ -292,6 +292,7 @@ class Trainer:
             "search": cfg.search,
             "proposals_per_step": cfg.proposals_per_step,
             "merge": cfg.merge,
+            "objectives": list(cfg.objectives),
             "max_metric_calls": cfg.max_metric_calls,
             "repeats": cfg.repeats,
             "acceptance": cfg.acceptance_rule,
@@ -465,8 +466,11 @@ class Trainer:
                 logger.warning("n_candidates=%d is for search='greedy'; the Pareto search uses proposals_per_step", cfg.n_candidates)
             ParetoSearch(self).run()
             return
-        if cfg.proposals_per_step != 1 or cfg.merge:
-            logger.warning("proposals_per_step and merge are for search='pareto'; search='greedy' ignores them")
+        if cfg.proposals_per_step != 1 or cfg.merge or cfg.objectives != ("score",):
+            logger.warning(
+                "proposals_per_step, merge and objectives are for search='pareto'; search='greedy' "
+                "ignores them (export --pick still chooses among the versions it scored on val)"
+            )
         self._loop()
 
     def _loop(self) -> None:
