@@ -45,6 +45,7 @@ BENCHMARKS = [
     "bench_faults",
     "bench_search",
     "bench_traces_import",
+    "bench_executors",
 ]
 NA = "n/a"
 NONE = "-"  # no trace-opt counterpart
@@ -131,7 +132,7 @@ def fewer(theirs: str) -> str:
 def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
     """(what is compared, opto_adapters, trace-opt in the same run, aim) rows, read from the
     benchmarks' own output."""
-    t, ops, p, st, im, lc, li, tr, fa, se, ti = (out[n] for n in BENCHMARKS)
+    t, ops, p, st, im, lc, li, tr, fa, se, ti, ex = (out[n] for n in BENCHMARKS)
     t, prompts = (
         section(t, "| traced call |") + section(t, "| backward |"),
         section(t, "| prompt |"),
@@ -374,6 +375,20 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
                 "flat (streamed, not loaded)",
             ),
         ]
+    for label, first, aim in [
+        ("threads, 16", ("threads, langchain", "16"), "(measured)"),
+        ("asyncio, 256 in flight", ("asyncio, langchain", "256"), "<= 1.2x"),
+        ("asyncio, 256 in flight, openai client", ("asyncio, python", "256"), "<= 1.2x"),
+        ("Ray, 2 workers x 8", ("ray (2 workers x 8), langchain", "16"), "(overhead per rollout printed)"),
+    ]:
+        rows.append(
+            (
+                f"one epoch, 200 examples, app model 200 ms, optimizer 1 s: wall / ideal, {label}",
+                cell(ex, first, 5),
+                NONE,
+                aim,
+            )
+        )
     return rows
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .llm import LLM, AsyncLLM
     from .patches import apply_patch
     from .traces import from_traces
-    from .train import Trainer, TrainResult, optimize
+    from .train import Trainer, TrainResult, optimize, optimize_async
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ _LAZY = {
     "LLM": "opto_adapters.llm",
     "AsyncLLM": "opto_adapters.llm",
     "optimize": "opto_adapters.train",
+    "optimize_async": "opto_adapters.train",
     "Trainer": "opto_adapters.train",
     "TrainResult": "opto_adapters.train",
     "from_traces": "opto_adapters.traces",
@@ -76,4 +77,5 @@ __all__ = [
     "model",
     "node",
     "optimize",
+    "optimize_async",
 ]

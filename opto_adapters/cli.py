@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="passes over the training set (default 1)")
     p.add_argument("--batch-size", type=int, help="examples per optimizer step (default 4)")
     p.add_argument("--concurrency", type=int, help="app runs in parallel (default 4)")
+    p.add_argument(
+        "--executor", choices=("threads", "asyncio", "ray"),
+        help="where the app runs: threads (default; its sync entry point), asyncio (its async "
+        "entry points, --concurrency runs in flight on one event loop) or ray (Ray workers, each "
+        "rebuilding the app from this recipe if it cannot be pickled; RAY_ADDRESS or a local cluster)",
+    )
     p.add_argument("--candidates", type=int, help="candidates proposed per step (greedy search; default 1)")
     p.add_argument(
         "--search", choices=("greedy", "pareto"),
@@ -235,6 +241,16 @@ def _optimize(args: argparse.Namespace) -> int:
         "objectives": args.objectives,
     }
     options.update({k: v for k, v in flags.items() if v is not None})
+    if args.executor == "ray":  # the workers can rebuild the app from the recipe file
+        from .train.ray_executor import RayExecutor
+
+        ray_options = {k: options.pop(k) for k in ("ray_address", "ray_workers") if k in options}
+        options["executor"] = RayExecutor(
+            recipe=str(Path(args.recipe).resolve()), address=ray_options.get("ray_address"),
+            workers=ray_options.get("ray_workers"),
+        )
+    elif args.executor is not None:
+        options["executor"] = args.executor
     if args.no_copy_guard:
         options["guard_copies"] = None
     if args.no_progress:

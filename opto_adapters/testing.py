@@ -309,7 +309,7 @@ class RecordedRequest:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 512  # accept backlog: hundreds of clients may connect at once (asyncio)
+    request_queue_size = 1024  # the listen backlog: hundreds of clients connect at once (default 5)
     owner: ScriptedLLMServer
 
 

@@ -172,3 +172,21 @@ class RecordingLLM(FakeListLLM):
     def _call(self, prompt: str, stop: Any = None, run_manager: Any = None, **kwargs: Any) -> str:
         self.prompts.append(prompt)
         return super()._call(prompt, stop, run_manager, **kwargs)
+
+
+class AsyncRecordingChatModel(RecordingChatModel):
+    """``RecordingChatModel`` with a native async path: ``ainvoke`` awaits ``delay`` seconds
+    on the event loop (no thread pool) and records the thread each async call ran in."""
+
+    delay: float = 0.0
+    async_threads: list[int] = Field(default_factory=list)
+
+    async def _agenerate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        import asyncio
+
+        self.async_threads.append(threading.get_ident())
+        await asyncio.sleep(self.delay)
+        reply = self._reply(messages, kwargs.get("tools") or [])
+        return ChatResult(generations=[ChatGeneration(message=reply)])

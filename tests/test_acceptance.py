@@ -279,8 +279,8 @@ def test_an_older_store_is_migrated_and_keeps_its_evaluations(tmp_path):
         migrated.add_evaluation(run_id, v, "val", 0, phase="val", score=1.0, repeat=1)
         assert [x.repeat for x in migrated.evaluations(run_id)] == [0, 1]
         assert migrated.check() == []
-    conn = sqlite3.connect(path)  # marked version 2: an opto_adapters of version 1 refuses to write to it
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    conn = sqlite3.connect(path)  # marked the current version: an older opto_adapters refuses to write to it
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
     conn.close()
 
 

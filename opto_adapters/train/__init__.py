@@ -2,6 +2,7 @@
 
 >>> from opto_adapters import optimize
 >>> result = optimize(app, train, val=val, guide=guide, epochs=3, store="runs.sqlite")
+>>> result = await optimize_async(app, train, val=val, guide=guide, executor="asyncio")
 """
 
 from ..trace import Feedback
@@ -18,7 +19,7 @@ from .errors import (
 )
 from .result import FrontCandidate, Scores, StepSummary, TrainResult, build_result
 from .store import Store
-from .trainer import Trainer, optimize
+from .trainer import Trainer, optimize, optimize_async
 
 __all__ = [
     "AppError",
@@ -41,4 +42,5 @@ __all__ = [
     "as_tracer",
     "build_result",
     "optimize",
+    "optimize_async",
 ]

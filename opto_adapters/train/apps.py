@@ -67,11 +67,31 @@ class PythonApp(TracerBase):
         """Call the app once; never raises the app's exception (see ``TracedRun``)."""
         try:
             result = self.fn(input)
-        except ExecutionError as exc:
+            if inspect.isawaitable(result):  # an async app called from sync code
+                result = _run_awaitable(result)
+        except Exception as exc:
+            return self._traced(None, exc)
+        return self._traced(result, None)
+
+    async def arun(self, input: Any) -> TracedRun:
+        """``run`` on the running event loop: an ``async def`` app (or an async ``@bundle``) is
+        awaited there; a sync one runs in a worker thread, so the loop is never blocked."""
+        if not _is_async(self.fn):
+            return await asyncio.to_thread(self.run, input)
+        try:
+            result = self.fn(input)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            return self._traced(None, exc)
+        return self._traced(result, None)
+
+    def _traced(self, result: Any, exc: Exception | None) -> TracedRun:
+        if isinstance(exc, ExecutionError):
             graph = Graph(exc.node)
             error: BaseException | None = exc.exception
             output = None
-        except Exception as exc:  # raised outside any bundle: traced as one opaque step
+        elif exc is not None:  # raised outside any bundle: traced as one opaque step
             text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             graph = Graph(ExceptionNode(exc, name="app_error", op=_APP_OP, traceback=text))
             error, output = exc, None
@@ -92,13 +112,28 @@ class PythonApp(TracerBase):
                     known.add(id(p))
         return traced
 
-    async def arun(self, input: Any) -> TracedRun:
-        """``run`` in a worker thread."""
-        return await asyncio.to_thread(self.run, input)
-
     def __repr__(self) -> str:
         name = getattr(self.fn, "__name__", type(self.fn).__name__)
         return f"PythonApp({name}, parameters={[p.name for p in self._parameters]})"
+
+
+def _is_async(fn: Any) -> bool:
+    """Whether calling ``fn`` gives an awaitable: an ``async def`` function, an async
+    ``@bundle``, an object whose ``__call__`` is one, or a ``Module`` with an async ``forward``."""
+    if isinstance(fn, Bundle):
+        return fn.is_async
+    if inspect.iscoroutinefunction(fn):
+        return True
+    method = vars(type(fn)).get("__call__")  # a class with an async __call__
+    return inspect.iscoroutinefunction(method) or inspect.iscoroutinefunction(getattr(fn, "forward", None))
+
+
+def _run_awaitable(awaitable: Any) -> Any:
+    """The result of an async app's awaitable, from sync code (no loop may be running here)."""
+    async def wait_for_it() -> Any:
+        return await awaitable
+
+    return asyncio.run(wait_for_it())
 
 
 def _discover(fn: Any) -> list[Parameter]:

@@ -47,7 +47,12 @@ class TrainConfig:
     runs scored by the guide, training and validation together, never exceeded); a token/call
     limit for the optimizer's LLM is a ``Budget`` passed as ``budget=``.
 
-    Evaluation: ``max_concurrency`` (app runs in parallel threads), ``error_score`` (the score
+    Evaluation: ``max_concurrency`` (app runs in flight at once), ``executor`` (what runs them:
+    ``"threads"``, the default, calls the app's sync entry point in ``max_concurrency``
+    threads; ``"asyncio"`` its async one, ``ainvoke``/``aquery``/``achat``, as coroutines on one
+    event loop; ``"ray"`` sends them to Ray workers, on the cluster at ``ray_address`` or the
+    one already initialized or a local one, ``ray_workers`` of them; or an ``Executor`` such as
+    ``RayExecutor(app_factory=...)``, see ``opto_adapters.train.executors``), ``error_score`` (the score
     of a run whose app raised, unless the guide scores it), ``tolerate_app_errors`` (do not stop
     when the app raises on every training example), ``infra_retries`` (how many times an app
     run whose model endpoint could not be reached, timed out or failed with a 5xx is tried
@@ -83,6 +88,9 @@ class TrainConfig:
     max_metric_calls: int | None = None
     time_limit: float | None = None
     max_concurrency: int = 4
+    executor: Any = "threads"
+    ray_address: str | None = None
+    ray_workers: int | None = None
     error_score: float = 0.0
     tolerate_app_errors: bool = False
     infra_retries: int = 2
@@ -98,6 +106,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_concurrency", "n_candidates", "proposals_per_step", "repeats"):
             _positive_int(name, getattr(self, name))
+        _check_executor(self.executor)
+        if self.ray_address is not None and not isinstance(self.ray_address, str):
+            raise ValueError(f"ray_address must be a Ray cluster address (a str) or None, got {self.ray_address!r}")
+        if self.ray_workers is not None:
+            _positive_int("ray_workers", self.ray_workers)
         if isinstance(self.infra_retries, bool) or not isinstance(self.infra_retries, int) or self.infra_retries < 0:
             raise ValueError(f"infra_retries must be an int >= 0, got {self.infra_retries!r}")
         for name in ("max_steps", "max_metric_calls"):
@@ -156,6 +169,17 @@ class TrainConfig:
                 "store, resume, budget, config)"
             )
         return replace(self, **settings) if settings else self
+
+
+def _check_executor(executor: Any) -> None:
+    from .executors import EXECUTORS, Executor
+
+    if isinstance(executor, Executor) or executor in EXECUTORS:
+        return
+    raise ValueError(
+        f"executor must be one of {list(EXECUTORS)} or an opto_adapters.train.executors.Executor, "
+        f"got {executor!r}"
+    )
 
 
 def _objectives(value: Any) -> tuple[str, ...]:

@@ -1,37 +1,37 @@
-"""The evaluation engine: run the app on examples (in parallel threads), score, store.
+"""The evaluation engine: run the app on examples (through an executor), score, store.
 
 Every evaluation is stored as it completes, keyed by (parameter version, split, example,
 repeat), so it is never computed twice in a run and a resumed run picks up where it stopped.
 An example evaluated ``repeats`` times (noise-aware acceptance) has one row per repeat. With
-each evaluation, the app's own model usage its run reported (``runs.usage``) is stored. When an
+each evaluation, the app's own model usage its run reported (``runs.usage``) is stored, and
+how many tries it took (``attempts``: more than 1 when its worker was lost and it ran again
+elsewhere). The app runs on threads, an event loop or Ray workers (``executors``); the engine
+waits, checks the time limit, retries lost workers and stores the same way for all. When an
 evaluation stops early (an error, a spent budget, the time limit, Ctrl-C), the runs already
-in flight are waited for before the error goes on: whoever restores the parameters next never
-changes them under a running app.
+in flight are settled (waited for, or cancelled) before the error goes on: whoever restores
+the parameters next never changes them under a running app.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from statistics import fmean
 from typing import Any
 
 from tqdm import tqdm
 
-from ..llm import BudgetExceeded
 from ..trace import Feedback, Graph, Parameter
-from ..trace.render import value_text
 from ..trace.tracer import TracedRun
 from .apps import AppTracer
-from .data import call_guide
 from .errors import InfrastructureError
-from .graphs import graph_from_json, graph_to_json
+from .executors import TICK, Executor, ThreadExecutor
+from .graphs import graph_from_json
 from .infra import failure
+from .runner import Outcome, Runner
 from .store import Store, StoredEvaluation
 
 __all__ = ["Evaluator", "Result", "Stop", "by_example", "mean"]
@@ -39,7 +39,7 @@ __all__ = ["Evaluator", "Result", "Stop", "by_example", "mean"]
 logger = logging.getLogger("opto_adapters.train")
 
 Guide = Callable[[Any, Any], Any]
-_TICK = 0.25  # seconds between checks of the time limit while runs are in flight
+_TICK = TICK  # seconds between checks of the time limit while runs are in flight
 _GRACE = 10.0  # seconds runs in flight are waited for when the loop stops (time limit, error)
 _INTERRUPT_GRACE = 3.0  # the same after Ctrl-C (a second Ctrl-C stops waiting at once)
 
@@ -68,14 +68,6 @@ class Result:
         return float(self.feedback.score)  # type: ignore[arg-type]  # guaranteed by the guide check
 
 
-@dataclass
-class _Outcome:
-    traced: TracedRun
-    feedback: Feedback
-    duration: float
-    graph_json: dict[str, Any] | None
-
-
 def mean(results: Sequence[Result]) -> float:
     """The mean score of some results."""
     return fmean(r.score for r in results)
@@ -91,7 +83,8 @@ def by_example(results: Sequence[Result]) -> list[list[float]]:
 
 class Evaluator:
     """Evaluates parameter versions of one run of ``store``; ``check`` is called between
-    runs (it raises ``Stop`` at the time limit). Use as a context manager: the worker threads
+    runs (it raises ``Stop`` at the time limit). ``executor`` runs the app (default: threads,
+    ``max_concurrency`` of them; see ``executors``). Use as a context manager: the workers
     live until it is left."""
 
     def __init__(
@@ -111,6 +104,7 @@ class Evaluator:
         check: Callable[[], None],
         probe: TracedRun | None = None,
         retries: int = 2,
+        executor: Executor | None = None,
     ) -> None:
         self.store, self.run_id, self.tracer = store, run_id, tracer
         self.inputs, self.examples, self.guide = inputs, examples, guide
@@ -121,19 +115,21 @@ class Evaluator:
         self.probe = probe  # a first run already made (discovery): train example 0's baseline
         self.retries = retries
         self.cache: dict[tuple[int, str, int], Graph] = {}
-        self._stopping = threading.Event()
-        self._executor: ThreadPoolExecutor | None = None
+        self.executor = executor if executor is not None else ThreadExecutor(max_concurrency)
+        self.runner = Runner(
+            tracer=tracer, inputs=inputs, examples=examples, guide=guide, error_score=error_score,
+            retries=retries, graph_json=store_graphs or self.executor.needs_graph_json,
+        )
 
     def __enter__(self) -> Evaluator:
-        if self.max_concurrency > 1:
-            self._executor = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="opto-train")
+        if getattr(self.executor, "max_concurrency", 0) is None:  # an executor given without one
+            self.executor.max_concurrency = self.max_concurrency  # type: ignore[attr-defined]
+        self.executor.open(self.runner)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._executor is not None:
-            # no run is in flight here: evaluate() waits for its own before it returns or raises
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        # no run is in flight here: evaluate() waits for its own before it returns or raises
+        self.executor.close()
 
     def keep_graphs_of(self, version: int) -> None:
         """Forget the cached graphs of every other version."""
@@ -197,37 +193,40 @@ class Evaluator:
         desc: str,
     ) -> None:
         sampled = False
+        attempts: dict[tuple[int, int], int] = {}
 
-        def record(key: tuple[int, int], outcome: _Outcome) -> None:
+        def record(key: tuple[int, int], outcome: Outcome) -> None:
             nonlocal sampled
             i, rep = key
-            traced, fb = outcome.traced, outcome.feedback
-            graph = traced.graph
-            error = f"{type(traced.error).__name__}: {traced.error}" if traced.error is not None else None
+            graph = outcome.graph
+            if graph is None and outcome.graph_json is not None:  # sent as data by a worker
+                graph = graph_from_json(outcome.graph_json, self.parameters)
             dot = text = None
             if graph is not None and not sampled and self.store_graphs:
                 dot, text, sampled = graph.to_dot(), graph.to_text(), True
             self.store.add_evaluation(
-                self.run_id, version, split, i, phase=phase, step=step, score=fb.score,
-                feedback=fb.text, output=None if error else value_text(traced.output),
-                error=error, duration=outcome.duration, graph=outcome.graph_json, dot=dot, text=text,
-                repeat=rep, usage=_usage(graph),
+                self.run_id, version, split, i, phase=phase, step=step, score=outcome.feedback.score,
+                feedback=outcome.feedback.text, output=outcome.output, error=outcome.error,
+                duration=outcome.duration, graph=outcome.graph_json if self.store_graphs else None,
+                dot=dot, text=text, repeat=rep, usage=outcome.usage, attempts=attempts.get(key, 1),
             )
+            self._counted()
             if split == "train" and graph is not None and rep == 0:  # a later minibatch may need it
                 self.cache[(version, split, i)] = graph
-            results[key] = Result(i, fb, error, graph if graphs and rep == 0 else None, rep)
+            results[key] = Result(i, outcome.feedback, outcome.error, graph if graphs and rep == 0 else None, rep)
             bar.update()
 
         bar = tqdm(total=len(todo), desc=desc, unit="ex", leave=False, disable=not self.progress)
         try:
-            if self._executor is None:
+            todo = self._probe_first(split, todo, record)
+            if self.executor.inline:
                 for key in todo:
                     self.check()
-                    record(key, self._run_one(split, key[0]))
+                    record(key, self.runner.run(split, key[0], self.executor.stopping))
                 return
-            futures: dict[Future[_Outcome], tuple[int, int]] = {
-                self._executor.submit(contextvars.copy_context().run, self._run_one, split, key[0]): key
-                for key in todo
+            self.executor.begin(version, {name: p.value for name, p in self.parameters.items()})
+            futures: dict[Future[Outcome], tuple[int, int]] = {
+                self.executor.submit(split, key[0]): key for key in todo
             }
             try:
                 pending = set(futures)
@@ -235,89 +234,64 @@ class Evaluator:
                     # the time limit is checked while runs are in flight, not only between them
                     done, pending = wait(pending, timeout=_TICK, return_when=FIRST_COMPLETED)
                     for future in done:
-                        record(futures[future], future.result())
+                        key = futures.pop(future)
+                        exc = future.exception()
+                        if exc is not None and self.executor.lost(exc):
+                            pending.add(self._again(split, key, attempts, exc, futures))
+                            continue
+                        record(key, future.result())
                     self.check()
             except BaseException as exc:
-                self._stopping.set()  # runs waiting to retry give up at once
+                self.executor.stopping.set()  # runs waiting to retry give up at once
                 try:
                     interrupted = isinstance(exc, KeyboardInterrupt)
-                    _settle(futures, interrupted=interrupted, grace=_INTERRUPT_GRACE if interrupted else _GRACE)
+                    self.executor.settle(futures, interrupted=interrupted, grace=_INTERRUPT_GRACE if interrupted else _GRACE)
                 finally:
-                    self._stopping.clear()
+                    self.executor.stopping.clear()
                 raise
         finally:
             bar.close()
 
-    def _run_one(self, split: str, i: int) -> _Outcome:
-        start = time.perf_counter()
-        if self.probe is not None and split == "train" and i == 0 and failure(self.probe.error) is None:
-            traced, self.probe = self.probe, None
-        else:
-            traced = self._run_app(split, i)
-        if isinstance(traced.error, BudgetExceeded):
-            raise traced.error
-        feedback = call_guide(
-            self.guide, self.examples[split][i], traced.output, traced.error,
-            split=split, index=i, error_score=self.error_score,
-        )
-        graph_json = graph_to_json(traced.graph) if traced.graph is not None and self.store_graphs else None
-        return _Outcome(traced, feedback, time.perf_counter() - start, graph_json)
-
-    def _run_app(self, split: str, i: int) -> TracedRun:
-        """Run the app on one example; a run that failed for its endpoint (see ``infra``) is
-        tried again, then raised as ``InfrastructureError``: it is never scored."""
-        for attempt in range(self.retries + 1):
-            traced = self.tracer.run(self.inputs[split][i])
-            found = failure(traced.error)
-            if found is None:
-                return traced
-            if attempt < self.retries and not self._stopping.is_set():
-                delay = 0.5 * 2**attempt
-                logger.warning(
-                    "%s example %d: the app's model endpoint failed (%s); trying again in %.1f s",
-                    split, i, found.error, delay,
-                )
-                if not self._stopping.wait(delay):
-                    continue
+    def _again(
+        self,
+        split: str,
+        key: tuple[int, int],
+        attempts: dict[tuple[int, int], int],
+        exc: BaseException,
+        futures: dict[Future[Outcome], tuple[int, int]],
+    ) -> Future[Outcome]:
+        """Submit an evaluation whose worker was lost once more (to another worker)."""
+        tries = attempts.get(key, 1)
+        limit = getattr(self.executor, "max_attempts", 3)
+        if tries >= limit:
             raise InfrastructureError(
-                f"the app failed on {split} example {i} for its endpoint, {attempt + 1} time(s) "
-                f"({found.error}): {found.advice()}. Nothing of it was scored; the run stopped as "
-                "failed and continues where it stopped with resume=True (CLI: --resume)",
-                kind=found.kind, url=found.url,
-            ) from traced.error
-        raise AssertionError("unreachable")
-
-
-def _usage(graph: Graph | None) -> dict[str, Any] | None:
-    """The app's own model usage of a run, from its graph (``runs.usage``), if it reported any."""
-    found = graph.metadata.get("usage") if graph is not None else None
-    return found.to_data() if found is not None else None
-
-
-def _settle(futures: Iterable[Future[Any]], *, interrupted: bool, grace: float | None = None) -> None:
-    """Cancel the runs not started and wait for those in flight (their results are dropped),
-    so the parameters are not changed under a running app. After Ctrl-C a second Ctrl-C
-    stops waiting; otherwise (the time limit, an error) at most ``grace`` seconds are waited."""
-    running = [f for f in futures if not f.cancel() and not f.done()]
-    if not running:
-        return
-    if interrupted:
+                f"{split} example {key[0]}: its {self.executor.name} worker was lost {tries} "
+                f"time(s) ({type(exc).__name__}: {exc}); nothing of it was scored. Check the "
+                "cluster (memory, nodes), then continue with resume=True (CLI: --resume)",
+                kind="worker",
+            ) from exc
+        attempts[key] = tries + 1
         logger.warning(
-            "waiting up to %.0f s for %d app run(s) in flight before the parameters are restored; "
-            "press Ctrl-C again to stop without waiting", grace or 0, len(running),
+            "%s example %d: its %s worker was lost (%s); running it again (attempt %d)",
+            split, key[0], self.executor.name, type(exc).__name__, tries + 1,
         )
-    deadline = None if grace is None else time.monotonic() + grace
-    try:
-        pending = set(running)
-        while pending:
-            if deadline is not None and time.monotonic() >= deadline:
-                logger.warning(
-                    "stopped waiting after %.0f s: %d app run(s) still in flight may see the "
-                    "parameters change (their results are not used)", grace, len(pending),
-                )
-                return
-            _, pending = wait(pending, timeout=_TICK, return_when=FIRST_COMPLETED)
-    except KeyboardInterrupt:
-        if not interrupted:
-            raise
-        logger.warning("stopped waiting: %d app run(s) may still see the parameters change", len(running))
+        future = self.executor.submit(split, key[0])
+        futures[future] = key
+        return future
+
+    def _probe_first(
+        self, split: str, todo: list[tuple[int, int]], record: Callable[[tuple[int, int], Outcome], None]
+    ) -> list[tuple[int, int]]:
+        """Score the discovery run (train example 0, made before the run began) instead of
+        running it again; the other evaluations are left to do."""
+        probe = self.probe
+        if probe is None or split != "train" or (0, 0) not in todo or failure(probe.error) is not None:
+            return todo
+        self.probe = None
+        record((0, 0), self.runner.outcome(split, 0, probe, time.perf_counter()))
+        return [k for k in todo if k != (0, 0)]
+
+    def _counted(self) -> None:
+        """Called once per stored evaluation (``CountingEvaluator`` counts them)."""
+
+

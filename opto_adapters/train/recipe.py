@@ -30,8 +30,11 @@ Optional
         objective=OBJECTIVE)``).
     ``SETTINGS``
         A dict of ``Trainer`` options (``epochs``, ``batch_size``, ``n_candidates``,
-        ``search="pareto"``, ``proposals_per_step``, ``merge``, ``max_metric_calls``...);
-        command-line flags (``--search``...) override them.
+        ``search="pareto"``, ``proposals_per_step``, ``merge``, ``max_metric_calls``,
+        ``executor``...); command-line flags (``--search``, ``--executor``...) override them.
+        With ``--executor ray``, a worker that is not sent the app (it cannot be pickled)
+        executes this file and calls ``build_app()`` itself, so keep building it free of side
+        effects; ``ray_address`` and ``ray_workers`` here choose the cluster and its size.
 
 The optimizer's LLM is configured by the environment: ``OPTO_MODEL`` (or ``--model``),
 ``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``. An app that calls a model of its own reads

@@ -48,7 +48,6 @@ class CountingEvaluator(Evaluator):
             )
         super()._run_all(version, split, todo, *args, **kwargs)
 
-    def _run_one(self, split: str, i: int) -> Any:
-        with self._count_lock:
+    def _counted(self) -> None:
+        with self._count_lock:  # one per stored evaluation: a run tried again counts once
             self.used += 1
-        return super()._run_one(split, i)

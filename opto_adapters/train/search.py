@@ -274,7 +274,7 @@ class ParetoSearch:
                 "@bundle operations, or the framework tracer's graph)"
             )
         t._check_time()
-        proposal = opt.propose()
+        proposal = t._propose()
         usage = proposal.usage or {}
         reason = None
         if not proposal.values:

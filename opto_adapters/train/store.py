@@ -6,7 +6,7 @@ prompt and reply, tokens, accepted or rejected and why), every evaluation (examp
 error, score, feedback text) with its OPTO graph (zlib-compressed JSON of nodes and edges;
 DOT and text views for one sampled run per phase).
 
-Schema (version 1)::
+Schema (version 3)::
 
     meta(key PRIMARY KEY, value)                     -- schema_version, created_by
     runs(id, name, status, message, config JSON, created_at, updated_at,
@@ -22,7 +22,7 @@ Schema (version 1)::
                created_at, ci_low, ci_high)          -- UNIQUE (run_id, step, k)
     evaluations(id, run_id, version_id, split, idx, repeat, phase, step, output, error, score,
                 feedback, duration, prompt_tokens, completion_tokens, model_calls,
-                model_latency, created_at)           -- UNIQUE (run_id, version_id, split, idx, repeat)
+                model_latency, created_at, attempts)  -- UNIQUE (run_id, version_id, split, idx, repeat)
     graphs(evaluation_id PRIMARY KEY, data BLOB, dot, text)
     optimizer_memory(run_id PRIMARY KEY, step, entries JSON)
     search_pool(run_id, version_id, candidate_id, step, kind, parents JSON, on_front,
@@ -85,7 +85,7 @@ __all__ = [
 
 logger = logging.getLogger("opto_adapters.train")
 
-SCHEMA_VERSION = 2  # 2: evaluations keyed by repeat too (an older opto_adapters must not write to it)
+SCHEMA_VERSION = 3  # 2: evaluations keyed by repeat too; 3: their attempts (an older opto_adapters must not write to it)
 MEMORY = ":memory:"
 DEFAULT_VALUE_BUDGET = 20_000
 """Characters kept of one stored text or graph node value (the optimizer prompt shows 1,000)."""
@@ -169,6 +169,7 @@ CREATE TABLE {name} (
     model_calls INTEGER,
     model_latency REAL,
     created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 1,
     UNIQUE (run_id, version_id, split, idx, repeat)
 );
 """
@@ -267,6 +268,9 @@ CREATE TABLE candidates (
 # app's model reported nothing), and the candidates' acceptance interval (``ci_low``,
 # ``ci_high``). A store made before is migrated when opened for writing (the evaluations table
 # is rebuilt in one transaction, ids kept); read-only, it reads as repeat 0 without usage.
+# Schema version 3 adds the evaluations' ``attempts``: how many times the evaluation was sent
+# to a worker (more than 1 when a Ray worker was lost and it ran again elsewhere); a store made
+# before gets the column (1 for every evaluation) when opened for writing.
 
 _RUN_FIELDS = frozenset(
     {
@@ -395,6 +399,7 @@ class StoredEvaluation:
     completion_tokens: int | None = None
     model_calls: int | None = None
     model_latency: float | None = None
+    attempts: int = 1
 
 
 @dataclass(frozen=True)
@@ -563,11 +568,15 @@ class Store:
         one transaction: a process killed meanwhile leaves the store as it was."""
         candidate_columns = self._columns("candidates")
         missing = [(c, t) for c, t in _CANDIDATE_COLUMNS_ADDED if c not in candidate_columns]
-        rebuild = "repeat" not in self._columns("evaluations")
-        if not missing and not rebuild:
+        evaluation_columns = self._columns("evaluations")
+        rebuild = "repeat" not in evaluation_columns
+        attempts = not rebuild and "attempts" not in evaluation_columns  # a rebuild has it
+        if not missing and not rebuild and not attempts:
             return
         script = f"BEGIN; UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';"
         script += "".join(f" ALTER TABLE candidates ADD COLUMN {c} {t};" for c, t in missing)
+        if attempts:
+            script += " ALTER TABLE evaluations ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;"
         if rebuild:
             script += (
                 _EVALUATIONS_TABLE.format(name="evaluations_new") + ";"
@@ -576,7 +585,7 @@ class Store:
                 + _EVALUATIONS_INDEX
             )
         self._conn.executescript(script + " COMMIT;")
-        logger.info("%s: added the columns of repeated evaluations, app usage and acceptance intervals", self.path)
+        logger.info("%s: added the columns of repeated evaluations, app usage, attempts and acceptance intervals", self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -1001,11 +1010,13 @@ class Store:
         text: str | None = None,
         repeat: int = 0,
         usage: Mapping[str, Any] | None = None,
+        attempts: int = 1,
     ) -> int:
         """Record (or replace) the evaluation of one example under one version (texts and graph
         node values cut to the store's ``value_budget``). ``repeat`` numbers the evaluations of
         the same example and version (0 first); ``usage`` is the app's own model usage
-        (``prompt_tokens``, ``completion_tokens``, ``model_calls``, ``latency``)."""
+        (``prompt_tokens``, ``completion_tokens``, ``model_calls``, ``latency``); ``attempts``
+        how many times it was sent to a worker (more than 1: a lost worker's example ran again)."""
         u = usage or {}
         blob = None
         if graph:
@@ -1016,18 +1027,18 @@ class Store:
         with self._lock, self._conn:
             (eid,) = self._conn.execute(
                 "INSERT INTO evaluations(run_id, version_id, split, idx, repeat, phase, step, output, error, score, "
-                "feedback, duration, prompt_tokens, completion_tokens, model_calls, model_latency, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "feedback, duration, prompt_tokens, completion_tokens, model_calls, model_latency, created_at, attempts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(run_id, version_id, split, idx, repeat) DO UPDATE SET phase=excluded.phase, "
                 "step=excluded.step, output=excluded.output, error=excluded.error, score=excluded.score, "
                 "feedback=excluded.feedback, duration=excluded.duration, prompt_tokens=excluded.prompt_tokens, "
                 "completion_tokens=excluded.completion_tokens, model_calls=excluded.model_calls, "
-                "model_latency=excluded.model_latency, created_at=excluded.created_at "
+                "model_latency=excluded.model_latency, created_at=excluded.created_at, attempts=excluded.attempts "
                 "RETURNING id",
                 _params((
                     run_id, version_id, split, index, repeat, phase, step, output, error, score,
                     feedback or "", duration, u.get("prompt_tokens"), u.get("completion_tokens"),
-                    u.get("model_calls"), u.get("latency"), time.time(),
+                    u.get("model_calls"), u.get("latency"), time.time(), attempts,
                 )),
             ).fetchone()
             if blob is not None:
@@ -1263,5 +1274,5 @@ def _evaluation(r: sqlite3.Row) -> StoredEvaluation:
         score=r["score"], feedback=r["feedback"], duration=r["duration"], created_at=r["created_at"],
         repeat=_get(r, "repeat", 0), prompt_tokens=_get(r, "prompt_tokens"),
         completion_tokens=_get(r, "completion_tokens"), model_calls=_get(r, "model_calls"),
-        model_latency=_get(r, "model_latency"),
+        model_latency=_get(r, "model_latency"), attempts=_get(r, "attempts", 1),
     )

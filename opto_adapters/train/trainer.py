@@ -10,15 +10,24 @@ resumption are ``record``'s job, the result ``result``'s, the settings ``config`
 ``Trainer(...)`` only checks its arguments; the app is looked at (its tracer made, its
 parameters discovered, for a plain function by running it once) on first use: ``fit()``, or
 reading ``trainer.parameters`` / ``trainer.optimizer`` / ``trainer.tracer``.
+
+``afit()`` is ``fit()`` for async code: the step logic (one decision at a time) runs in one
+driver thread while the app runs (``executor="asyncio"``) and the optimizer's requests (when
+it has ``apropose``) run on the caller's event loop; ``fit()`` with ``executor="asyncio"``
+does the same on a private loop. Both are the same engine (``engine.Evaluator`` over an
+``executors.Executor``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any
 
 from tqdm import tqdm
@@ -33,6 +42,7 @@ from .config import TrainConfig
 from .data import InputKey, app_inputs, examples_list, fingerprint
 from .engine import Evaluator, Result, Stop, by_example, mean
 from .errors import AppError, InfrastructureError
+from .executors import TICK, Executor, make_executor
 from .guard import DEFAULT_THRESHOLD, CopyGuard
 from .record import open_run
 from .result import DONE, FrontCandidate, Scores, StepSummary, TrainResult, build_result
@@ -41,6 +51,7 @@ from .store import Store
 
 __all__ = [
     "FrontCandidate", "Scores", "StepSummary", "TrainConfig", "TrainResult", "Trainer", "build_result", "optimize",
+    "optimize_async",
 ]
 
 logger = logging.getLogger("opto_adapters.train")
@@ -48,6 +59,7 @@ logger = logging.getLogger("opto_adapters.train")
 Guide = Callable[[Any, Any], Any]
 _EPS = 1e-9
 _OPTIMIZER_API = ("zero_feedback", "backward", "propose", "apply", "parameters")
+_AFIT_GRACE = 30.0  # seconds a cancelled afit() waits for the driver to store what it did
 
 
 MAX_SCORE = 1.0
@@ -100,7 +112,12 @@ class Trainer:
     ``batch_size``, ``shuffle``, ``seed``, ``n_candidates``, ``search``,
     ``proposals_per_step``, ``merge``, ``max_steps``, ``max_metric_calls``, ``time_limit``,
     ``max_concurrency``, ``error_score``, ``tolerate_app_errors``, ``run_name``,
-    ``store_graphs``, ``progress``), which override ``config``'s.
+    ``store_graphs``, ``progress``, ``executor``, ``ray_address``, ``ray_workers``), which
+    override ``config``'s.
+
+    Where the app runs: ``executor="threads"`` (default), ``"asyncio"`` (the app's async entry
+    points, many runs in flight on one event loop; ``await trainer.afit()``), ``"ray"`` (Ray
+    workers), or an ``Executor`` (``opto_adapters.train.executors``).
 
     How to search: ``search="greedy"`` (the default) keeps one incumbent and the loop below;
     ``search="pareto"`` keeps a pool of candidates (``opto_adapters.train.search``).
@@ -171,6 +188,8 @@ class Trainer:
         self._steps_bar: Any = None
         self._guard: CopyGuard | None = None
         self._refused: dict[int, str] = {}
+        self._event_loop: asyncio.AbstractEventLoop | None = None  # afit's: async calls run there
+        self._interrupt = threading.Event()  # afit cancelled: the driver stops as after Ctrl-C
 
     # -- set-up, on first use ----------------------------------------------------------------
 
@@ -259,6 +278,7 @@ class Trainer:
             "batch_size": self.batch_size,
             "n_candidates": cfg.n_candidates,
             "max_concurrency": cfg.max_concurrency,
+            "executor": cfg.executor if isinstance(cfg.executor, str) else cfg.executor.name,
             "shuffle": cfg.shuffle,
             "seed": cfg.seed,
             "error_score": float(cfg.error_score),
@@ -319,6 +339,14 @@ class Trainer:
 
         However training stops, app runs in flight finish before any value is restored (after
         Ctrl-C too, unless Ctrl-C is pressed again)."""
+        try:
+            return self._fit()
+        finally:
+            evaluator, self._evaluator = self._evaluator, None
+            if evaluator is not None:  # its workers served the final evaluations too
+                evaluator.__exit__(None, None, None)
+
+    def _fit(self) -> TrainResult:
         self._prepare()
         limit = self.config.time_limit
         self._deadline = time.monotonic() + limit if limit else None
@@ -328,8 +356,8 @@ class Trainer:
         status, message = "completed", None
         try:
             self._open_run()
-            with self._make_evaluator():
-                self._search()
+            self._make_evaluator().__enter__()
+            self._search()
         except KeyboardInterrupt:
             if self.run_id is None:  # nothing was stored: there is no run to report
                 raise
@@ -367,9 +395,41 @@ class Trainer:
         self.store.update_run(self.run_id, status=status, message=message)
         return self.result()
 
+    async def afit(self) -> TrainResult:
+        """``fit()`` from async code (``await trainer.afit()``): the app's runs
+        (``executor="asyncio"``) and the optimizer's requests (``apropose``, when it has one)
+        run on this event loop, the step logic in one thread. Cancelling the task (Ctrl-C under
+        ``asyncio.run``) stops the run as Ctrl-C stops ``fit``: the runs in flight are
+        cancelled, the run is stored as interrupted (continue with ``resume=True``), and the
+        cancellation goes on."""
+        self._event_loop = asyncio.get_running_loop()
+        self._interrupt.clear()
+        driver = asyncio.ensure_future(asyncio.to_thread(self.fit))
+        try:
+            return await asyncio.shield(driver)
+        except asyncio.CancelledError:
+            self._interrupt.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(driver), timeout=_AFIT_GRACE)
+            except BaseException:  # the run's own error or a slow stop: the cancellation wins
+                logger.warning("afit() was cancelled; the run stops in the background", exc_info=True)
+            raise
+        finally:
+            self._event_loop = None
+
+    def _make_executor(self) -> Executor:
+        cfg = self.config
+        executor = make_executor(
+            cfg.executor, max_concurrency=cfg.max_concurrency, loop=self._event_loop,
+            **({"address": cfg.ray_address, "workers": cfg.ray_workers} if cfg.executor == "ray" else {}),
+        )
+        if executor.name == "ray":
+            executor.app = self._app  # type: ignore[attr-defined]  # what to ship if the tracer is not
+        return executor
+
     def _make_evaluator(self) -> Evaluator:
         assert self.run_id is not None
-        self._evaluator = CountingEvaluator(
+        self._evaluator = CountingEvaluator(executor=self._make_executor(),
             limit=self.config.max_metric_calls, used=self.store.evaluation_count(self.run_id),
             store=self.store, run_id=self.run_id, tracer=self.tracer, inputs=self.inputs,
             examples=self.examples, guide=self.guide, parameters=self._by_name,
@@ -494,6 +554,8 @@ class Trainer:
             self.store.update_run(self.run_id, best_version_id=version, best_score=score)
 
     def _check_time(self) -> None:
+        if self._interrupt.is_set():
+            raise KeyboardInterrupt("afit() was cancelled")
         if self._deadline is not None and time.monotonic() > self._deadline:
             raise Stop("time_limit", f"time limit of {self.config.time_limit:g} s reached")
 
@@ -646,7 +708,7 @@ class Trainer:
             )
         for _ in range(len(stored), self.config.n_candidates):
             self._check_time()
-            proposal = self.optimizer.propose()
+            proposal = self._propose()
             usage = proposal.usage or {}
             reason = None
             if not proposal.values:
@@ -670,6 +732,26 @@ class Trainer:
             if proposal.values:
                 out.append((cid, proposal.values))
         return out
+
+    def _propose(self) -> Any:
+        """One optimizer proposal: ``await optimizer.apropose()`` on the event loop when the
+        optimizer has it and there is a loop (``afit``, or ``executor="asyncio"``), else
+        ``optimizer.propose()`` in this thread."""
+        apropose = getattr(self.optimizer, "apropose", None)
+        loop = self._event_loop
+        if loop is None and self._evaluator is not None:
+            loop = self._evaluator.executor.loop
+        if apropose is None or loop is None or not loop.is_running():
+            return self.optimizer.propose()
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(apropose(), loop)
+        try:
+            while not future.done():
+                wait([future], timeout=TICK, return_when=FIRST_COMPLETED)
+                self._check_time()
+        except BaseException:
+            future.cancel()
+            raise
+        return future.result()
 
     def _optimizer_failed(self, step: int, error: str) -> None:
         """An optimizer call got no answer: the step is not done (a resume asks again)."""
@@ -856,6 +938,50 @@ def _attach_budget(optimizer: Any, budget: Budget | None) -> Budget | None:
     return budget
 
 
+def _trainer(
+    app: Any, train: Any, val: Any, *, guide: Guide, optimizer: Any, store: Any, budget: Any,
+    traces: Any, feedback: Any, options: dict[str, Any],
+) -> Trainer:
+    if traces is not None:
+        if train is not None:
+            raise TypeError("pass train= (examples to run) or traces= (runs that already happened), not both")
+        from .from_traces import TraceTrainer
+
+        return TraceTrainer(
+            app, traces, val, guide=guide, feedback=feedback, optimizer=optimizer, store=store,
+            budget=budget, **options,
+        )
+    if feedback is not None:
+        raise TypeError("feedback= goes with traces= (feedback on imported runs); a train run's feedback comes from guide")
+    if train is None:
+        raise TypeError("optimize() needs train= (examples to run the app on) or traces= (runs to learn from)")
+    return Trainer(app, train, val, guide=guide, optimizer=optimizer, store=store, budget=budget, **options)
+
+
+async def optimize_async(
+    app: Any,
+    train: Iterable[Any] | None = None,
+    val: Iterable[Any] | None = None,
+    *,
+    guide: Guide,
+    optimizer: Any = None,
+    store: str | Store | None = None,
+    budget: Budget | None = None,
+    traces: Any = None,
+    feedback: Any = None,
+    **options: Any,
+) -> TrainResult:
+    """``optimize`` for async code: ``await optimize_async(app, train, val, guide=...,
+    executor="asyncio", max_concurrency=64)`` runs the app through its async entry points on
+    this event loop (see ``Trainer.afit``); the arguments are ``optimize``'s."""
+    trainer = _trainer(
+        app, train, val, guide=guide, optimizer=optimizer, store=store, budget=budget,
+        traces=traces, feedback=feedback, options=options,
+    )
+    with trainer:
+        return await trainer.afit()
+
+
 def optimize(
     app: Any,
     train: Iterable[Any] | None = None,
@@ -880,26 +1006,17 @@ def optimize(
     or any ``TrainConfig`` field as a keyword (``epochs``, ``batch_size``,
     ``max_concurrency``, ``n_candidates``, ``time_limit``, ``max_steps``, ``progress``,
     ``search="pareto"``, ``proposals_per_step``, ``merge``, ``max_metric_calls``...).
+    ``executor`` says where the app runs: ``"threads"`` (default), ``"asyncio"`` (its async
+    entry points, ``max_concurrency`` runs in flight on one event loop) or ``"ray"`` (Ray
+    workers; ``ray_address``, ``ray_workers``); from async code use ``optimize_async``.
 
     ``traces`` (with ``feedback``) instead of ``train``: propose from runs recorded elsewhere
     (LangSmith runs, OpenInference spans; see ``opto_adapters.from_traces``) and validate
     every candidate live on ``val`` (required), see ``TraceTrainer``.
     """
-    if traces is not None:
-        if train is not None:
-            raise TypeError("pass train= (examples to run) or traces= (runs that already happened), not both")
-        from .from_traces import TraceTrainer
-
-        trainer: Trainer = TraceTrainer(
-            app, traces, val, guide=guide, feedback=feedback, optimizer=optimizer, store=store,
-            budget=budget, **options,
-        )
-        with trainer:
-            return trainer.fit()
-    if feedback is not None:
-        raise TypeError("feedback= goes with traces= (feedback on imported runs); a train run's feedback comes from guide")
-    if train is None:
-        raise TypeError("optimize() needs train= (examples to run the app on) or traces= (runs to learn from)")
-    trainer = Trainer(app, train, val, guide=guide, optimizer=optimizer, store=store, budget=budget, **options)
+    trainer = _trainer(
+        app, train, val, guide=guide, optimizer=optimizer, store=store, budget=budget,
+        traces=traces, feedback=feedback, options=options,
+    )
     with trainer:
         return trainer.fit()
