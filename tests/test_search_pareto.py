@@ -365,7 +365,7 @@ def test_the_resume_worlds_explore_and_merge(scripted_llm):
     assert [m.kind for m in store.pool(result.run_id)] == ["seed", "mutation", "mutation", "merge"]
 
 
-STOPS = [("explores", n) for n in (*range(3, 95, 9), 108)] + [("merges", n) for n in range(2, 31, 4)]
+STOPS = [("explores", n) for n in (*range(3, 95, 9), 102)] + [("merges", n) for n in range(2, 31, 4)]
 
 
 @pytest.mark.parametrize(("world", "stop_at"), STOPS)
@@ -637,3 +637,62 @@ def test_objectives_are_checked():
     for bad in (("tokens",), ("score", "latency"), (), ("score", "score"), 3):
         with pytest.raises(ValueError, match="objectives must be"):
             TrainConfig(objectives=bad)
+
+
+# -- parallel proposals --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("executor", ["threads", "asyncio"])
+def test_the_children_of_a_step_are_proposed_concurrently_each_from_its_own_parent(scripted_llm, executor):
+    import threading
+    import time
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0, "seen": []}
+
+    def reply(body):
+        prefix = variables(body).split("prefix=", 1)[1].split("\n", 1)[0].strip()
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            state["seen"].append(prefix)
+            first_a = state["seen"].count("A") == 1 and prefix == "A"
+        time.sleep(0.3)  # long enough for a sibling request to arrive meanwhile
+        with lock:
+            state["now"] -= 1
+        if prefix == "Reply":
+            return suggest(prefix="A")
+        if first_a:
+            return suggest(prefix="B")
+        # each child asks for the other parent's prefix: new only against its own parent
+        return suggest(prefix="B" if prefix == "A" else "A", suffix="?")
+
+    scripted_llm.set_default(reply)
+    train = wanting("A", "A", "B", "B", *["x"] * 4)
+    val = wanting("A", "B", "B", prefix="v")
+    _, store, result = two_part(
+        scripted_llm, train, val, proposals_per_step=2, max_steps=3, executor=executor,
+    )
+    assert state["seen"][:2] == ["Reply", "A"] and sorted(state["seen"][2:]) == ["A", "B"]
+    assert state["most"] == 2  # step 3's two requests were in flight together
+    third = store.candidates(result.run_id, 3)
+    assert sorted(tuple(sorted(c.values.items())) for c in third) == [
+        (("prefix", "A"), ("suffix", "?")), (("prefix", "B"), ("suffix", "?")),
+    ]
+    lineage = store.lineage(result.run_id)
+    assert sorted(len(lineage[c.id][1]) for c in third) == [1, 1] and lineage[third[0].id] != lineage[third[1].id]
+
+
+def test_a_budget_spent_by_one_of_a_step_s_requests_keeps_the_other_s_answer(scripted_llm):
+    scripted_llm.script(suggest(prefix="A"), suggest(prefix="B"), suggest(suffix="?"))
+    train = wanting("A", "A", "B", "B", *["x"] * 4)
+    val = wanting("A", "B", "B", prefix="v")
+    app = TwoPartApp()
+    store = Store()
+    result = optimize(
+        app, train, val, guide=want_guide, optimizer=OptoPrime(app.parameters, llm_for(scripted_llm)),
+        store=store, batch_size=2, shuffle=False, max_concurrency=1, progress=False, search="pareto",
+        proposals_per_step=2, budget=Budget(max_calls=3),
+    )
+    assert result.status == "budget_exhausted"
+    third = store.candidates(result.run_id, 3)
+    assert [c.values for c in third] == [{"suffix": "?"}]  # answered, stored, asked no more on resume

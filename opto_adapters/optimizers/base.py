@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ from ..trace.coercion import differs
 from ..trace.parameters import parameters_by_name
 from ..trace.tracer import TracedRun
 
-__all__ = ["Optimizer", "Proposal", "StepRecord"]
+__all__ = ["Optimizer", "PendingProposal", "Proposal", "StepRecord"]
 
 logger = logging.getLogger("opto_adapters.optimizers")
 
@@ -46,11 +46,55 @@ class Proposal:
     # the values ``check`` typed and validated, as it made them (a value replaced since then
     # is not one of them): ``step`` writes those without validating them again
     _checked: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # the values the proposal was made from (``prepare``): a suggestion is new if it differs
+    # from these, whatever the parameters hold when the reply comes back
+    basis: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def prompt(self) -> str:
         """The messages sent, as one text."""
         return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in self.messages)
+
+
+class PendingProposal:
+    """A proposal whose request is made (from the feedback and values at ``prepare`` time)
+    but not yet sent: ``run()`` sends it, ``await arun()`` too without blocking the loop.
+    Several can be sent at once (the search's parallel proposals): each holds its own prompt.
+    Either call returns the ``Proposal``; a failure in it is one, as with ``propose``."""
+
+    def __init__(
+        self,
+        run: Callable[[], Proposal],
+        arun: Callable[[], Awaitable[Proposal]] | None = None,
+        *,
+        fatal: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self._run, self._arun, self._fatal = run, arun, fatal
+
+    @classmethod
+    def ready(cls, proposal: Proposal) -> PendingProposal:
+        """One whose proposal is already made (an optimizer that cannot defer its call)."""
+        return cls(lambda: proposal)
+
+    def run(self) -> Proposal:
+        try:
+            return self._run()
+        except self._fatal:
+            raise
+        except Exception as exc:
+            return _failed_proposal(exc)
+
+    async def arun(self) -> Proposal:
+        if self._arun is None:
+            import asyncio
+
+            return await asyncio.to_thread(self.run)
+        try:
+            return await self._arun()
+        except self._fatal:
+            raise
+        except Exception as exc:
+            return _failed_proposal(exc)
 
 
 @dataclass
@@ -176,6 +220,21 @@ class Optimizer:
         except Exception as exc:
             return _failed_proposal(exc)
 
+    def prepare(self) -> PendingProposal:
+        """Make the next proposal's request from the feedback and values now, to send later
+        (``run``/``arun``), beside others made from other feedback; changes nothing. An
+        optimizer that cannot defer its call makes the proposal here."""
+        self._require_feedback()
+        try:
+            return self._prepare()
+        except self.fatal_errors:
+            raise
+        except Exception as exc:
+            return PendingProposal.ready(_failed_proposal(exc))
+
+    def _prepare(self) -> PendingProposal:
+        return PendingProposal.ready(self.propose())
+
     def _require_feedback(self) -> None:
         if not any(p.propagated() for p in self.parameters):
             raise RuntimeError(
@@ -214,7 +273,8 @@ class Optimizer:
             except ValidationError as exc:
                 proposal.rejected[name] = exc.errors.get(name, str(exc))
                 continue
-            if differs(typed, param.peek()):
+            basis = proposal.basis
+            if differs(typed, basis[name] if basis is not None and name in basis else param.peek()):
                 proposal.values[name] = typed
                 proposal._checked[name] = typed
 

@@ -23,7 +23,7 @@ from ..llm.core import JSONResult
 from ..trace import Parameter, Subgraph
 from ..trace.coercion import differs
 from ..trace.render import cut, value_text
-from .base import Optimizer, Proposal
+from .base import Optimizer, PendingProposal, Proposal
 
 __all__ = ["LLMOptimizer", "MemoryEntry", "REPLY_SCHEMA", "reply_example", "reply_format"]
 
@@ -221,15 +221,25 @@ class LLMOptimizer(Optimizer):
             )
         return super().propose()
 
-    def _propose(self) -> Proposal:
+    def _prepare(self) -> PendingProposal:
+        """The prompt is made now, from the feedback and values now; the call when sent."""
         subs = self.feedback_subgraphs()
         messages = self._prompt(subs)
-        return self._answered(self.ask(messages), subs)
+        basis = self.current_values()
+
+        def run() -> Proposal:
+            return self._answered(self.ask(messages, basis=basis), subs)
+
+        async def arun() -> Proposal:
+            return self._answered(await self.aask(messages, basis=basis), subs)
+
+        return PendingProposal(run, arun, fatal=self.fatal_errors)
+
+    def _propose(self) -> Proposal:
+        return self._prepare().run()
 
     async def _apropose(self) -> Proposal:
-        subs = self.feedback_subgraphs()
-        messages = self._prompt(subs)
-        return self._answered(await self.aask(messages), subs)
+        return await self._prepare().arun()
 
     def _prompt(self, subgraphs: list[Subgraph]) -> list[dict[str, str]]:
         """The messages of the next request from the accumulated feedback (and any
@@ -251,18 +261,19 @@ class LLMOptimizer(Optimizer):
             request["max_tokens"] = limit
         return request
 
-    def ask(self, messages: list[dict[str, str]]) -> Proposal:
+    def ask(self, messages: list[dict[str, str]], *, basis: dict[str, Any] | None = None) -> Proposal:
         """Send ``messages``; turn the reply into a checked ``Proposal``.
 
         Authentication and budget errors are raised (the caller must act); any other failure
         is recorded in ``proposal.error`` (the exception in ``proposal.cause``) and changes
         nothing. A reply cut at ``max_tokens`` is flagged ``truncated``; only a complete
-        top-level object in it is used.
+        top-level object in it is used. ``basis``: the values the messages were made from
+        (what a suggestion must differ from; default: the parameters' values when it returns).
         """
         llm = self.llm
         if _awaitable(llm):
             raise TypeError(f"{type(llm).__name__} must be awaited: use `await optimizer.aask(messages)`")
-        proposal = Proposal(messages=messages)
+        proposal = Proposal(messages=messages, basis=basis)
         request = self._request()
         try:
             result = llm.complete_json(messages, REPLY_SCHEMA, **request)
@@ -272,10 +283,10 @@ class LLMOptimizer(Optimizer):
             return self._failed(proposal, exc, request.get("max_tokens"))
         return self._read(proposal, result)
 
-    async def aask(self, messages: list[dict[str, str]]) -> Proposal:
+    async def aask(self, messages: list[dict[str, str]], *, basis: dict[str, Any] | None = None) -> Proposal:
         """:meth:`ask`, awaited: an ``AsyncLLM`` is awaited, an ``LLM`` runs in a worker thread."""
         llm = self.llm
-        proposal = Proposal(messages=messages)
+        proposal = Proposal(messages=messages, basis=basis)
         request = self._request()
         try:
             if _awaitable(llm):

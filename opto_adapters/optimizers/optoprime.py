@@ -78,5 +78,6 @@ class OptoPrime(LLMOptimizer):
         return self.messages(subgraphs)
 
     def _answered(self, proposal: Proposal, subgraphs: list[Subgraph]) -> Proposal:
-        self.remember(self.current_values(), self.feedback_summary(subgraphs))
+        basis = proposal.basis if proposal.basis is not None else self.current_values()
+        self.remember(basis, self.feedback_summary(subgraphs))
         return proposal

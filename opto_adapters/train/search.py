@@ -47,7 +47,7 @@ from .engine import Result, by_example, mean
 from .errors import AppError
 from .pareto import EPS, find_merge, pareto_front, sample_parents
 from .store import StoredPoolMember
-from .trainer import NOTHING_TO_LEARN, nothing_to_learn
+from .trainer import NOTHING_TO_LEARN, no_change_reason, nothing_to_learn
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -196,14 +196,32 @@ class ParetoSearch:
         pool = self.pool(before_step=step)
         plan = self._plan(step, pool)
         store.start_step(run_id, step, epoch=epoch, batch=b, indices=batch, version_id=plan[0][1][0])
-        stored = {c.k: c for c in store.candidates(run_id, step)}
-        children = []
+        everything = store.candidates(run_id, step)
+        lineage = store.lineage(run_id)
+        stored = {  # a resumed step's children, by what they came from (unanswered: asked again)
+            (lineage[c.id][0], tuple(lineage[c.id][1])): c
+            for c in everything if c.status != "failed" and c.id in lineage
+        }
+        self._next_k = max((c.k for c in everything), default=-1) + 1
+        children: list[_Child] = []
+        asking: list[tuple[_Child, Any]] = []
         for k, (kind, parents, merged) in enumerate(plan):
-            children.append(self._propose(step, k, kind, parents, merged, batch, stored.get(k)))
+            child, request = self._prepare(step, k, kind, parents, merged, batch, stored.get((kind, tuple(parents))))
+            children.append(child)
+            if request is not None:
+                asking.append((child, request))
             if k == 0:
                 first = children[0].parent_results[0]
                 gate = self.scores([parents[0]])[parents[0]]
                 store.update_step(run_id, step, train_score=mean(first), gate_score=sum(gate) / len(gate))
+        sent = t._send([request for _, request in asking])  # all children's requests at once
+        for (child, _), proposal in zip(asking, sent, strict=True):
+            if isinstance(proposal, BaseException):
+                continue  # raised below, once the others are stored
+            child.candidate_id = t._store_proposal(step, self._take_k(), proposal, lineage=(child.kind, child.parents))
+            child.values = proposal.values or None
+            child.note = "" if proposal.values else no_change_reason(proposal)
+        t._raise_if_unanswered(step, sent)
         outcomes = [self._try_child(step, child, batch) for child in children]
         accepted = [(c, o) for c, o in zip(children, outcomes, strict=True) if o[0] == "accepted"]
         statuses = {o[0] for o in outcomes}
@@ -229,12 +247,17 @@ class ParetoSearch:
 
     # -- one child -----------------------------------------------------------------------------
 
-    def _propose(
+    def _take_k(self) -> int:
+        k, self._next_k = self._next_k, self._next_k + 1
+        return k
+
+    def _prepare(
         self, step: int, k: int, kind: str, parents: list[int], merged: dict[str, Any] | None,
         batch: list[int], stored: Any,
-    ) -> _Child:
-        """Run the parent(s) on the minibatch; a mutation asks the optimizer (unless the step
-        was stored), a merge records its combined values."""
+    ) -> tuple[_Child, Any]:
+        """Run the parent(s) on the minibatch; a merge records its combined values, a mutation
+        makes its optimizer request from the parent's runs (sent with the step's others), unless
+        the step was stored. Returns the child and its request (``None``: nothing to ask)."""
         t = self.t
         if kind == "merge":
             results = [self._run(p, "train", batch, "step", step) for p in parents]
@@ -244,24 +267,24 @@ class ParetoSearch:
             values = {n: v for n, v in merged.items() if base.get(n) != v}
             if stored is None:
                 child.candidate_id = t.store.add_candidate(
-                    self._run_id, step, k, values=values,
+                    self._run_id, step, self._take_k(), values=values,
                     reasoning=f"merge of {_names(parents)}: each parameter one of them changed, from the one that changed it",
                     status="pending", lineage=(kind, parents),
                 )
             else:
                 child.candidate_id = stored.id
             child.values = values
-            return child
+            return child, None
         forward = self._run(parents[0], "train", batch, "step", step, graphs=True)
         child = _Child(k, kind, parents, [forward])
         if stored is not None:
             child.candidate_id = stored.id
             child.values = stored.values or None
             child.note = stored.reason or ""
-            return child
+            return child, None
         if nothing_to_learn(forward):
             child.note = NOTHING_TO_LEARN
-            return child
+            return child, None
         opt = t.optimizer
         opt.zero_feedback()
         for r in forward:
@@ -274,25 +297,7 @@ class ParetoSearch:
                 "@bundle operations, or the framework tracer's graph)"
             )
         t._check_time()
-        proposal = t._propose()
-        usage = proposal.usage or {}
-        reason = None
-        if not proposal.values:
-            reason = proposal.error or "the optimizer suggested no change"
-            if proposal.rejected:
-                reason += "; refused: " + "; ".join(f"{n}: {r}" for n, r in proposal.rejected.items())
-        child.candidate_id = t.store.add_candidate(
-            self._run_id, step, k,
-            values=proposal.values, invalid=proposal.rejected, reasoning=proposal.reasoning,
-            prompt=proposal.prompt, reply=proposal.raw, error=proposal.error,
-            prompt_tokens=usage.get("prompt_tokens", 0),
-            completion_tokens=usage.get("completion_tokens", 0),
-            status="pending" if proposal.values else "no_change", reason=reason,
-            memory=t._memory_state(), lineage=(kind, parents),
-        )
-        child.values = proposal.values or None
-        child.note = reason or ""
-        return child
+        return child, t._request()  # made from this parent's values and runs, sent later
 
     def _try_child(self, step: int, child: _Child, batch: list[int]) -> tuple[str, str, int | None]:
         """Score a child on the minibatch, then (if it passes) on the validation split;

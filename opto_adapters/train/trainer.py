@@ -21,13 +21,14 @@ does the same on a private loop. Both are the same engine (``engine.Evaluator`` 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from tqdm import tqdm
@@ -88,6 +89,19 @@ def nothing_to_learn(results: list[Result]) -> bool:
     """Whether every run of a minibatch got the best score and no text to learn from (the
     check both searches make before asking the optimizer)."""
     return _nothing_to_learn(results)
+
+
+def _answered(sent: list[Any]) -> list[Any]:
+    """The proposals among what ``Trainer._send`` brought back (not the errors)."""
+    return [p for p in sent if not isinstance(p, BaseException)]
+
+
+def no_change_reason(proposal: Any) -> str:
+    """Why a proposal brought no values: its error, or no change, and what was refused."""
+    reason = proposal.error or "the optimizer suggested no change"
+    if proposal.rejected:
+        reason += "; refused: " + "; ".join(f"{n}: {r}" for n, r in proposal.rejected.items())
+    return reason
 
 
 class Trainer:
@@ -706,52 +720,100 @@ class Trainer:
                 f"{sorted(self._by_name)}: the app's output must be computed from them (through "
                 "@bundle operations, or the framework tracer's graph)"
             )
-        for _ in range(len(stored), self.config.n_candidates):
-            self._check_time()
-            proposal = self._propose()
-            usage = proposal.usage or {}
-            reason = None
-            if not proposal.values:
-                reason = proposal.error or "the optimizer suggested no change"
-                if proposal.rejected:
-                    reason += "; refused: " + "; ".join(f"{n}: {r}" for n, r in proposal.rejected.items())
-            status = "pending" if proposal.values else "failed" if proposal.unanswered else "no_change"
-            cid = self.store.add_candidate(
-                run_id, step, next_k,
-                values=proposal.values, invalid=proposal.rejected, reasoning=proposal.reasoning,
-                prompt=proposal.prompt, reply=proposal.raw, error=proposal.error,
-                prompt_tokens=usage.get("prompt_tokens", 0),
-                completion_tokens=usage.get("completion_tokens", 0),
-                status=status, reason=reason, memory=self._memory_state(),
-            )
+        self._check_time()
+        pending = [self._request() for _ in range(len(stored), self.config.n_candidates)]
+        sent = self._send(pending)
+        for proposal in _answered(sent):
+            cid = self._store_proposal(step, next_k, proposal)
             next_k += 1
-            if proposal.unanswered and isinstance(proposal.cause, DeadlineExceeded):
-                raise Stop("time_limit", f"time limit of {self.config.time_limit:g} s reached during an optimizer request")
-            if proposal.unanswered:
-                self._optimizer_failed(step, proposal.error or "the optimizer request failed")
             if proposal.values:
                 out.append((cid, proposal.values))
+        self._raise_if_unanswered(step, sent)
         return out
 
-    def _propose(self) -> Any:
-        """One optimizer proposal: ``await optimizer.apropose()`` on the event loop when the
-        optimizer has it and there is a loop (``afit``, or ``executor="asyncio"``), else
-        ``optimizer.propose()`` in this thread."""
-        apropose = getattr(self.optimizer, "apropose", None)
+    def _request(self) -> Any:
+        """The optimizer's next request, made from its feedback and values now
+        (``Optimizer.prepare``); an optimizer without ``prepare`` proposes at once."""
+        prepare = getattr(self.optimizer, "prepare", None)
+        if prepare is None:
+            from ..optimizers import PendingProposal
+
+            return PendingProposal.ready(self.optimizer.propose())
+        return prepare()
+
+    def _send(self, pending: list[Any]) -> list[Any]:
+        """Send prepared requests all at once; their proposals in the same order, or the error
+        a request raised (a spent budget: the others' answers are still stored). On the event
+        loop when there is one (``afit``, or ``executor="asyncio"``), else one thread each
+        (one request: this thread). The time limit is checked while they are in flight."""
+        if not pending:
+            return []
         loop = self._event_loop
         if loop is None and self._evaluator is not None:
             loop = self._evaluator.executor.loop
-        if apropose is None or loop is None or not loop.is_running():
-            return self.optimizer.propose()
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(apropose(), loop)
+        if loop is not None and loop.is_running():
+
+            async def together() -> list[Any]:
+                return list(await asyncio.gather(*(p.arun() for p in pending), return_exceptions=True))
+
+            future: Future[Any] = asyncio.run_coroutine_threadsafe(together(), loop)
+            self._wait_for([future])
+            return future.result()
+        if len(pending) == 1:
+            try:
+                return [pending[0].run()]
+            except Exception as exc:  # e.g. the budget: raised once the step stored the rest
+                return [exc]
+        pool = ThreadPoolExecutor(len(pending), thread_name_prefix="opto-propose")
         try:
-            while not future.done():
-                wait([future], timeout=TICK, return_when=FIRST_COMPLETED)
+            futures = [pool.submit(contextvars.copy_context().run, p.run) for p in pending]
+            self._wait_for(futures)
+            return [f.exception() or f.result() for f in futures]
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _wait_for(self, futures: list[Future[Any]]) -> None:
+        """Wait for ``futures``, checking the time limit; on a stop they are cancelled."""
+        try:
+            pending = set(futures)
+            while pending:
+                _, pending = wait(pending, timeout=TICK, return_when=FIRST_COMPLETED)
                 self._check_time()
         except BaseException:
-            future.cancel()
+            for f in futures:
+                f.cancel()
             raise
-        return future.result()
+
+    def _store_proposal(
+        self, step: int, k: int, proposal: Any, *, lineage: tuple[str, list[int]] | None = None
+    ) -> int:
+        """Store a proposal as candidate ``k`` of ``step``: ``pending`` with values, ``failed``
+        when its request got no answer (a resume asks again), else ``no_change`` with why."""
+        assert self.run_id is not None
+        usage = proposal.usage or {}
+        reason = None if proposal.values else no_change_reason(proposal)
+        status = "pending" if proposal.values else "failed" if proposal.unanswered else "no_change"
+        return self.store.add_candidate(
+            self.run_id, step, k,
+            values=proposal.values, invalid=proposal.rejected, reasoning=proposal.reasoning,
+            prompt=proposal.prompt, reply=proposal.raw, error=proposal.error,
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+            status=status, reason=reason, memory=self._memory_state(), lineage=lineage,
+        )
+
+    def _raise_if_unanswered(self, step: int, sent: list[Any]) -> None:
+        """Once every answered proposal of a step is stored: raise what a request raised (a
+        spent budget), stop at the time limit if a request ran into it, or fail the step
+        (resumable) if one got no answer."""
+        for found in sent:
+            if isinstance(found, BaseException):
+                raise found
+        unanswered = [p for p in sent if p.unanswered]
+        if any(isinstance(p.cause, DeadlineExceeded) for p in unanswered):
+            raise Stop("time_limit", f"time limit of {self.config.time_limit:g} s reached during an optimizer request")
+        if unanswered:
+            self._optimizer_failed(step, unanswered[0].error or "the optimizer request failed")
 
     def _optimizer_failed(self, step: int, error: str) -> None:
         """An optimizer call got no answer: the step is not done (a resume asks again)."""
