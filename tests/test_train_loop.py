@@ -86,9 +86,12 @@ def test_several_candidates_keep_the_best(scripted_llm):
         app, data(2), data(2, "v"), guide=guide, optimizer=opt(app, scripted_llm),
         batch_size=2, n_candidates=3, store=store, progress=False,
     )
-    cands = store.candidates(result.run_id, 1)
-    assert [(c.score, c.status) for c in cands] == [(0.0, "rejected"), (1.0, "accepted"), (0.5, "rejected")]
-    assert "below the accepted candidate's 1" in cands[2].reason
+    # the three requests are sent at once: which candidate got which reply is the server's order
+    cands = {c.values["prompt"]: c for c in store.candidates(result.run_id, 1)}
+    assert {v: (c.score, c.status) for v, c in cands.items()} == {
+        "Reply {q}?": (0.0, "rejected"), "ANSWER {q}!": (1.0, "accepted"), "ANSWER {q}": (0.5, "rejected"),
+    }
+    assert "below the accepted candidate's 1" in cands["ANSWER {q}"].reason
     assert len(scripted_llm.prompts()) == 3
     assert app.prompt.value == "ANSWER {q}!"
 
