@@ -37,7 +37,7 @@ from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from llama_index.core.response_synthesizers.base import BaseSynthesizer
 from llama_index.core.tools.types import BaseTool
 
-__all__ = ["EventHandler", "Recorder", "RunRecord", "SpanHandler", "SpanRecord", "is_workflow"]
+__all__ = ["UNSET", "EventHandler", "Recorder", "RunRecord", "SpanHandler", "SpanRecord", "is_workflow"]
 
 logger = logging.getLogger("opto_adapters.llama_index")
 
@@ -103,12 +103,15 @@ def _span_name(span_id: str) -> str:
     return span_id.rpartition("-")[0] or span_id
 
 
+UNSET: Any = object()  # ``SpanRecord.output`` not taken yet
+
+
 class SpanRecord:
     """A significant span of a traced run, with what the graph builder needs."""
 
     __slots__ = (
         "id", "name", "kind", "instance", "args", "run", "children",
-        "result", "error", "done", "llm", "tools", "pending_tools", "tool_call_id",
+        "result", "error", "done", "llm", "tools", "pending_tools", "tool_call_id", "output",
     )  # fmt: skip
 
     def __init__(
@@ -128,6 +131,7 @@ class SpanRecord:
         self.tools: Any = None  # tools offered to this LLM call
         self.pending_tools: Any = None  # offered by a sibling span, for the next LLM call
         self.tool_call_id: str | None = None  # the model's tool call this tool span answers
+        self.output: Any = UNSET  # what the graph shows as its result, taken at run end
 
     def __repr__(self) -> str:
         return f"SpanRecord({self.name!r}, kind={self.kind!r}, children={len(self.children)})"
