@@ -105,9 +105,9 @@ def freeze(run: RunRecord) -> None:
     while stack:
         rec = stack.pop()
         stack.extend(rec.children)
-        rec.args = {k: _frozen(v, docs) for k, v in rec.args.items()}
+        rec.args = _frozen_map(rec.args, docs)  # the dispatcher's dict: copied, never edited
         if rec.llm is not None:
-            rec.llm = {k: _frozen(v, docs) for k, v in rec.llm.items()}
+            rec.llm = _frozen_map(rec.llm, docs)
         if rec.kind == "llm":
             for data in (rec.llm, rec.args):
                 if data and type(data.get("messages")) is list:
@@ -134,6 +134,15 @@ def _taken_message(m: Any, memo: dict[int, tuple[Any, Message]]) -> Any:
     if hit is None or hit[0] is not m:
         hit = memo[id(m)] = (m, _message(m))
     return hit[1]
+
+
+def _frozen_map(data: dict[str, Any], docs: dict[int, tuple[Any, Document]]) -> dict[str, Any]:
+    """``data`` with its lists and dicts ``_frozen``: a new dict if it holds any, else itself."""
+    for value in data.values():
+        kind = type(value)
+        if kind is list or kind is dict:
+            return {k: _frozen(v, docs) for k, v in data.items()}
+    return data
 
 
 def _frozen(value: Any, docs: dict[int, tuple[Any, Document]]) -> Any:
