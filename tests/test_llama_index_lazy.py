@@ -196,3 +196,34 @@ def test_the_trainer_gets_the_same_results_with_graphs_built_when_read(scripted_
     assert steps[0] == steps[1] and lazy.best_values == built.best_values
     assert lazy_prompts == built_prompts and len(lazy_prompts) >= 1  # the optimizer saw the same
     assert lazy_live == built_live and MARK in lazy_live
+
+
+def test_the_run_end_snapshot_leaves_what_other_handlers_see_as_it_was(index, tracers):
+    """The dispatcher hands every span handler the same ``bound_args``: the snapshot copies."""
+    from llama_index.core.instrumentation import get_dispatcher
+    from llama_index.core.schema import NodeWithScore
+
+    seen: dict[str, object] = {}
+
+    class Keep:
+        def span_enter(self, id_, bound_args, **kwargs):
+            if id_.startswith("CompactAndRefine.synthesize-"):
+                seen["args"] = bound_args.arguments
+
+        def span_exit(self, *args, **kwargs):
+            pass
+
+        def span_drop(self, *args, **kwargs):
+            pass
+
+    dispatcher, keep = get_dispatcher(), Keep()
+    dispatcher.span_handlers.append(keep)
+    try:
+        tracer = make(index, tracers)
+        tracer.target.query("What color is the sky?")
+    finally:
+        dispatcher.span_handlers.remove(keep)
+    nodes = seen["args"]["nodes"]
+    assert nodes and all(isinstance(n, NodeWithScore) for n in nodes)
+    assert tracer.last_graph is not None
+    assert all(isinstance(n, NodeWithScore) for n in seen["args"]["nodes"])
