@@ -263,14 +263,15 @@ class Recorder:
             by_name = self._kinds[cls]
         except KeyError:
             by_name = self._class_kinds(cls)
-        kind = name = None
+        kind: str | None = None
+        name = ""
         if by_name is not None:
             name = id_[:-37] if len(id_) > 37 and id_[-37] == "-" else _span_name(id_)
             try:
                 kind = by_name[name]
             except KeyError:
                 kind = by_name[name] = classify(cls, name.rpartition(".")[2])
-        if kind is None or name is None:
+        if kind is None:
             if parent is not None:  # plumbing of a traced run (``_track``, inlined)
                 run = parent.run
                 run.instances.add(id(instance))

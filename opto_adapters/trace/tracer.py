@@ -34,10 +34,6 @@ class Pending:
         self._graph: Graph | None = None
         self._lock = threading.Lock()
 
-    @property
-    def built(self) -> bool:
-        return self._build is None
-
     def __call__(self) -> Graph | None:
         if self._build is not None:
             with self._lock:
