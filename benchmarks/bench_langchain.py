@@ -5,9 +5,10 @@
 A 5-step chain (function | prompt | fake chat model | parser | function), invoked
 repeatedly: with no callbacks, inside LangChain's own ``collect_runs()``, with the tracer as a
 callback, inside the tracer's global form, and with the graph read after every run (graphs are
-built when first asked for, so that row adds the build). Timings are the best of several interleaved
-rounds, so machine noise hits every variant alike. Then memory: tracemalloc (from before the first
-run) and RSS over 10,000 traced runs with the default settings (graphs kept: ``max_graphs=100``).
+built when first asked for, so that row adds the build). Timings are the best and the median of
+several rounds, the order of the variants reversed each round, so machine drift hits every variant
+alike. Then memory: tracemalloc (from before the first run) and RSS over 10,000 traced runs with
+the default settings (graphs kept: ``max_graphs=100``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import gc
 import itertools
 import os
 import resource
+import statistics
 import sys
 import time
 import tracemalloc
@@ -67,7 +69,7 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timing(runs: int, rounds: int) -> dict[str, float]:
+def timing(runs: int, rounds: int) -> dict[str, list[float]]:
     chain = make_chain()
     tracer = OptoTracer(chain)
     question = " What is six times seven? "
@@ -99,13 +101,15 @@ def timing(runs: int, rounds: int) -> dict[str, float]:
     }
     for fn in variants.values():  # warm up
         per_call(fn, 50)
-    best = {name: float("inf") for name in variants}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(variants)
     for _ in range(rounds):
-        for name, fn in variants.items():
+        for name in order:
             gc.collect()
-            best[name] = min(best[name], per_call(fn, runs))
+            times[name].append(per_call(variants[name], runs))
+        order.reverse()  # alternate the order, so drift hits every variant alike
     assert tracer.last_graph is not None and tracer.order_map == {} and tracer.run_map == {}
-    return best
+    return times
 
 
 def build_cost(runs: int) -> float:
@@ -214,20 +218,24 @@ def memory(runs: int, warm_up: int = 200) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000, help="invocations per round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--memory-runs", type=int, default=10_000)
     parser.add_argument("--agent-iterations", type=int, nargs="+", default=[10, 100, 1000])
     args = parser.parse_args()
 
-    best = timing(args.runs, args.rounds)
-    base = best["no callbacks"]
-    collector = best["collect_runs"]
-    print(f"5-step chain, best of {args.rounds} rounds x {args.runs} invocations:")
-    for name, seconds in best.items():
+    times = timing(args.runs, args.rounds)
+    for label, stat in (("best", min), ("median", statistics.median)):
+        summary = {name: stat(values) for name, values in times.items()}
+        base, collector = summary["no callbacks"], summary["collect_runs"]
         print(
-            f"  {name:<27} {seconds * 1e6:8.1f} us/run   x{seconds / base:5.2f} vs no callbacks"
-            f"   x{seconds / collector:5.2f} vs collect_runs"
+            f"5-step chain, {label} of {args.rounds} rounds x {args.runs} invocations "
+            "(order alternated each round):"
         )
+        for name, seconds in summary.items():
+            print(
+                f"  {name:<27} {seconds * 1e6:8.1f} us/run   x{seconds / base:5.2f} vs no callbacks"
+                f"   x{seconds / collector:5.2f} vs collect_runs"
+            )
     print(
         f"  graph building alone: {build_cost(args.runs) * 1e6:.1f} us/run (6 nodes + 2 parameters)"
     )

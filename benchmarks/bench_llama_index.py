@@ -8,8 +8,10 @@ nothing.
 
 1. Overhead: the same query, untraced (no tracer attached at all), traced (run recorded; its
    graph is built when first asked for) and traced with the graph read after every query, in
-   alternating blocks so machine drift hits both alike; the ratio of the
-   medians. Also the cost a tracer imposes on *another* engine's queries while attached.
+   blocks whose order is reversed every time, so machine drift hits all alike; the ratios of
+   the medians and of the mins. Also the cost a tracer imposes on *another* engine's queries
+   while attached, and the tracer's own work per query measured apart (one query's callbacks
+   replayed through its handlers).
 2. Memory: resident set size and live Python objects while running ``--queries`` traced
    queries with the default ``max_graphs=100``; flat after warm-up means nothing leaks.
 """
@@ -68,30 +70,100 @@ def overhead(index: VectorStoreIndex, blocks: int, size: int) -> None:
     tracer.close()
     for e in (engine, other):  # warm caches (tokenizer, code paths)
         per_query_us(e, 50)
-    untraced, traced, read, foreign = [], [], [], []
-    for _ in range(blocks):
-        untraced.append(per_query_us(engine, size))
+
+    def untraced() -> float:
+        return per_query_us(engine, size)
+
+    def traced() -> float:
         with tracer:  # attached: every run of `engine` is recorded
-            traced.append(per_query_us(engine, size))
+            return per_query_us(engine, size)
+
+    def read() -> float:
         with tracer:  # and its graph built, as an optimizer step would
-            read.append(per_query_us(engine, size, tracer))
+            return per_query_us(engine, size, tracer)
+
+    def foreign() -> float:
         tracer.attach()  # attached, but `other` is not its target and not in a with block
-        foreign.append(per_query_us(other, size))
-        tracer.close()
-    base = statistics.median(untraced)
-    print(f"query engine, {blocks} blocks x {size} queries, median time per query")
-    print(f"  untraced (no tracer)           {base:8.0f} us")
+        try:
+            return per_query_us(other, size)
+        finally:
+            tracer.close()
+
+    variants = {
+        "untraced (no tracer)": untraced,
+        "traced (graph per query)": traced,
+        "traced + graph read": read,
+        "other engine, tracer attached": foreign,
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    order = list(variants)
+    for _ in range(blocks):
+        for name in order:
+            gc.collect()
+            times[name].append(variants[name]())
+        order.reverse()  # alternate the order, so machine drift hits every variant alike
+    base = times["untraced (no tracer)"]
     print(
-        f"  traced (graph per query)       {statistics.median(traced):8.0f} us   ratio {statistics.median(traced) / base:.2f}x"
+        f"query engine, {blocks} blocks x {size} queries (order alternated each block), "
+        "time per query: median and min of the blocks"
     )
-    print(
-        f"  traced + graph read            {statistics.median(read):8.0f} us   ratio {statistics.median(read) / base:.2f}x"
-    )
-    print(
-        f"  other engine, tracer attached  {statistics.median(foreign):8.0f} us   ratio {statistics.median(foreign) / base:.2f}x"
-    )
+    for name, values in times.items():
+        med, low = statistics.median(values), min(values)
+        ratio = (
+            ""
+            if values is base
+            else f"   ratio {med / statistics.median(base):.2f}x median, {low / min(base):.2f}x min"
+        )
+        print(f"  {name:<30} {med:8.0f} us {low:8.0f} us{ratio}")
     graph = tracer.last_graph
     print(f"  graph per query: {len(graph.nodes)} nodes, {len(graph.edges())} edges")
+    print(f"  tracer's own work per query (its callbacks replayed): {replayed_cost(engine)}")
+
+
+def replayed_cost(engine) -> str:
+    """The tracer's own work per query, without the app's: one query's callbacks (spans and
+    events, in order) are recorded, then replayed through a fresh tracer's handlers, so the
+    figure is not blurred by the query's own run time. Min and median of 7 rounds."""
+    from llama_index.core.instrumentation import get_dispatcher
+
+    calls: list[tuple[str, dict]] = []
+
+    class Log:
+        def span_enter(self, **kw):
+            calls.append(("span_enter", kw))
+
+        def span_exit(self, **kw):
+            calls.append(("span_exit", kw))
+
+        def span_drop(self, **kw):
+            calls.append(("span_drop", kw))
+
+        def handle(self, event, **kw):
+            calls.append(("handle", {"event": event, **kw}))
+
+    dispatcher, log = get_dispatcher(), Log()
+    dispatcher.span_handlers.append(log)
+    dispatcher.event_handlers.append(log)
+    try:
+        engine.query(QUESTION)
+    finally:
+        dispatcher.span_handlers.remove(log)
+        dispatcher.event_handlers.remove(log)
+    tracer = OptoTracer(engine)
+    tracer.close()  # handlers called directly below
+    spans, events = tracer._span_handler, tracer._event_handler
+    target = {"span_enter": spans.span_enter, "span_exit": spans.span_exit,
+              "span_drop": spans.span_drop, "handle": events.handle}  # fmt: skip
+    replay = [(target[method], kw) for method, kw in calls]
+    rounds = []
+    for _ in range(7):
+        start = time.perf_counter()
+        for _ in range(1000):
+            for fn, kw in replay:
+                fn(**kw)
+        rounds.append((time.perf_counter() - start) / 1000 * 1e6)
+    assert tracer.last_graph is not None
+    return f"{statistics.median(rounds):.0f} us median, {min(rounds):.0f} us min ({len(calls)} callbacks)"
 
 
 def memory(index: VectorStoreIndex, queries: int) -> None:

@@ -35,7 +35,7 @@ from langchain_core.tracers.schemas import Run
 
 from .. import runs
 from ..trace import Graph, Parameter, TracedRun, TracerBase
-from ..trace.tracer import select_parameters
+from ..trace.tracer import Pending, select_parameters
 from .discovery import STAMP_KEY, discover, object_stamp
 from .spans import ERROR_KEY, Translator, freeze, root_input_name
 
@@ -200,24 +200,25 @@ class OptoTracer(TracerBase, BaseTracer):
         cfg["run_id"] = run_id
         return RunnableConfig(**cfg)  # type: ignore[typeddict-item]
 
-    def _graph_or_none(self, run_id: uuid.UUID) -> Graph | None:
-        try:
-            return self.graph(run_id)
-        except KeyError:
-            with self._late_lock:
-                waiting = run_id in self._late
-            if waiting:
-                logger.warning(
-                    "run %s ended before some of its steps (e.g. the other branches of a "
-                    "failed parallel step); its graph is recorded when they end: "
-                    "tracer.graph(run_id)",
-                    run_id,
-                )
-            else:
-                logger.warning(
-                    "no graph was recorded for run %s (see the errors logged above)", run_id
-                )
-            return None
+    def _graph_or_none(self, run_id: uuid.UUID) -> Graph | Pending | None:
+        """The run's graph as kept: built when the ``TracedRun``'s ``.graph`` is read."""
+        kept = self._kept(str(run_id))
+        if kept is not None:
+            return kept
+        with self._late_lock:
+            waiting = run_id in self._late
+        if waiting:
+            logger.warning(
+                "run %s ended before some of its steps (e.g. the other branches of a "
+                "failed parallel step); its graph is recorded when they end: "
+                "tracer.graph(run_id)",
+                run_id,
+            )
+        else:
+            logger.warning(
+                "no graph was recorded for run %s (see the errors logged above)", run_id
+            )
+        return None
 
     # -- the global form --------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import types
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.base_retriever import BaseRetriever
@@ -21,7 +21,7 @@ from ..runs.matching import renderings
 from ..trace import Parameter
 from .recorder import is_workflow
 
-__all__ = ["Discovery", "SPAN_OWNERS", "Trainable", "check_used_by", "span_name_of"]
+__all__ = ["Discovery", "Links", "SPAN_OWNERS", "Trainable", "check_used_by", "span_name_of"]
 
 logger = logging.getLogger("opto_adapters.llama_index")
 
@@ -87,6 +87,11 @@ class Discovery:
     def parameters(self) -> list[Parameter]:
         return [t.parameter for t in self.trainables]
 
+    def links(self) -> Links:
+        """The ``used_by`` tables of now; ``link`` replaces them, never edits them, so a
+        run kept with these is translated later with the links of its time."""
+        return Links(self.by_instance, self.by_span_name)
+
     def link(self, parameter: Parameter, used_by: Any = None) -> None:
         """Record that ``parameter`` is an input of the spans of ``used_by`` (a live object
         or a span name); check ``used_by`` first with ``check_used_by``.
@@ -98,10 +103,13 @@ class Discovery:
         arg = parameter.name.rsplit(".", 1)[-1]
         used_by = span_name_of(used_by)
         if isinstance(used_by, str):
-            self.by_span_name.setdefault(used_by, []).append((arg, parameter))
+            table = self.by_span_name
+            self.by_span_name = {**table, used_by: [*table.get(used_by, ()), (arg, parameter)]}
             return
         if used_by is not None:
-            self.by_instance.setdefault(id(used_by), []).append((arg, parameter))
+            table = self.by_instance
+            key = id(used_by)
+            self.by_instance = {**table, key: [*table.get(key, ()), (arg, parameter)]}
             self.linked[id(used_by)] = used_by
             if not isinstance(used_by, (BaseLLM, BaseEmbedding)):  # models are shared
                 self.components.setdefault(id(used_by), used_by)
@@ -124,6 +132,13 @@ class Discovery:
                 "uses it (e.g. a retriever), or its span name>",
                 parameter.name,
             )
+
+
+class Links(NamedTuple):
+    """``Discovery.by_instance`` and ``by_span_name`` as they were at one moment."""
+
+    by_instance: dict[int, list[tuple[str, Parameter]]]
+    by_span_name: dict[str, list[tuple[str, Parameter]]]
 
 
 # objects whose work LlamaIndex reports as spans with the object as ``instance``

@@ -37,7 +37,7 @@ from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from llama_index.core.response_synthesizers.base import BaseSynthesizer
 from llama_index.core.tools.types import BaseTool
 
-__all__ = ["EventHandler", "Recorder", "RunRecord", "SpanHandler", "SpanRecord", "is_workflow"]
+__all__ = ["UNSET", "EventHandler", "Recorder", "RunRecord", "SpanHandler", "SpanRecord", "is_workflow"]
 
 logger = logging.getLogger("opto_adapters.llama_index")
 
@@ -96,6 +96,17 @@ def classify(cls: type, method: str) -> str | None:
     return None
 
 
+_STEP_CLASSES = tuple(
+    c for c in (BaseLLM, BaseTool, BaseRetriever, BaseSynthesizer, BaseQueryEngine, BaseChatEngine, _Workflow)
+    if c is not None
+)
+
+
+def can_be_step(cls: type) -> bool:
+    """Whether any span of ``cls`` can be a step (see ``classify``)."""
+    return issubclass(cls, _STEP_CLASSES)
+
+
 def _span_name(span_id: str) -> str:
     """``Class.method`` from a dispatcher span id (``Class.method-<uuid4>``)."""
     if len(span_id) > 37 and span_id[-37] == "-":
@@ -103,12 +114,15 @@ def _span_name(span_id: str) -> str:
     return span_id.rpartition("-")[0] or span_id
 
 
+UNSET: Any = object()  # ``SpanRecord.output`` not taken yet
+
+
 class SpanRecord:
     """A significant span of a traced run, with what the graph builder needs."""
 
     __slots__ = (
         "id", "name", "kind", "instance", "args", "run", "children",
-        "result", "error", "done", "llm", "tools", "pending_tools", "tool_call_id",
+        "result", "error", "done", "llm", "tools", "pending_tools", "tool_call_id", "output",
     )  # fmt: skip
 
     def __init__(
@@ -128,6 +142,7 @@ class SpanRecord:
         self.tools: Any = None  # tools offered to this LLM call
         self.pending_tools: Any = None  # offered by a sibling span, for the next LLM call
         self.tool_call_id: str | None = None  # the model's tool call this tool span answers
+        self.output: Any = UNSET  # what the graph shows as its result, taken at run end
 
     def __repr__(self) -> str:
         return f"SpanRecord({self.name!r}, kind={self.kind!r}, children={len(self.children)})"
@@ -166,7 +181,9 @@ class Recorder:
         self._index: dict[str, SpanRecord] = {}  # span id -> nearest significant span
         self._runs: OrderedDict[str, RunRecord] = OrderedDict()
         self._lock = threading.Lock()
-        self._kinds: dict[tuple[type, str], str | None] = {}
+        # the kind of step by class, then span name: None for a class none of whose spans
+        # is a step (a text splitter, an embedding model), so its spans cost one lookup
+        self._kinds: dict[type, dict[str, str | None] | None] = {}
         self._reported: set[tuple[str, type]] = set()
 
     # -- entry points (called by the dispatcher; never raise) ------------------------------
@@ -224,13 +241,9 @@ class Recorder:
             type(exc).__name__,
         )
 
-    def _kind(self, instance: Any, name: str) -> str | None:
-        key = (type(instance), name)  # cached by class and span name: no parsing per span
-        try:
-            return self._kinds[key]
-        except KeyError:
-            kind = self._kinds[key] = classify(key[0], name.rpartition(".")[2])
-            return kind
+    def _class_kinds(self, cls: type) -> dict[str, str | None] | None:
+        by_name = self._kinds[cls] = {} if can_be_step(cls) else None
+        return by_name
 
     def _enter(self, id_: str, bound_args: Any, instance: Any, parent_id: str | None) -> None:
         parent = self._index.get(parent_id) if parent_id is not None else None
@@ -243,21 +256,36 @@ class Recorder:
                     if isinstance(tool_id, str):
                         parent.run.tool_ids[id_] = tool_id
             return
-        name = id_[:-37] if len(id_) > 37 and id_[-37] == "-" else _span_name(id_)
+        # the kind of step, cached by class then span name (no parsing per span); this is
+        # the hottest path of the tracer, hence inlined
+        cls = type(instance)
         try:
-            kind = self._kinds[(type(instance), name)]
+            by_name = self._kinds[cls]
         except KeyError:
-            kind = self._kind(instance, name)
+            by_name = self._class_kinds(cls)
+        kind: str | None = None
+        name = ""
+        if by_name is not None:
+            name = id_[:-37] if len(id_) > 37 and id_[-37] == "-" else _span_name(id_)
+            try:
+                kind = by_name[name]
+            except KeyError:
+                kind = by_name[name] = classify(cls, name.rpartition(".")[2])
+        if kind is None:
+            if parent is not None:  # plumbing of a traced run (``_track``, inlined)
+                run = parent.run
+                run.instances.add(id(instance))
+                self._index[id_] = parent
+                run.span_ids.append(id_)
+            return
         if parent is None:
-            if kind is None or kind == _OFFER_TOOLS or not self._accept(id_, instance, kind):
+            if kind == _OFFER_TOOLS or not self._accept(id_, instance, kind):
                 return
             self._start_run(id_, name, kind, instance, bound_args)
             return
         run = parent.run
         run.instances.add(id(instance))
-        if kind is None:
-            self._track(id_, parent)
-        elif kind == _OFFER_TOOLS:
+        if kind == _OFFER_TOOLS:
             tools = bound_args.arguments.get("tools")
             if parent.kind == "llm":
                 parent.tools = tools

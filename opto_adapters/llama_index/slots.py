@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from llama_index.core.prompts.base import BasePromptTemplate
 
-from ..trace import Binding
+from ..trace import Binding, Parameter
 from .steps import Held
 from .templates import (
     Path,
@@ -32,6 +33,8 @@ __all__ = [
     "PrefixMessageSlot",
     "PromptSlot",
     "Slot",
+    "SlotBinding",
+    "ValuePlan",
     "framework_templates",
     "probe",
     "quiet_call",
@@ -88,7 +91,57 @@ class Slot:
                     f"({exc}); it was replaced outside the tracer: create a new OptoTracer"
                 ) from None
 
-        return Binding(get, lambda text: self.set_text(path, text))
+        return SlotBinding(get, lambda text: self.set_text(path, text), self, path)
+
+
+@dataclass(frozen=True)
+class SlotBinding(Binding):
+    """The binding of the text at ``path`` in ``slot`` (``ValuePlan`` reads many at once)."""
+
+    slot: Slot
+    path: Path
+
+
+class ValuePlan:
+    """Reads the values of many parameters at once, as ``peek()`` would one by one, but
+    each prompt module's ``_get_prompts`` once and each template once (a tracer reads them
+    all at the end of every run)."""
+
+    def __init__(self, parameters: list[Parameter]) -> None:
+        # module id -> (module, subkey -> [(parameter id, path)])
+        self.modules: dict[int, tuple[Any, dict[str, list[tuple[int, Path]]]]] = {}
+        self.others: list[Parameter] = []
+        for p in parameters:
+            binding = p.binding
+            slot = binding.slot if isinstance(binding, SlotBinding) else None
+            if isinstance(slot, PromptSlot):
+                _, subkeys = self.modules.setdefault(id(slot.module), (slot.module, {}))
+                subkeys.setdefault(slot.subkey, []).append((id(p), binding.path))
+            else:
+                self.others.append(p)
+
+    def read(self) -> dict[int, Any]:
+        """Every parameter's value now, by ``id``; one whose object changed shape is left
+        out (as ``TracerBase._parameter_values`` does)."""
+        values: dict[int, Any] = {}
+        for module, subkeys in self.modules.values():
+            try:
+                prompts = quiet_call(module, "_get_prompts")
+            except Exception:
+                continue
+            for subkey, texts in subkeys.items():
+                template = prompts.get(subkey)
+                for pid, path in texts:
+                    try:
+                        values[pid] = read_text(template, path)
+                    except Exception:
+                        continue
+        for p in self.others:
+            try:
+                values[id(p)] = p.peek()
+            except Exception:
+                continue
+        return values
 
 
 class PromptSlot(Slot):

@@ -22,10 +22,11 @@ from ..runs.usage import call_usage
 from ..trace import Parameter
 from ..trace.names import safe_name
 from .discovery import Discovery
-from .recorder import RunRecord, SpanRecord
+from .found import Links
+from .recorder import UNSET, RunRecord, SpanRecord
 from .templates import STAMP_KEY, RichPromptTemplate
 
-__all__ = ["output_value", "text_uses", "translate"]
+__all__ = ["freeze", "output_value", "text_uses", "translate"]
 
 _KINDS = {
     "query": "query",
@@ -81,19 +82,95 @@ def text_uses(discovery: Discovery) -> list[TextUse]:
     return uses
 
 
-def translate(run: RunRecord, discovery: Discovery) -> Span:
-    """The span tree of one recorded run."""
-    return _Tree(discovery, run).span(run.root, None, root=True)
+def translate(run: RunRecord, discovery: Discovery, links: Links | None = None) -> Span:
+    """The span tree of one recorded run, with the ``used_by`` links of ``links`` (default:
+    those of now)."""
+    return _Tree(discovery, run, links or discovery.links()).span(run.root, None, root=True)
+
+
+def freeze(run: RunRecord) -> None:
+    """Take now what translating ``run`` reads from objects the app goes on using, so it
+    can be translated later: the text of every node (the index's own nodes, shared by every
+    query, can be edited) as the run's ``Document`` s and of every chat message an LLM was
+    sent as a ``Message`` (each once per run); a copy of each other list and dict
+    among a span's arguments and LLM events (a synthesizer's list of nodes is the returned
+    response's ``source_nodes``) and of the tools offered; and what each step returned as
+    the graph shows it (the app may edit the response it got). The rest is immutable
+    (strings), made for this call (the template on an LLM event is a deep copy) or read for
+    its identity and name only (instances, tools)."""
+    docs: dict[int, tuple[Any, Document]] = {}  # each node read once per run
+    taken: dict[int, tuple[Any]] = {}  # a query's response is its synthesizer's: taken once
+    messages: dict[int, tuple[Any, Message]] = {}  # each call resends the history: read once
+    stack = [run.root]
+    while stack:
+        rec = stack.pop()
+        stack.extend(rec.children)
+        rec.args = _frozen_map(rec.args, docs)  # the dispatcher's dict: copied, never edited
+        if rec.llm is not None:
+            rec.llm = _frozen_map(rec.llm, docs)
+        if rec.kind == "llm":
+            for data in (rec.llm, rec.args):
+                if data and type(data.get("messages")) is list:
+                    data["messages"] = [_taken_message(m, messages) for m in data["messages"]]
+        if rec.tools is not None:
+            rec.tools = _frozen(rec.tools, docs)
+        result = rec.result
+        if result is None or isinstance(result, (str, int, float, bool)):
+            continue
+        if type(result) is list:
+            rec.result = _frozen(result, docs)
+            if rec.result and isinstance(rec.result[0], Document):
+                rec.output = rec.result
+        elif rec.kind != "llm":  # an LLM call's output comes from its events
+            hit = taken.get(id(result))
+            if hit is None:
+                hit = taken[id(result)] = (output_value(result),)
+            rec.output = hit[0]
+
+
+def _taken_message(m: Any, memo: dict[int, tuple[Any, Message]]) -> Any:
+    """A chat message as the neutral ``Message`` it is now (apps edit messages they keep)."""
+    hit = memo.get(id(m))
+    if hit is None or hit[0] is not m:
+        hit = memo[id(m)] = (m, _message(m))
+    return hit[1]
+
+
+def _frozen_map(data: dict[str, Any], docs: dict[int, tuple[Any, Document]]) -> dict[str, Any]:
+    """``data`` with its lists and dicts ``_frozen``: a new dict if it holds any, else itself."""
+    for value in data.values():
+        kind = type(value)
+        if kind is list or kind is dict:
+            return {k: _frozen(v, docs) for k, v in data.items()}
+    return data
+
+
+def _frozen(value: Any, docs: dict[int, tuple[Any, Document]]) -> Any:
+    """A copy of a list (nodes become ``Document`` s, each node once per run) or dict."""
+    kind = type(value)
+    if kind is dict:
+        return dict(value)
+    if kind is not list:
+        return value
+    if not value or not hasattr(value[0], "node"):
+        return list(value)
+    out = []
+    for n in value:
+        hit = docs.get(id(n))
+        if hit is None or hit[0] is not n:
+            hit = docs[id(n)] = (n, _documents((n,))[0])
+        out.append(hit[1])
+    return out
 
 
 class _Tree:
-    def __init__(self, discovery: Discovery, run: RunRecord) -> None:
+    def __init__(self, discovery: Discovery, run: RunRecord, links: Links) -> None:
         self.d = discovery
         self.run = run
         self.order = 0
         self._offered: set[int] | None = None
-        self.by_instance = getattr(discovery, "by_instance", None) or {}
-        self.by_span_name = getattr(discovery, "by_span_name", None) or {}
+        self.by_instance = links.by_instance
+        self.by_span_name = links.by_span_name
         # a retriever's nodes are usually the synthesizer's too: each node translated once
         self.docs: dict[int, tuple[Any, Document]] = {}
 
@@ -153,11 +230,11 @@ class _Tree:
     # -- inputs and outputs by kind --------------------------------------------------------
 
     def _generic(self, rec: SpanRecord, span: Span) -> None:
-        span.output = output_value(rec.result)
+        span.output = _output(rec)
 
     def _query(self, rec: SpanRecord, span: Span) -> None:
         self._query_input(rec, span)
-        span.output = output_value(rec.result)
+        span.output = _output(rec)
 
     @staticmethod
     def _query_input(rec: SpanRecord, span: Span) -> None:
@@ -170,6 +247,9 @@ class _Tree:
         out = []
         memo = self.docs
         for n in nodes or ():
+            if isinstance(n, Document):  # read when the run ended (``freeze``)
+                out.append(n)
+                continue
             hit = memo.get(id(n))
             if hit is None or hit[0] is not n:
                 hit = memo[id(n)] = (n, _documents((n,))[0])
@@ -178,7 +258,7 @@ class _Tree:
 
     def _retrieve(self, rec: SpanRecord, span: Span) -> None:
         self._query_input(rec, span)
-        span.output = self.documents(rec.result) if isinstance(rec.result, list) else output_value(rec.result)
+        span.output = self.documents(rec.result) if type(rec.result) is list else _output(rec)
         for t in self.d.by_retriever.get(id(rec.instance), ()):
             span.parameters.append((t.parameter.name.rpartition(".")[2], t.parameter))
 
@@ -189,13 +269,13 @@ class _Tree:
         nodes = rec.args.get("nodes")
         if nodes:
             span.inputs["nodes"] = self.documents(nodes)
-        span.output = output_value(rec.result)
+        span.output = _output(rec)
 
     def _chat(self, rec: SpanRecord, span: Span) -> None:
         message = rec.args.get("message")
         if message is not None:
             span.inputs["message"] = _text(message)
-        span.output = output_value(rec.result)
+        span.output = _output(rec)
 
     def _agent(self, rec: SpanRecord, span: Span) -> None:
         start = rec.args.get("start_event")
@@ -209,7 +289,7 @@ class _Tree:
             fields = dict(start.items()) if hasattr(start, "items") else dict(kwargs)
             for key, value in fields.items():
                 span.inputs[str(key)] = _text(value) if hasattr(value, "blocks") else _jsonable(value)
-        span.output = output_value(rec.result)
+        span.output = _output(rec)
 
     def _tool(self, rec: SpanRecord, span: Span) -> None:
         arguments = dict(rec.args.get("kwargs") or {})
@@ -222,7 +302,7 @@ class _Tree:
         call_id = getattr(rec, "tool_call_id", None)
         if isinstance(call_id, str):
             span.links["tool_call_id"] = call_id
-        span.output = output_value(rec.result)
+        span.output = _output(rec)
 
     def _llm(self, rec: SpanRecord, span: Span) -> None:
         data = rec.llm or {}
@@ -240,7 +320,7 @@ class _Tree:
         if template is not None:
             self.template_inputs(rec, span, template, data.get("template_args") or {})
         elif data.get("messages") is not None:
-            span.inputs["messages"] = [_message(m) for m in data["messages"]]
+            span.inputs["messages"] = [m if isinstance(m, Message) else _message(m) for m in data["messages"]]
         elif data.get("prompt") is not None:
             span.inputs["prompt"] = str(data["prompt"])
         self.tool_parameters(rec, span, data)
@@ -427,7 +507,12 @@ def _llm_output(rec: SpanRecord) -> Any:
     response = data.get("completion_response")
     if response is not None and isinstance(getattr(response, "text", None), str):
         return response.text
-    return output_value(rec.result)
+    return _output(rec)
+
+
+def _output(rec: SpanRecord) -> Any:
+    """What the graph shows a step returned: as taken when the run ended (``freeze``)."""
+    return output_value(rec.result) if rec.output is UNSET else rec.output
 
 
 def _documents(nodes: Any) -> list[Document]:

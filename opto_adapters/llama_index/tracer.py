@@ -19,10 +19,10 @@ the duration of their run, also when it was closed and when several run at once 
 ``asyncio.gather``): the handlers come off when the user has closed the tracer and the last
 run in flight has ended.
 
-A graph is built when its run's root span ends. With ``streaming=True`` the LLM is called
-while the caller consumes the stream, after the query returned: those calls are not in the
-query's graph (inside ``with tracer:`` each becomes a graph of its own). Optimize with
-non-streaming runs.
+A run is recorded when its root span ends (a streamed query's when its stream has been
+consumed: the LLM is called while the caller reads it); its graph is built when first asked
+for (``last_graph``, ``graph(id)``, a ``TracedRun``'s ``.graph``), from what was recorded
+then and the parameter values of then.
 """
 
 from __future__ import annotations
@@ -43,10 +43,12 @@ from llama_index.core.instrumentation import get_dispatcher
 
 from .. import runs
 from ..trace import Graph, Parameter, TracedRun, TracerBase
-from ..trace.tracer import select_parameters
+from ..trace.tracer import Pending, select_parameters
 from .discovery import Discovery, check_used_by, discover
+from .found import Links
 from .recorder import EventHandler, Recorder, RunRecord, SpanHandler, is_workflow
-from .spans import text_uses, translate
+from .slots import ValuePlan
+from .spans import freeze, text_uses, translate
 
 __all__ = ["OptoTracer"]
 
@@ -136,6 +138,7 @@ class OptoTracer(TracerBase):
         super().__init__(selected, max_graphs=max_graphs)
         self._components = self._discovery.components
         self._uses = text_uses(self._discovery)
+        self._plan: tuple[int, ValuePlan] | None = None  # how to read every value at once
         ref = weakref.ref(self)
         self._recorder = Recorder(
             lambda span_id, instance, kind: _call(ref, "_accept", False, span_id, instance, kind),
@@ -322,14 +325,15 @@ class OptoTracer(TracerBase):
             "(its runs are traced) and read tracer.last_graph"
         )
 
-    def _graph_of(self, capture: _Capture) -> Graph | None:
+    def _graph_of(self, capture: _Capture) -> Graph | Pending | None:
+        """The run's graph as kept: built when the ``TracedRun``'s ``.graph`` is read."""
         if capture.run_id is None:
             logger.warning(
                 "opto_adapters: the run of %s produced no span; no graph",
                 type(self.target).__name__,
             )
             return None
-        return self._built(capture.run_id)
+        return self._kept(capture.run_id)
 
     # -- called by the recorder ------------------------------------------------------------
 
@@ -343,33 +347,34 @@ class OptoTracer(TracerBase):
         return self in _SCOPE.get()
 
     def _finish(self, run: RunRecord) -> None:
-        """Translate a finished run now; build its graph when first asked for, with the
-        parameter values of now.
+        """Keep a finished run; translate it and build its graph when first asked for.
 
-        Translated now, not kept for later (unlike the LangChain tracer, which copies its
-        runs' containers and translates lazily): what a LlamaIndex run holds are mutable
-        pydantic objects the app keeps using, the ``Response`` it returned, the index's own
-        nodes (shared by every query), chat messages (ReAct rewrites its reply in place), and
-        these cannot be copied cheaply (``model_copy`` costs more than translating). So the
-        translation is made cheap instead (``spans``: each node translated once per run, no
-        output computed twice), and the hot path of every span and event is lean
-        (``recorder``)."""
+        The least possible work is done now (most runs are never looked at): ``freeze``
+        takes what translation reads from objects the app goes on using (lists it may
+        change, the text of what it returned), and the parameter values and ``used_by``
+        links of now are kept with it, so a graph built later shows the run as it was."""
         try:
-            root = translate(run, self._discovery)
+            freeze(run)
             values = self._parameter_values()
+            links = self._discovery.links()
         except Exception as exc:
             self._recorder.report_failure("recording the run", exc)
             return
-        metadata = {"run_id": run.root.id, "span": run.root.name, "kind": run.root.kind}
-        instances = set(run.instances)
-        self._record(run.root.id, lambda: self._build(root, instances, metadata, values))
+        self._record(run.root.id, lambda: self._build(run, links, values))
 
-    def _build(
-        self, root: runs.Span, instances: set[int], metadata: dict[str, Any], values: dict[int, Any]
-    ) -> Graph | None:
+    def _parameter_values(self) -> dict[int, Any]:
+        """Every parameter's value now, reading each prompt module once (``snapshot``)."""
+        if self._plan is None or self._plan[0] != len(self._parameters):
+            self._plan = (len(self._parameters), ValuePlan(self._parameters))
+        return self._plan[1].read()
+
+    def _build(self, run: RunRecord, links: Links, values: dict[int, Any]) -> Graph | None:
+        root = run.root
+        metadata = {"run_id": root.id, "span": root.name, "kind": root.kind}
         try:
+            span = translate(run, self._discovery, links)
             graph = runs.build_graph(
-                root, uses=self._uses, instances=instances, metadata=metadata,
+                span, uses=self._uses, instances=run.instances, metadata=metadata,
                 on_unlinked=self._unlinked, values=values,
             )
         except Exception as exc:

@@ -19,7 +19,44 @@ from .graph import Graph
 from .modules import load_parameters, save_parameters
 from .parameters import Parameter, parameters_by_name
 
-__all__ = ["TracedRun", "TracerBase", "select_parameters"]
+__all__ = ["Pending", "TracedRun", "TracerBase", "select_parameters"]
+
+
+class Pending:
+    """A graph not built yet: built once, when first asked for; every later ask (the
+    tracer's ``graph(id)``, a ``TracedRun``'s ``.graph``) gets the same graph. ``build``
+    returns ``None`` if it could not build the graph (it logs why)."""
+
+    __slots__ = ("_build", "_graph", "_lock")
+
+    def __init__(self, build: Callable[[], Graph | None]) -> None:
+        self._build: Callable[[], Graph | None] | None = build
+        self._graph: Graph | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Graph | None:
+        if self._build is not None:
+            with self._lock:
+                if self._build is not None:
+                    self._graph = self._build()
+                    self._build = None  # drops what the graph was built from
+        return self._graph
+
+
+class _GraphField:
+    """``TracedRun.graph``: a ``Graph`` (or ``None``), or a ``Pending`` one, built when
+    first read."""
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Graph | None:
+        if obj is None:
+            return None  # the field's default
+        value = obj.__dict__.get("_graph")
+        if isinstance(value, Pending):
+            value = obj.__dict__["_graph"] = value()
+        return value
+
+    def __set__(self, obj: Any, value: Graph | Pending | None) -> None:
+        obj.__dict__["_graph"] = value
 
 
 @dataclass
@@ -27,11 +64,13 @@ class TracedRun:
     """One run of an app: what it returned (or raised) and its graph.
 
     When the app raised, ``output`` is ``None``, ``error`` the exception and ``graph.output``
-    an ``ExceptionNode``.
+    an ``ExceptionNode``. A tracer may hand over the graph unbuilt (a ``Pending``): it is
+    built from what was recorded when the run ended the first time ``.graph`` is read, so a
+    run whose graph nobody reads costs little more than recording it.
     """
 
     output: Any
-    graph: Graph | None
+    graph: Graph | None = _GraphField()  # type: ignore[assignment]
     error: BaseException | None = None
 
 
@@ -70,9 +109,8 @@ class TracerBase:
         self.max_graphs = max_graphs
         self._parameters = list(parameters)
         parameters_by_name(self._parameters)  # names must be unique: they key suggestions and files
-        self._graphs: OrderedDict[str, Graph | Callable[[], Graph | None]] = OrderedDict()
+        self._graphs: OrderedDict[str, Graph | Pending] = OrderedDict()
         self._graph_lock = threading.Lock()
-        self._build_lock = threading.Lock()
         self._warned: set[tuple[str, str]] = set()
 
     @property
@@ -100,7 +138,7 @@ class TracerBase:
         values: dict[int, Any] = {}
         for p in self._parameters:
             try:
-                values[id(p)] = p.value
+                values[id(p)] = p.peek()
             except Exception:  # a binding whose object changed shape: nothing to remember
                 continue
         return values
@@ -122,35 +160,38 @@ class TracerBase:
             reason,
         )
 
-    def _record(self, run_id: str, graph: Graph | Callable[[], Graph | None]) -> None:
+    def _record(self, run_id: str, graph: Graph | Callable[[], Graph | None]) -> Graph | Pending:
         """Keep the graph of a finished run, or a function that builds it when first asked
-        for (a run nobody looks at then costs little more than recording it). The function
-        returns ``None`` if it could not build the graph (it logs why)."""
+        for (a run nobody looks at then costs little more than recording it); return what
+        is kept (give it to the run's ``TracedRun``). The function returns ``None`` if it
+        could not build the graph (it logs why)."""
+        item = graph if isinstance(graph, (Graph, Pending)) else Pending(graph)
         with self._graph_lock:
-            self._graphs[run_id] = graph
+            self._graphs[run_id] = item
             self._graphs.move_to_end(run_id)
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
+        return item
+
+    def _kept(self, run_id: str) -> Graph | Pending | None:
+        """The graph of ``run_id`` as kept, built or not (``None``: not kept)."""
+        with self._graph_lock:
+            return self._graphs.get(run_id)
 
     def _built(self, run_id: str) -> Graph | None:
-        """The graph of ``run_id``, built now if it was recorded as a function."""
+        """The graph of ``run_id``, built now if it was not yet."""
         with self._graph_lock:
             item = self._graphs.get(run_id)
-        if item is None or isinstance(item, Graph):
+        if not isinstance(item, Pending):
             return item
-        with self._build_lock:
-            with self._graph_lock:
-                item = self._graphs.get(run_id)
-            if item is None or isinstance(item, Graph):
-                return item  # built by another thread meanwhile, or evicted
-            graph = item()
-            with self._graph_lock:
-                if self._graphs.get(run_id) is item:
-                    if graph is None:
-                        del self._graphs[run_id]
-                    else:
-                        self._graphs[run_id] = graph
-            return graph
+        graph = item()  # built once, under the item's own lock: runs build side by side
+        with self._graph_lock:
+            if self._graphs.get(run_id) is item:
+                if graph is None:
+                    del self._graphs[run_id]
+                else:
+                    self._graphs[run_id] = graph
+        return graph
 
     def _has_graph(self, run_id: str) -> bool:
         with self._graph_lock:
