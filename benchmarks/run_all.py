@@ -352,7 +352,7 @@ def summary(out: dict[str, str]) -> list[tuple[str, str, str, str]]:
         score = cell(se, (engine,), 3)
         rows.append(
             (
-                f"simulated search, mean test score at 400 metric calls, 20 seeds: {engine}",
+                f"simulated search, mean test score at 400 metric calls, 60 seeds: {engine}",
                 score if score != "?" else NA,
                 NONE,
                 f"above gepa's engine ({gepa}) on every budget" if engine != "greedy (today's search)"
