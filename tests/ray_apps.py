@@ -7,10 +7,9 @@ import os
 import signal
 from pathlib import Path
 
-from opto_adapters.trace import Feedback, bundle, node
+from opto_adapters.trace import bundle, node
 
-MARK = "Reply with the bare answer ONLY."
-FACTS = {"capital of France": "Paris", "capital of Italy": "Rome", "capital of Spain": "Madrid", "capital of Peru": "Lima"}
+from .facts import FACTS, MARK, answer_for, guide  # noqa: F401  (guide: the workers' guide)
 
 PROMPT = node("Reply {q}", name="prompt", trainable=True, kind="prompt", description="The reply template.")
 
@@ -30,17 +29,6 @@ def python_app(x):
     return respond(PROMPT, x["q"])
 
 
-def answer_for(text: str) -> str:
-    asked = max(FACTS, key=text.rfind)
-    answer = FACTS[asked]
-    return answer if MARK in text else f"Well, I believe that the answer is {answer}, most likely."
-
-
-def guide(example, output):
-    text = str(output)
-    if text.strip() == example["answer"]:
-        return Feedback(score=1.0, text="correct")
-    return Feedback(score=0.5 if example["answer"] in text else 0.0, text=f"answer with just {example['answer']!r}")
 
 
 def build_chain():

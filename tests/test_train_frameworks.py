@@ -9,29 +9,17 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from llama_index.core import Document, VectorStoreIndex
 
-from opto_adapters import Feedback, optimize
+from opto_adapters import optimize
 from opto_adapters.llm import LLM
 
+from .facts import FACTS, MARK, answer_for, guide  # noqa: F401  (re-exported for other tests)
 from .langchain_fakes import RecordingChatModel
 from .llama_index_fakes import RecordingLLM, WordEmbedding
 
-MARK = "Reply with the bare answer ONLY."
-FACTS = {"capital of France": "Paris", "capital of Italy": "Rome", "capital of Spain": "Madrid", "capital of Peru": "Lima"}
 TRAIN = [{"question": f"What is the {k}?", "answer": v} for k, v in list(FACTS.items())[:2]]
 VAL = [{"question": f"What is the {k}?", "answer": v} for k, v in list(FACTS.items())[2:]]
 
 
-def answer_for(text: str) -> str:
-    asked = max(FACTS, key=text.rfind)  # the question comes after any retrieved context
-    answer = FACTS[asked]
-    return answer if MARK in text else f"Well, I believe that the answer is {answer}, most likely."
-
-
-def guide(example, output):
-    text = str(output)
-    if text.strip() == example["answer"]:
-        return Feedback(score=1.0, text="correct")
-    return Feedback(score=0.5 if example["answer"] in text else 0.0, text=f"answer with just {example['answer']!r}")
 
 
 def optimizer_llm(server, suggestion: dict) -> LLM:
